@@ -1,0 +1,151 @@
+"""Every environment variable the package reads (except Celery's own, in ``celeryconfig``).
+
+Read once per process through :func:`get_settings`; tests call ``get_settings.cache_clear()``
+after changing the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from syncqueue_tasks.errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@localhost:5432/postgres"
+
+
+def normalize_database_url(url: str) -> str:
+    """Name the psycopg 3 driver in a plain ``postgresql://`` / ``postgres://`` URL."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _mapping(name: str) -> dict[str, str]:
+    """Parse ``A=x,B=y`` into ``{"A": "x", "B": "y"}``."""
+    result: dict[str, str] = {}
+    for part in os.environ.get(name, "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigurationError(f"{name} must look like Model=Tab,Other=Tab2; got {part!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed view of the environment. See the README's configuration table."""
+
+    database_url: str
+    db_pool_size: int
+    models: frozenset[str]
+    max_record_id_length: int
+    max_payload_bytes: int
+    default_max_retries: int
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+    batch_size: int
+    cleanup_chunk_size: int
+    writer: str
+    workbook_path: Path
+    sheets_spreadsheet_id: str
+    sheets_credentials_file: str
+    sheets_api_url: str
+    sheets_tabs: dict[str, str]
+    id_column: str
+    unknown_fields: str
+    update_missing: str
+    delete_mode: str
+    sheets_writes_per_minute: int
+    sheets_max_request_bytes: int
+    redis_url: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Build settings from ``os.environ``; raise ``ConfigurationError`` on bad values."""
+        env = os.environ.get
+        models = frozenset(
+            m.strip() for m in env("SYNCQUEUE_MODELS", "Request,Operator,Revenue").split(",")
+        ) - {""}
+        if not models:
+            raise ConfigurationError("SYNCQUEUE_MODELS must name at least one model")
+        return cls(
+            database_url=normalize_database_url(env("DATABASE_URL", "") or DEFAULT_DATABASE_URL),
+            db_pool_size=_int("SYNCQUEUE_DB_POOL_SIZE", 5, 1, 100),
+            models=models,
+            max_record_id_length=_int("SYNCQUEUE_MAX_RECORD_ID_LENGTH", 255, 1, 255),
+            max_payload_bytes=_int("SYNCQUEUE_MAX_PAYLOAD_BYTES", 65536, 16, 16 * 1024 * 1024),
+            default_max_retries=_int("SYNCQUEUE_MAX_RETRIES", 3, 0, 100),
+            backoff_base_seconds=_float("SYNCQUEUE_BACKOFF_BASE_SECONDS", 2.0, 0.0, 3600.0),
+            backoff_max_seconds=_float("SYNCQUEUE_BACKOFF_MAX_SECONDS", 600.0, 0.0, 86400.0),
+            batch_size=_int("SYNCQUEUE_BATCH_SIZE", 25, 1, 1000),
+            cleanup_chunk_size=_int("SYNCQUEUE_CLEANUP_CHUNK_SIZE", 5000, 1, 100000),
+            writer=env("SYNCQUEUE_WRITER", "").strip(),
+            workbook_path=Path(env("SYNCQUEUE_WORKBOOK_PATH", "") or ".syncqueue/workbook.xlsx"),
+            sheets_spreadsheet_id=env("SYNCQUEUE_SHEETS_SPREADSHEET_ID", "").strip(),
+            sheets_credentials_file=(
+                env("SYNCQUEUE_SHEETS_CREDENTIALS_FILE", "")
+                or env("GOOGLE_APPLICATION_CREDENTIALS", "")
+            ).strip(),
+            sheets_api_url=(
+                env("SYNCQUEUE_SHEETS_API_URL", "") or "https://sheets.googleapis.com"
+            ).rstrip("/"),
+            sheets_tabs=_mapping("SYNCQUEUE_SHEETS_TABS"),
+            id_column=env("SYNCQUEUE_ID_COLUMN", "").strip() or "id",
+            unknown_fields=_choice("SYNCQUEUE_UNKNOWN_FIELDS", "add_column", ("add_column", "fail")),
+            update_missing=_choice("SYNCQUEUE_UPDATE_MISSING", "create", ("create", "fail")),
+            delete_mode=_choice("SYNCQUEUE_DELETE_MODE", "tombstone", ("tombstone", "remove")),
+            sheets_writes_per_minute=_int("SYNCQUEUE_SHEETS_WRITES_PER_MINUTE", 55, 1, 10000),
+            sheets_max_request_bytes=_int(
+                "SYNCQUEUE_SHEETS_MAX_REQUEST_BYTES", 2_000_000, 10_000, 10_000_000
+            ),
+            redis_url=(
+                env("SYNCQUEUE_REDIS_URL", "")
+                or env("CELERY_BROKER_URL", "")
+                or "redis://localhost:6379/0"
+            ),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()
