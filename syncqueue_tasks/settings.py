@@ -130,7 +130,9 @@ class Settings:
             ).rstrip("/"),
             sheets_tabs=_mapping("SYNCQUEUE_SHEETS_TABS"),
             id_column=env("SYNCQUEUE_ID_COLUMN", "").strip() or "id",
-            unknown_fields=_choice("SYNCQUEUE_UNKNOWN_FIELDS", "add_column", ("add_column", "fail")),
+            unknown_fields=_choice(
+                "SYNCQUEUE_UNKNOWN_FIELDS", "add_column", ("add_column", "fail")
+            ),
             update_missing=_choice("SYNCQUEUE_UPDATE_MISSING", "create", ("create", "fail")),
             delete_mode=_choice("SYNCQUEUE_DELETE_MODE", "tombstone", ("tombstone", "remove")),
             sheets_writes_per_minute=_int("SYNCQUEUE_SHEETS_WRITES_PER_MINUTE", 55, 1, 10000),

@@ -1,0 +1,323 @@
+"""The shared queue module: every Celery task and the CLI go through these functions.
+
+Ownership: ``dequeue`` hands out ``QueueItem`` objects carrying a claim token. The ``mark_*``
+functions take those items (or ``Claim(id, token)`` pairs) and change a row only while it is
+still PROCESSING under that token. An item that is unknown or no longer owned (``reset_stuck``
+gave it away) is left alone, and the return value says so: ``mark_complete`` returns False,
+``mark_complete_many`` counts only the items it changed, ``mark_failed`` returns None.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy.orm import Session
+
+from syncqueue_tasks import sql
+from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.errors import ValidationError, sanitize_error
+from syncqueue_tasks.ids import new_id
+from syncqueue_tasks.models import QueueItem, QueueStatus, SyncAction
+from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.validation import (
+    Change,
+    validate_batch_size,
+    validate_change,
+    validate_change_mapping,
+    validate_item_id,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Claim(NamedTuple):
+    """An item id plus the claim token ``dequeue`` gave for it."""
+
+    id: str
+    claim_token: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed item for ``mark_failed_many``."""
+
+    item: QueueItem | Claim
+    error: BaseException | str
+    retryable: bool = True
+    retry_after: float | None = None
+    count_attempt: bool = True
+
+
+def enqueue(
+    action: SyncAction | str,
+    model: str,
+    record_id: str | int,
+    payload: dict[str, Any],
+    *,
+    sheet_row_index: int | None = None,
+    max_retries: int | None = None,
+    session: Session | None = None,
+    item_id: str | None = None,
+) -> str:
+    """Validate and store one change; return its id.
+
+    With ``session`` the row joins the caller's transaction (transactional outbox); without,
+    it commits on its own. ``item_id`` lets a caller choose the id up front (then a second
+    call with the same id is a no-op): the Celery task uses it to make redelivery harmless.
+    """
+    change = validate_change(action, model, record_id, payload, sheet_row_index, max_retries)
+    item_id = new_id() if item_id is None else validate_item_id(item_id)
+    params = _insert_params(item_id, change)
+    if session is not None:
+        session.execute(sql.INSERT_ONE, params)
+    else:
+        with get_engine().begin() as conn:
+            conn.execute(sql.INSERT_ONE, params)
+    return item_id
+
+
+def enqueue_many(
+    changes: Iterable[Any],
+    *,
+    session: Session | None = None,
+    item_ids: Sequence[str] | None = None,
+) -> list[str]:
+    """Validate all ``changes`` first, then store them in one statement; all or nothing.
+
+    Each change is a mapping (or object) with ``enqueue``'s keys: ``action``, ``model``,
+    ``record_id``, ``payload`` and optionally ``sheet_row_index``, ``max_retries``.
+    """
+    validated = [validate_change_mapping(c) for c in changes]
+    if item_ids is None:
+        ids = [new_id() for _ in validated]
+    else:
+        ids = [validate_item_id(i) for i in item_ids]
+        if len(ids) != len(validated) or len(set(ids)) != len(ids):
+            raise ValidationError("item_ids", "must be unique, one per change")
+    if not validated:
+        return []
+    params = {
+        "ids": ids,
+        "actions": [c.action.value for c in validated],
+        "models": [c.model for c in validated],
+        "record_ids": [c.record_id for c in validated],
+        "sheet_row_indexes": [c.sheet_row_index for c in validated],
+        "payloads": [c.payload_json for c in validated],
+        "max_retries": [c.max_retries for c in validated],
+    }
+    if session is not None:
+        session.execute(sql.INSERT_MANY, params)
+    else:
+        with get_engine().begin() as conn:
+            conn.execute(sql.INSERT_MANY, params)
+    return ids
+
+
+def dequeue(batch_size: int = 25) -> list[QueueItem]:
+    """Claim up to ``batch_size`` claimable PENDING items; return them oldest first.
+
+    Claimable: backoff has passed, and no earlier change to the same record is PENDING or
+    PROCESSING (per-record order). The claim is committed before this returns.
+    """
+    batch_size = validate_batch_size(batch_size)
+    with get_engine().begin() as conn:
+        rows = conn.execute(sql.CLAIM, {"batch_size": batch_size, "token": uuid.uuid4()}).all()
+    items = [
+        QueueItem(
+            id=r.id,
+            action=SyncAction(r.action),
+            model=r.model,
+            record_id=r.record_id,
+            sheet_row_index=r.sheet_row_index,
+            payload=r.payload,
+            retries=r.retries,
+            max_retries=r.max_retries,
+            created_at=r.created_at,
+            claim_token=r.claim_token,
+        )
+        for r in rows
+    ]
+    items.sort(key=lambda item: item.id)
+    return items
+
+
+def mark_complete(item: QueueItem | Claim) -> bool:
+    """PROCESSING -> COMPLETED if the caller still owns the claim; False otherwise."""
+    return mark_complete_many([item]) == 1
+
+
+def mark_complete_many(items: Iterable[QueueItem | Claim]) -> int:
+    """Complete every item the caller still owns, in one statement; return how many."""
+    claims = [_claim(i) for i in items]
+    if not claims:
+        return 0
+    with get_engine().begin() as conn:
+        result = conn.execute(
+            sql.COMPLETE,
+            {"ids": [c.id for c in claims], "tokens": [c.claim_token for c in claims]},
+        )
+        return len(result.all())
+
+
+def mark_failed(
+    item: QueueItem | Claim,
+    error: BaseException | str,
+    *,
+    retryable: bool = True,
+    retry_after: float | None = None,
+    count_attempt: bool = True,
+) -> QueueStatus | None:
+    """Record a failed attempt in one atomic statement; return the new status.
+
+    Increments ``retries``; back to PENDING after a backoff while ``retries < max_retries``,
+    else FAILED. ``retryable=False`` goes straight to FAILED. None: not owned (or unknown).
+    """
+    result = mark_failed_many([Failure(item, error, retryable, retry_after, count_attempt)])
+    return next(iter(result.values()), None)
+
+
+def mark_failed_many(failures: Iterable[Failure]) -> dict[str, QueueStatus]:
+    """Record many failures in one statement; return the new status of each owned item."""
+    failures = list(failures)
+    if not failures:
+        return {}
+    settings = get_settings()
+    claims = [_claim(f.item) for f in failures]
+    params = {
+        "ids": [c.id for c in claims],
+        "tokens": [c.claim_token for c in claims],
+        "errors": [sanitize_error(f.error) for f in failures],
+        "retryable": [f.retryable for f in failures],
+        "retry_after": [
+            None if f.retry_after is None else max(0.0, f.retry_after) for f in failures
+        ],
+        "count_attempt": [f.count_attempt for f in failures],
+        "backoff_base": settings.backoff_base_seconds,
+        "backoff_max": settings.backoff_max_seconds,
+    }
+    with get_engine().begin() as conn:
+        rows = conn.execute(sql.FAIL, params).all()
+    return {r.id: QueueStatus(r.status) for r in rows}
+
+
+def reset_stuck(older_than_minutes: float = 10) -> int:
+    """Put items claimed more than ``older_than_minutes`` ago back to PENDING; return how many.
+
+    Choose a threshold longer than ``process_batch``'s hard time limit, or a live worker's
+    claim may be taken away (its late ``mark_*`` calls are then ignored, not applied).
+    """
+    if older_than_minutes < 0:
+        raise ValidationError("older_than_minutes", "must not be negative")
+    reason = f"reset_stuck: claim older than {older_than_minutes:g} minutes, returned to PENDING"
+    with get_engine().begin() as conn:
+        rows = conn.execute(
+            sql.RESET_STUCK, {"seconds": older_than_minutes * 60, "reason": reason}
+        ).all()
+    if rows:
+        log.warning("reset_stuck returned %d item(s) to PENDING", len(rows))
+    return len(rows)
+
+
+def cleanup_completed(older_than_days: float = 7, *, chunk_size: int | None = None) -> int:
+    """Delete COMPLETED items processed more than ``older_than_days`` ago; return how many.
+
+    Works in chunks of ``chunk_size`` rows (default ``SYNCQUEUE_CLEANUP_CHUNK_SIZE``), each in
+    its own short transaction. FAILED items are never touched.
+    """
+    chunk = chunk_size or get_settings().cleanup_chunk_size
+    total = 0
+    while True:
+        with get_engine().begin() as conn:
+            deleted = conn.execute(
+                sql.DELETE_COMPLETED_CHUNK, {"days": older_than_days, "chunk": chunk}
+            ).rowcount
+        total += deleted
+        if deleted < chunk:
+            return total
+
+
+def retry_failed(item_ids: Iterable[str] | None = None, *, model: str | None = None) -> int:
+    """FAILED -> PENDING with retries reset, by ids and/or model (None: all); return how many."""
+    return _count(sql.RETRY_FAILED, item_ids, model)
+
+
+def discard_failed(item_ids: Iterable[str] | None = None, *, model: str | None = None) -> int:
+    """Delete FAILED items for good, by ids and/or model (None: all); return how many."""
+    return _count(sql.DISCARD_FAILED, item_ids, model)
+
+
+def list_failed(*, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest FAILED items with their last error, for operators."""
+    with get_engine().connect() as conn:
+        rows = conn.execute(sql.LIST_FAILED, {"model": model, "limit": limit}).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def get_queue_stats() -> dict[str, Any]:
+    """Counts per status, age of the oldest PENDING item, recent failures and completions."""
+    with get_engine().connect() as conn:
+        row = conn.execute(sql.STATS).mappings().one()
+    stats = dict(row)
+    age = stats["oldest_pending_age_seconds"]
+    stats["oldest_pending_age_seconds"] = 0.0 if age is None else max(0.0, float(age))
+    return stats
+
+
+def wait_until_drained(timeout: float, poll: float = 0.1) -> bool:
+    """Block until nothing is PENDING or PROCESSING (tests, demos); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = get_queue_stats()
+        if stats["pending"] == 0 and stats["processing"] == 0:
+            return True
+        time.sleep(poll)
+    return False
+
+
+def _claim(item: QueueItem | Claim) -> Claim:
+    if isinstance(item, Claim):
+        return item
+    return Claim(item.id, item.claim_token)
+
+
+def _count(statement: Any, item_ids: Iterable[str] | None, model: str | None) -> int:
+    ids = None if item_ids is None else [validate_item_id(i) for i in item_ids]
+    with get_engine().begin() as conn:
+        return len(conn.execute(statement, {"ids": ids, "model": model}).all())
+
+
+def _insert_params(item_id: str, change: Change) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "action": change.action.value,
+        "model": change.model,
+        "record_id": change.record_id,
+        "sheet_row_index": change.sheet_row_index,
+        "payload": change.payload_json,
+        "max_retries": change.max_retries,
+    }
+
+
+__all__ = [
+    "Claim",
+    "Failure",
+    "cleanup_completed",
+    "dequeue",
+    "discard_failed",
+    "enqueue",
+    "enqueue_many",
+    "get_queue_stats",
+    "list_failed",
+    "mark_complete",
+    "mark_complete_many",
+    "mark_failed",
+    "mark_failed_many",
+    "reset_stuck",
+    "retry_failed",
+    "wait_until_drained",
+]

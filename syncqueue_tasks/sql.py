@@ -1,0 +1,161 @@
+"""Every SQL statement of the queue, in one place, each named and described.
+
+Plain SQL on purpose: the locking and index use are the point, and they should be readable.
+Arrays (``unnest``) carry whole batches in one round trip.
+"""
+
+from sqlalchemy import text
+
+# Insert one change. ON CONFLICT: the id is made by the caller and may arrive twice
+# (a redelivered Celery message); the second insert is a no-op.
+INSERT_ONE = text("""
+    INSERT INTO sync_queue (id, action, model, record_id, sheet_row_index, payload, max_retries)
+    VALUES (:id, CAST(:action AS sync_action), :model, :record_id, :sheet_row_index,
+            CAST(:payload AS jsonb), :max_retries)
+    ON CONFLICT (id) DO NOTHING
+""")
+
+# Insert a batch of changes in one statement, one round trip.
+INSERT_MANY = text("""
+    INSERT INTO sync_queue (id, action, model, record_id, sheet_row_index, payload, max_retries)
+    SELECT id, action, model, record_id, sheet_row_index, payload, max_retries
+    FROM unnest(CAST(:ids AS text[]), CAST(:actions AS sync_action[]), CAST(:models AS text[]),
+                CAST(:record_ids AS text[]), CAST(:sheet_row_indexes AS integer[]),
+                CAST(CAST(:payloads AS text[]) AS jsonb[]), CAST(:max_retries AS integer[]))
+         AS c(id, action, model, record_id, sheet_row_index, payload, max_retries)
+    ON CONFLICT (id) DO NOTHING
+""")
+
+# Claim a batch. One statement: pick, lock and mark in the same snapshot.
+# - Walks ix_sync_queue_pending (partial: only PENDING rows) in id = enqueue order.
+# - NOT EXISTS keeps per-record order: a change is claimable only when no earlier change to the
+#   same record is still PENDING (maybe waiting out a backoff) or PROCESSING. Uses
+#   ix_sync_queue_record_active. FAILED changes do not block later ones.
+# - FOR UPDATE SKIP LOCKED: concurrent claimers skip rows another claimer is taking, instead of
+#   waiting for them; a row whose status changed meanwhile is re-checked and skipped.
+CLAIM = text("""
+    WITH claimable AS (
+        SELECT q.id
+        FROM sync_queue AS q
+        WHERE q.status = 'PENDING'
+          AND q.available_at <= now()
+          AND NOT EXISTS (
+              SELECT 1 FROM sync_queue AS e
+              WHERE e.model = q.model AND e.record_id = q.record_id AND e.id < q.id
+                AND e.status IN ('PENDING', 'PROCESSING'))
+        ORDER BY q.id
+        LIMIT :batch_size
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE sync_queue AS s
+    SET status = 'PROCESSING', claimed_at = now(), claim_token = :token
+    FROM claimable
+    WHERE s.id = claimable.id
+    RETURNING s.id, s.action, s.model, s.record_id, s.sheet_row_index, s.payload, s.retries,
+              s.max_retries, s.created_at, s.claim_token
+""")
+
+# PROCESSING -> COMPLETED, compare-and-set on (id, claim_token): a worker whose claim was
+# taken away (reset_stuck, then another claim) matches nothing.
+COMPLETE = text("""
+    UPDATE sync_queue AS q
+    SET status = 'COMPLETED', processed_at = now(), claim_token = NULL
+    FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS uuid[])) AS c(id, token)
+    WHERE q.id = c.id AND q.claim_token = c.token AND q.status = 'PROCESSING'
+    RETURNING q.id
+""")
+
+# PROCESSING -> PENDING (with backoff) or FAILED, atomically and compare-and-set, in bulk.
+# retries counts failed attempts; once retries reaches max_retries the item is FAILED.
+# count_attempt = false (a quota answer) leaves retries alone. retry_after (seconds), when
+# given, replaces the exponential backoff min(cap, base * 2^retries) with equal jitter.
+FAIL = text("""
+    UPDATE sync_queue AS q
+    SET retries = q.retries + CASE WHEN f.count_attempt THEN 1 ELSE 0 END,
+        status = CASE
+            WHEN NOT f.retryable OR (f.count_attempt AND q.retries + 1 >= q.max_retries)
+            THEN 'FAILED'::queue_status ELSE 'PENDING'::queue_status END,
+        available_at = now() + make_interval(secs => COALESCE(
+            f.retry_after,
+            LEAST(:backoff_max, :backoff_base * power(2, q.retries)) * (0.5 + random() / 2))),
+        processed_at = CASE
+            WHEN NOT f.retryable OR (f.count_attempt AND q.retries + 1 >= q.max_retries)
+            THEN now() END,
+        last_error = f.error,
+        claim_token = NULL,
+        claimed_at = NULL
+    FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS uuid[]), CAST(:errors AS text[]),
+                CAST(:retryable AS boolean[]), CAST(:retry_after AS float8[]),
+                CAST(:count_attempt AS boolean[]))
+         AS f(id, token, error, retryable, retry_after, count_attempt)
+    WHERE q.id = f.id AND q.claim_token = f.token AND q.status = 'PROCESSING'
+    RETURNING q.id, q.status
+""")
+
+# Claims older than the threshold go back to PENDING (their worker died or hung). Measures
+# time since the claim (claimed_at), not the item's age. Uses ix_sync_queue_claimed.
+RESET_STUCK = text("""
+    UPDATE sync_queue
+    SET status = 'PENDING', claim_token = NULL, claimed_at = NULL, available_at = now(),
+        last_error = :reason
+    WHERE status = 'PROCESSING' AND claimed_at < now() - make_interval(secs => :seconds)
+    RETURNING id
+""")
+
+# One bounded chunk of old COMPLETED rows (ix_sync_queue_completed); the caller loops, each
+# chunk in its own short transaction. SKIP LOCKED lets two cleanups run side by side.
+DELETE_COMPLETED_CHUNK = text("""
+    DELETE FROM sync_queue
+    WHERE id IN (
+        SELECT id FROM sync_queue
+        WHERE status = 'COMPLETED' AND processed_at < now() - make_interval(days => :days)
+        ORDER BY processed_at
+        LIMIT :chunk
+        FOR UPDATE SKIP LOCKED)
+""")
+
+# FAILED -> PENDING for operators; filters are optional (NULL = any). ix_sync_queue_failed.
+RETRY_FAILED = text("""
+    UPDATE sync_queue
+    SET status = 'PENDING', retries = 0, available_at = now(), processed_at = NULL
+    WHERE status = 'FAILED'
+      AND (CAST(:ids AS text[]) IS NULL OR id = ANY(CAST(:ids AS text[])))
+      AND (CAST(:model AS text) IS NULL OR model = CAST(:model AS text))
+    RETURNING id
+""")
+
+# Delete dead letters for good (operators, after confirmation). ix_sync_queue_failed.
+DISCARD_FAILED = text("""
+    DELETE FROM sync_queue
+    WHERE status = 'FAILED'
+      AND (CAST(:ids AS text[]) IS NULL OR id = ANY(CAST(:ids AS text[])))
+      AND (CAST(:model AS text) IS NULL OR model = CAST(:model AS text))
+    RETURNING id
+""")
+
+# Dead letters with their last error, newest first. ix_sync_queue_failed.
+LIST_FAILED = text("""
+    SELECT id, action, model, record_id, retries, last_error, processed_at
+    FROM sync_queue
+    WHERE status = 'FAILED' AND (CAST(:model AS text) IS NULL OR model = CAST(:model AS text))
+    ORDER BY id DESC
+    LIMIT :limit
+""")
+
+# Queue health in one round trip. Each count uses its status's partial index, so the cost
+# follows the rows of that status, not the table.
+STATS = text("""
+    SELECT
+        (SELECT count(*) FROM sync_queue WHERE status = 'PENDING') AS pending,
+        (SELECT count(*) FROM sync_queue WHERE status = 'PROCESSING') AS processing,
+        (SELECT count(*) FROM sync_queue WHERE status = 'COMPLETED') AS completed,
+        (SELECT count(*) FROM sync_queue WHERE status = 'FAILED') AS failed,
+        (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM sync_queue
+          WHERE status = 'PENDING' ORDER BY id LIMIT 1) AS oldest_pending_age_seconds,
+        (SELECT count(*) FROM sync_queue
+          WHERE status = 'FAILED' AND processed_at > now() - interval '24 hours')
+          AS failed_last_24h,
+        (SELECT count(*) FROM sync_queue
+          WHERE status = 'COMPLETED' AND processed_at > now() - interval '1 hour')
+          AS completed_last_hour
+""")

@@ -1,0 +1,197 @@
+"""Input checks shared by ``queue`` and the Celery tasks. Each raises ``ValidationError``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.ids import is_valid_id
+from syncqueue_tasks.models import SyncAction
+from syncqueue_tasks.settings import get_settings
+
+_INT32_MAX = 2**31 - 1
+_MAX_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A validated change, ready to insert. ``payload_json`` is the serialized payload."""
+
+    action: SyncAction
+    model: str
+    record_id: str
+    payload: dict[str, Any]
+    payload_json: str
+    sheet_row_index: int | None
+    max_retries: int
+
+
+def validate_change(
+    action: object,
+    model: object,
+    record_id: object,
+    payload: object,
+    sheet_row_index: object = None,
+    max_retries: object = None,
+) -> Change:
+    """Check every field of one change; return it normalized, or raise ``ValidationError``."""
+    settings = get_settings()
+    payload_dict = _payload(payload)
+    payload_json = _serialize(payload_dict)
+    if len(payload_json.encode("utf-8")) > settings.max_payload_bytes:
+        raise ValidationError(
+            "payload", f"serialized size exceeds the limit of {settings.max_payload_bytes} bytes"
+        )
+    return Change(
+        action=_action(action),
+        model=_model(model, settings.models),
+        record_id=_record_id(record_id, settings.max_record_id_length),
+        payload=payload_dict,
+        payload_json=payload_json,
+        sheet_row_index=_optional_int("sheet_row_index", sheet_row_index, 1, _INT32_MAX),
+        max_retries=(
+            settings.default_max_retries
+            if max_retries is None
+            else _int_in_range("max_retries", max_retries, 0, 100)
+        ),
+    )
+
+
+def validate_change_mapping(change: object) -> Change:
+    """Validate one element of ``enqueue_many``: a mapping (or object) with ``enqueue``'s keys."""
+    allowed = {"action", "model", "record_id", "payload", "sheet_row_index", "max_retries"}
+    if isinstance(change, Mapping):
+        unknown = set(change) - allowed
+        if unknown:
+            raise ValidationError("change", f"unknown keys: {', '.join(sorted(map(str, unknown)))}")
+        missing = {"action", "model", "record_id", "payload"} - set(change)
+        if missing:
+            raise ValidationError("change", f"missing keys: {', '.join(sorted(missing))}")
+        return validate_change(**{str(k): v for k, v in change.items()})
+    if all(hasattr(change, k) for k in ("action", "model", "record_id", "payload")):
+        return validate_change(
+            change.action,  # type: ignore[attr-defined]
+            change.model,  # type: ignore[attr-defined]
+            change.record_id,  # type: ignore[attr-defined]
+            change.payload,  # type: ignore[attr-defined]
+            getattr(change, "sheet_row_index", None),
+            getattr(change, "max_retries", None),
+        )
+    raise ValidationError(
+        "change", f"expected a mapping of enqueue's arguments, got {_kind(change)}"
+    )
+
+
+def validate_batch_size(batch_size: object) -> int:
+    """A claim size in 1..1000."""
+    return _int_in_range("batch_size", batch_size, 1, 1000)
+
+
+def validate_item_id(item_id: object) -> str:
+    """An id made by ``syncqueue_tasks.ids.new_id``."""
+    if not is_valid_id(item_id):
+        raise ValidationError("id", "must be a 26-character ULID string")
+    return str(item_id)
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _action(value: object) -> SyncAction:
+    if isinstance(value, str):
+        try:
+            return SyncAction(value.upper())
+        except ValueError:
+            pass
+    raise ValidationError("action", f"must be one of CREATE, UPDATE, DELETE; got {value!r:.60}")
+
+
+def _text(field: str, value: object, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, got {_kind(value)}")
+    if not value:
+        raise ValidationError(field, "must not be empty")
+    if len(value) > max_length:
+        raise ValidationError(field, f"must be at most {max_length} characters, got {len(value)}")
+    if "\x00" in value:
+        raise ValidationError(field, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(field, "must be valid Unicode text") from None
+    return value
+
+
+def _model(value: object, models: frozenset[str]) -> str:
+    model = _text("model", value, 64)
+    if model not in models:
+        raise ValidationError(
+            "model", f"unknown model {model!r:.70}; configured: {', '.join(sorted(models))}"
+        )
+    return model
+
+
+def _record_id(value: object, max_length: int) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return _text("record_id", value, max_length)
+
+
+def _int_in_range(field: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, f"must be an integer, got {_kind(value)}")
+    if not low <= value <= high:
+        raise ValidationError(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _optional_int(field: str, value: object, low: int, high: int) -> int | None:
+    return None if value is None else _int_in_range(field, value, low, high)
+
+
+def _payload(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValidationError("payload", f"must be a JSON object (dict), got {_kind(value)}")
+    _check_json(value, "payload", 0)
+    return value
+
+
+def _check_json(value: object, path: str, depth: int) -> None:
+    """Accept exactly what survives a JSONB round trip unchanged."""
+    if depth > _MAX_DEPTH:
+        raise ValidationError("payload", f"nested deeper than {_MAX_DEPTH} levels")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError("payload", f"{path} is {value}, which JSON cannot hold")
+        return
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError("payload", f"{path} contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("payload", f"{path} is not valid Unicode text") from None
+        return
+    if isinstance(value, list):
+        for i, element in enumerate(value):
+            _check_json(element, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, element in value.items():
+            if not isinstance(key, str):
+                raise ValidationError("payload", f"{path} has a non-string key of {_kind(key)}")
+            _check_json(key, f"{path} key", depth + 1)
+            _check_json(element, f"{path}.{key:.40}", depth + 1)
+        return
+    raise ValidationError("payload", f"{path} is a {_kind(value)}, which is not JSON-serializable")
+
+
+def _serialize(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))

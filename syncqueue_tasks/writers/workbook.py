@@ -1,0 +1,311 @@
+"""A writer to a local ``.xlsx`` workbook (openpyxl), with the Google Sheets writer's semantics.
+
+One worksheet per model (title = model name); row 1 is the header and maps field names to
+columns. Rows are found by the record id in the id column, never by a stored row number:
+people sort, insert and delete rows. A batch is applied as a whole under an exclusive
+``flock`` on ``<path>.lock`` and saved atomically (temp file, fsync, ``os.replace``), so a
+crash never leaves a half-written workbook and concurrent processes never lose each
+other's batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.workbook.workbook import Workbook
+from openpyxl.worksheet.worksheet import Worksheet
+
+from syncqueue_tasks.errors import ConfigurationError, sanitize_error
+from syncqueue_tasks.models import QueueItem
+from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.writers.base import Outcome
+from syncqueue_tasks.writers.coalesce import RecordWrite, WriteKind, coalesce
+
+DELETED_COLUMN = "_deleted"
+MAX_CELL_CHARS = 32767  # Excel's limit for one cell's text
+
+
+class _Reject(Exception):
+    """A permanent problem with one record; raised before its row is touched."""
+
+
+@dataclass
+class _Sheet:
+    """One model's worksheet, indexed by record id for the duration of a batch."""
+
+    ws: Worksheet
+    columns: dict[str, int]  # header text -> 1-based column
+    rows: dict[str, list[int]]  # record id -> rows holding it, top first
+    next_row: int  # first row below the last non-empty one
+    to_remove: list[int] = field(default_factory=list)
+
+    def add_column(self, name: str) -> int:
+        """Append a header cell ``name`` after every used column; return its column."""
+        col = max([self.ws.max_column, *self.columns.values()]) + 1
+        self.ws.cell(row=1, column=col).value = name
+        self.columns[name] = col
+        return col
+
+    def find(self, record_id: str, hint: int | None) -> int | None:
+        """The record's row: ``hint`` if that row holds the id, else the first row that does."""
+        rows = self.rows.get(record_id, [])
+        if hint is not None and hint in rows:
+            return hint
+        return rows[0] if rows else None
+
+    def is_deleted(self, row: int) -> bool:
+        """Whether ``row`` carries a tombstone."""
+        col = self.columns.get(DELETED_COLUMN)
+        return col is not None and _is_true(self.ws.cell(row=row, column=col).value)
+
+
+class LocalWorkbookWriter:
+    """Applies batches of queue items to a local workbook; see the module docstring."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        id_column: str = "id",
+        unknown_fields: str = "add_column",
+        update_missing: str = "create",
+        delete_mode: str = "tombstone",
+    ) -> None:
+        for name, value, choices in (
+            ("unknown_fields", unknown_fields, ("add_column", "fail")),
+            ("update_missing", update_missing, ("create", "fail")),
+            ("delete_mode", delete_mode, ("tombstone", "remove")),
+        ):
+            if value not in choices:
+                raise ConfigurationError(f"{name} must be one of {', '.join(choices)}")
+        if not id_column:
+            raise ConfigurationError("id_column must not be empty")
+        self.path = Path(path)
+        self.id_column = id_column
+        self.unknown_fields = unknown_fields
+        self.update_missing = update_missing
+        self.delete_mode = delete_mode
+
+    def write(self, items: Sequence[QueueItem]) -> Mapping[str, Outcome]:
+        """Apply ``items`` (oldest first) in one atomic save; return an outcome per item id."""
+        if not items:
+            return {}
+        outcomes: dict[str, Outcome] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(Path(f"{self.path}.lock")):
+            _remove_stale_temps(self.path)
+            if self.path.exists():
+                book = openpyxl.load_workbook(self.path)
+            else:
+                book = Workbook()
+                book.remove(book.worksheets[0])  # any success opens (or creates) a sheet
+            sheets: dict[str, _Sheet] = {}
+            changed = False
+            for write in coalesce(items):
+                try:
+                    self._apply(book, sheets, write)
+                    outcome = Outcome.done()
+                    changed = True
+                except _Reject as exc:
+                    outcome = Outcome.fail(sanitize_error(str(exc)))
+                outcomes.update(dict.fromkeys(write.item_ids, outcome))
+            if changed:
+                for sheet in sheets.values():
+                    _remove_rows(sheet.ws, sheet.to_remove)
+                _save_atomic(book, self.path)
+        return outcomes
+
+    def _apply(self, book: Workbook, sheets: dict[str, _Sheet], write: RecordWrite) -> None:
+        """Apply one record's merged write; raise ``_Reject`` before touching its row."""
+        sheet = sheets.get(write.model)
+        if sheet is None:
+            sheet = sheets[write.model] = self._open_sheet(book, write.model)
+        if write.kind is WriteKind.DELETE:
+            self._delete(sheet, write.record_id)
+            return
+        values = {
+            name: _cell_value(name, value)
+            for name, value in write.fields.items()
+            if name not in (self.id_column, DELETED_COLUMN)
+        }
+        row = sheet.find(write.record_id, write.row_hint)
+        missing = row is None or sheet.is_deleted(row)
+        if write.kind is WriteKind.UPDATE and missing and self.update_missing == "fail":
+            raise _Reject(f"{write.model} record {write.record_id!r} not found in the workbook")
+        unknown = [name for name in values if name not in sheet.columns]
+        if unknown and self.unknown_fields == "fail":
+            raise _Reject(f"{write.model} has no column for field(s): {', '.join(unknown)}")
+        for name in unknown:
+            sheet.add_column(name)
+        if row is None:
+            row = sheet.next_row
+            sheet.next_row += 1
+            sheet.rows[write.record_id] = [row]
+            _set(sheet.ws, row, sheet.columns[self.id_column], write.record_id)
+        elif missing:  # a tombstoned row comes back to life
+            _set(sheet.ws, row, sheet.columns[DELETED_COLUMN], None)
+        for name, value in values.items():
+            _set(sheet.ws, row, sheet.columns[name], value)
+
+    def _delete(self, sheet: _Sheet, record_id: str) -> None:
+        """Tombstone (or mark for removal) every row holding ``record_id``; none is fine."""
+        rows = sheet.rows.pop(record_id, [])
+        if self.delete_mode == "remove":
+            sheet.to_remove.extend(rows)
+            return
+        if not rows:
+            return
+        deleted_col = sheet.columns.get(DELETED_COLUMN) or sheet.add_column(DELETED_COLUMN)
+        id_col = sheet.columns[self.id_column]
+        for row in rows:
+            for col in range(1, sheet.ws.max_column + 1):
+                if col not in (id_col, deleted_col):
+                    _set(sheet.ws, row, col, None)
+            _set(sheet.ws, row, deleted_col, True)
+        sheet.rows[record_id] = rows  # the id stays, so a later CREATE revives the row
+
+    def _open_sheet(self, book: Workbook, model: str) -> _Sheet:
+        """Index ``model``'s worksheet, creating it (with an id header in A1) if absent."""
+        if model in book.sheetnames:
+            ws = book[model]
+        else:
+            try:
+                ws = book.create_sheet(title=model)
+            except ValueError as exc:
+                raise _Reject(f"cannot create a worksheet named {model!r}: {exc}") from None
+        header = next(ws.iter_rows(min_row=1, max_row=1, values_only=True), ())
+        columns: dict[str, int] = {}
+        for col, value in enumerate(header, start=1):
+            if value is not None and str(value) != "":
+                columns.setdefault(str(value), col)
+        if not columns:
+            ws.cell(row=1, column=1).value = self.id_column
+            columns[self.id_column] = 1
+        if self.id_column not in columns:
+            raise _Reject(f"worksheet {model!r} has no {self.id_column!r} column in row 1")
+        id_index = columns[self.id_column] - 1
+        rows: dict[str, list[int]] = {}
+        last = 1
+        for row, values in enumerate(ws.iter_rows(min_row=2, values_only=True), start=2):
+            if any(v is not None and v != "" for v in values):
+                last = row
+            key = _id_key(values[id_index]) if id_index < len(values) else None
+            if key is not None:
+                rows.setdefault(key, []).append(row)
+        return _Sheet(ws, columns, rows, last + 1)
+
+
+def create_writer() -> LocalWorkbookWriter:
+    """Build a ``LocalWorkbookWriter`` from :func:`get_settings`."""
+    s = get_settings()
+    return LocalWorkbookWriter(
+        s.workbook_path,
+        id_column=s.id_column,
+        unknown_fields=s.unknown_fields,
+        update_missing=s.update_missing,
+        delete_mode=s.delete_mode,
+    )
+
+
+def _cell_value(name: str, value: Any) -> Any:
+    """A payload value as a plain cell value: JSON text for nested data; ``_Reject`` if unfit."""
+    if isinstance(value, dict | list):
+        value = json.dumps(value, ensure_ascii=False)
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        value = str(value)
+    if name == "":
+        raise _Reject("a field with an empty name cannot be a column")
+    if isinstance(value, str):
+        if ILLEGAL_CHARACTERS_RE.search(value):
+            raise _Reject(f"field {name!r} contains control characters a workbook cannot store")
+        if len(value) > MAX_CELL_CHARS:
+            raise _Reject(f"field {name!r} is longer than {MAX_CELL_CHARS} characters")
+    return value
+
+
+def _set(ws: Worksheet, row: int, col: int, value: Any) -> None:
+    """Store ``value`` as a plain value: a string is always text, never a formula."""
+    cell = ws.cell(row=row, column=col)
+    cell.value = value
+    if isinstance(value, str):
+        cell.data_type = "s"  # openpyxl would make "=..." a formula
+
+
+def _id_key(value: Any) -> str | None:
+    """The record id a cell holds (a typed-in ``42`` or ``42.0`` reads as ``"42"``)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value)
+    return text or None
+
+
+def _is_true(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().upper() == "TRUE")
+
+
+def _remove_rows(ws: Worksheet, rows: list[int]) -> None:
+    """Delete ``rows``, highest first, one call per run of adjacent rows."""
+    runs: list[list[int]] = []  # [first, count], highest run first
+    for row in sorted(set(rows), reverse=True):
+        if runs and runs[-1][0] == row + 1:
+            runs[-1] = [row, runs[-1][1] + 1]
+        else:
+            runs.append([row, 1])
+    for first, count in runs:
+        ws.delete_rows(first, count)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (never deleted) for the block."""
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files a killed writer left behind (call with the lock held)."""
+    for stale in path.parent.glob(f"{_temp_prefix(path)}*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _save_atomic(book: Workbook, path: Path) -> None:
+    """Save to a temp file beside ``path``, fsync it, rename it over ``path``, fsync the dir."""
+    tmp = path.with_name(f"{_temp_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            book.save(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(tmp, mode)  # keep the workbook's permissions despite the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

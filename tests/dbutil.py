@@ -1,0 +1,56 @@
+"""Database helpers for tests: throwaway databases, migrations, row counts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psycopg
+from alembic.config import Config
+from sqlalchemy import text
+
+from syncqueue_tasks.db import dispose_engine, get_engine
+from syncqueue_tasks.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get(
+    "SYNCQUEUE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def create_database(name: str) -> str:
+    """Create an empty database next to the admin one; return its SQLAlchemy URL."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    return f"{base}/{name}"
+
+
+def drop_database(name: str) -> None:
+    """Drop a database made by ``create_database``, closing its connections."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def alembic_config() -> Config:
+    """The project's Alembic configuration, as ``alembic`` run from the repo root sees it."""
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def use_database(url: str) -> None:
+    """Point this process (and the subprocesses it starts) at ``url``."""
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    dispose_engine()
+
+
+def count_rows(where: str = "true", **params: object) -> int:
+    """Rows of ``sync_queue`` matching a SQL condition."""
+    with get_engine().connect() as conn:
+        return int(
+            conn.execute(
+                text(f"SELECT count(*) FROM sync_queue WHERE {where}"), params
+            ).scalar_one()
+        )
