@@ -28,9 +28,12 @@ INSERT_MANY = text("""
 
 # Claim a batch. One statement: pick, lock and mark in the same snapshot.
 # - Walks ix_sync_queue_pending (partial: only PENDING rows) in id = enqueue order.
-# - NOT EXISTS keeps per-record order: a change is claimable only when no earlier change to the
-#   same record is still PENDING (maybe waiting out a backoff) or PROCESSING. Uses
-#   ix_sync_queue_record_active. FAILED changes do not block later ones.
+# - Per-record order: a change is claimable only when it is the oldest unfinished (PENDING,
+#   maybe waiting out a backoff, or PROCESSING) change of its record. FAILED changes do not
+#   block later ones. Written as a scalar min() subquery, not NOT EXISTS: the planner then
+#   always probes ix_sync_queue_record_active once per candidate (a LIMIT 1 index scan),
+#   whatever the table statistics say; an anti-join planned on stale statistics scanned
+#   the whole index per candidate.
 # - FOR UPDATE SKIP LOCKED: concurrent claimers skip rows another claimer is taking, instead of
 #   waiting for them; a row whose status changed meanwhile is re-checked and skipped.
 CLAIM = text("""
@@ -39,9 +42,9 @@ CLAIM = text("""
         FROM sync_queue AS q
         WHERE q.status = 'PENDING'
           AND q.available_at <= now()
-          AND NOT EXISTS (
-              SELECT 1 FROM sync_queue AS e
-              WHERE e.model = q.model AND e.record_id = q.record_id AND e.id < q.id
+          AND q.id = (
+              SELECT min(e.id) FROM sync_queue AS e
+              WHERE e.model = q.model AND e.record_id = q.record_id
                 AND e.status IN ('PENDING', 'PROCESSING'))
         ORDER BY q.id
         LIMIT :batch_size

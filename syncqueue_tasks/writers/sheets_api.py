@@ -1,0 +1,179 @@
+"""Transport for the Google Sheets writer: gspread's HTTP client, rebased, and error triage.
+
+gspread hard-codes ``https://sheets.googleapis.com`` (``gspread.urls``); a
+:class:`RebaseAdapter` mounted on the session rewrites that prefix to the configured base URL
+(``SYNCQUEUE_SHEETS_API_URL``), so the same code talks to Google or to a local fake.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import gspread
+import requests
+from google.auth.credentials import AnonymousCredentials
+from google.auth.exceptions import RefreshError, TransportError
+from gspread.exceptions import APIError
+from gspread.http_client import HTTPClient
+from requests.adapters import HTTPAdapter
+from requests.utils import get_environ_proxies
+
+from syncqueue_tasks.errors import ConfigurationError, sanitize_error
+
+GOOGLE_SHEETS_URL = "https://sheets.googleapis.com"
+SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
+
+
+class RebaseAdapter(HTTPAdapter):
+    """Sends requests for ``https://sheets.googleapis.com/...`` to ``base_url/...`` instead."""
+
+    def __init__(self, base_url: str, prefix: str = GOOGLE_SHEETS_URL) -> None:
+        super().__init__()
+        self.base_url = base_url.rstrip("/")
+        self.prefix = prefix.rstrip("/")
+
+    def send(
+        self, request: requests.PreparedRequest, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """Rewrite the URL, then send as usual (proxies are resolved for the new host)."""
+        url = request.url or ""
+        if url.startswith(self.prefix):
+            request.url = self.base_url + url[len(self.prefix) :]
+            kwargs["proxies"] = get_environ_proxies(request.url)
+        return super().send(request, *args, **kwargs)
+
+
+def rebase(session: requests.Session, base_url: str) -> requests.Session:
+    """Mount a :class:`RebaseAdapter` on ``session`` unless ``base_url`` is Google's own."""
+    if base_url.rstrip("/") != GOOGLE_SHEETS_URL:
+        session.mount(GOOGLE_SHEETS_URL + "/", RebaseAdapter(base_url))
+    return session
+
+
+def make_http_client(
+    base_url: str, credentials_file: str, timeout: float | tuple[float, float]
+) -> tuple[HTTPClient, str]:
+    """Build gspread's HTTP client; return it and the account name (for shared rate limits).
+
+    With a credentials file: a service account, through ``gspread.service_account``. Without
+    one: no authentication at all (for a local fake server).
+    """
+    if credentials_file:
+        try:
+            client = gspread.service_account(filename=credentials_file, scopes=list(SCOPES))
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigurationError(
+                f"cannot load Sheets credentials from {credentials_file!r}: {sanitize_error(exc)}"
+            ) from None
+        account = str(getattr(client.http_client.auth, "service_account_email", "service-account"))
+    else:
+        client = gspread.Client(auth=AnonymousCredentials(), session=requests.Session())
+        account = "anonymous"
+    rebase(client.http_client.session, base_url)
+    client.set_timeout(timeout)
+    return client.http_client, account
+
+
+class SheetsApi:
+    """The five calls the writer makes, on one spreadsheet, always with RAW input."""
+
+    def __init__(self, http: HTTPClient, spreadsheet_id: str) -> None:
+        self.http = http
+        self.spreadsheet_id = spreadsheet_id
+
+    def metadata(self) -> Any:
+        """spreadsheets.get: the tabs' properties (no cell data)."""
+        params = {"includeGridData": "false", "fields": "sheets.properties"}
+        return self.http.fetch_sheet_metadata(self.spreadsheet_id, params=dict(params))
+
+    def batch_get(self, ranges: Sequence[str]) -> list[Any]:
+        """values.batchGet, formatted values by rows; one ValueRange per requested range."""
+        params: dict[str, Any] = {"majorDimension": "ROWS", "valueRenderOption": "FORMATTED_VALUE"}
+        answer = self.http.values_batch_get(self.spreadsheet_id, list(ranges), params=params)
+        ranges_out = answer.get("valueRanges", [])
+        if len(ranges_out) != len(ranges):
+            raise ValueError(f"batchGet returned {len(ranges_out)} ranges for {len(ranges)}")
+        return list(ranges_out)
+
+    def batch_update_values(self, data: list[dict[str, Any]]) -> Any:
+        """values.batchUpdate (atomic)."""
+        body = {"valueInputOption": "RAW", "data": data}
+        return self.http.values_batch_update(self.spreadsheet_id, body)
+
+    def append(self, a1: str, rows: list[list[Any]]) -> Any:
+        """values.append: new rows after the table, inserted (the grid grows)."""
+        params: dict[str, Any] = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
+        body = {"majorDimension": "ROWS", "values": rows}
+        return self.http.values_append(self.spreadsheet_id, a1, params, body)
+
+    def batch_update(self, requests_: list[dict[str, Any]]) -> Any:
+        """spreadsheets.batchUpdate (atomic): structure changes such as deleteDimension."""
+        return self.http.batch_update(self.spreadsheet_id, {"requests": requests_})
+
+
+class FailureKind(enum.StrEnum):
+    """How a failed call should be handled."""
+
+    QUOTA = "quota"  # 429: not applied; retry later without using up an attempt
+    TRANSIENT = "transient"  # 5xx, timeout, connection: maybe applied; retry later
+    INVALID = "invalid"  # 400/413, protected cells: the content is bad; split to find it
+    REJECTED = "rejected"  # 401/403/404...: the whole call is refused, whatever it holds
+
+
+@dataclass(frozen=True)
+class ApiFailure:
+    """A classified failure, with a sanitized message."""
+
+    kind: FailureKind
+    message: str
+    status: int | None = None
+    retry_after: float | None = None
+
+
+def classify(exc: BaseException) -> ApiFailure:
+    """Classify an exception raised by a call; re-raise anything that isn't an API failure."""
+    if isinstance(exc, APIError):
+        return _classify_api_error(exc)
+    if isinstance(exc, requests.RequestException | TransportError | ValueError):
+        return ApiFailure(FailureKind.TRANSIENT, sanitize_error(exc))
+    if isinstance(exc, RefreshError):
+        return ApiFailure(FailureKind.REJECTED, sanitize_error(exc))
+    raise exc
+
+
+def _classify_api_error(exc: APIError) -> ApiFailure:
+    response = exc.response
+    code = exc.code if isinstance(exc.code, int) and exc.code > 0 else response.status_code
+    error = exc.error if isinstance(exc.error, dict) else {}
+    status = str(error.get("status", ""))
+    message = sanitize_error(f"Sheets API {code} {status}: {error.get('message', '')}".strip())
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    lowered = message.lower()
+    if code == 429 or (code == 403 and ("rate limit" in lowered or "quota" in lowered)):
+        kind = FailureKind.QUOTA
+    elif code in (401, 408) or code >= 500:
+        kind = FailureKind.TRANSIENT
+    elif code in (400, 413) or (code == 403 and "protected" in lowered):
+        kind = FailureKind.INVALID
+    else:
+        kind = FailureKind.REJECTED
+    return ApiFailure(kind, message, code, retry_after)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,247 @@
+"""The queue module's state machine, against the real PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from dbutil import count_rows
+from sqlalchemy import event, text
+from sqlalchemy.orm import Session
+
+from syncqueue_tasks import queue
+from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.models import QueueStatus, SyncAction, SyncQueue
+from syncqueue_tasks.settings import get_settings
+
+pytestmark = pytest.mark.usefixtures("db")
+
+
+def _exec(sql: str, **params: object) -> None:
+    with get_engine().begin() as conn:
+        conn.execute(text(sql), params)
+
+
+def test_enqueue_then_dequeue_round_trip() -> None:
+    item_id = queue.enqueue(
+        "CREATE", "Request", "r-1", {"name": "Ann", "n": [1, {"x": None}]}, max_retries=5
+    )
+    [item] = queue.dequeue(10)
+    assert item.id == item_id
+    assert item.action is SyncAction.CREATE
+    assert (item.model, item.record_id, item.payload) == (
+        "Request",
+        "r-1",
+        {"name": "Ann", "n": [1, {"x": None}]},
+    )
+    assert (item.retries, item.max_retries, item.sheet_row_index) == (0, 5, None)
+    assert count_rows("status = 'PROCESSING' AND claimed_at IS NOT NULL") == 1
+    assert queue.dequeue(10) == []
+    assert queue.mark_complete(item) is True
+    assert count_rows("status = 'COMPLETED' AND processed_at IS NOT NULL") == 1
+
+
+def test_dequeue_returns_oldest_first_and_respects_batch_size() -> None:
+    ids = queue.enqueue_many(
+        {"action": "CREATE", "model": "Operator", "record_id": f"o{i}", "payload": {"i": i}}
+        for i in range(30)
+    )
+    first = queue.dequeue(10)
+    assert [i.id for i in first] == ids[:10]
+    assert [i.id for i in queue.dequeue(25)] == ids[10:30]
+    assert queue.mark_complete_many(first) == 10
+
+
+def test_enqueue_many_is_all_or_nothing() -> None:
+    good = {"action": "UPDATE", "model": "Revenue", "record_id": "1", "payload": {"a": 1}}
+    bad = {"action": "UPDATE", "model": "Nope", "record_id": "2", "payload": {}}
+    with pytest.raises(ValueError, match="model"):
+        queue.enqueue_many([good, good, bad])
+    assert count_rows() == 0
+
+
+def test_outbox_row_commits_and_rolls_back_with_the_callers_transaction() -> None:
+    with Session(get_engine()) as session:
+        queue.enqueue("CREATE", "Request", "a", {"x": 1}, session=session)
+        queue.enqueue_many(
+            [{"action": "UPDATE", "model": "Request", "record_id": "a", "payload": {}}],
+            session=session,
+        )
+        assert count_rows() == 0  # not visible before the caller commits
+        session.rollback()
+    assert count_rows() == 0
+    with Session(get_engine()) as session, session.begin():
+        queue.enqueue("CREATE", "Request", "b", {"x": 1}, session=session)
+    assert count_rows("record_id = 'b'") == 1
+
+
+def test_enqueue_with_the_same_id_twice_stores_one_row() -> None:
+    item_id = queue.enqueue("CREATE", "Request", "a", {})
+    assert queue.enqueue("CREATE", "Request", "a", {}, item_id=item_id) == item_id
+    assert count_rows() == 1
+
+
+def test_mark_failed_backs_off_then_fails_after_max_retries(monkeypatch) -> None:
+    monkeypatch.setenv("SYNCQUEUE_BACKOFF_BASE_SECONDS", "0")
+    get_settings.cache_clear()
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, max_retries=3)
+    statuses = []
+    for _ in range(3):
+        [item] = queue.dequeue()
+        statuses.append(queue.mark_failed(item, RuntimeError("sheet said no")))
+    assert statuses == [QueueStatus.PENDING, QueueStatus.PENDING, QueueStatus.FAILED]
+    with get_engine().connect() as conn:
+        row = conn.execute(text("SELECT retries, last_error, processed_at FROM sync_queue")).one()
+    assert row.retries == 3
+    assert row.last_error == "RuntimeError: sheet said no"
+    assert row.processed_at is not None
+    assert queue.dequeue() == []
+
+
+def test_non_retryable_failure_is_failed_at_once() -> None:
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1})
+    [item] = queue.dequeue()
+    assert queue.mark_failed(item, "bad column", retryable=False) is QueueStatus.FAILED
+    assert count_rows("status = 'FAILED' AND retries = 1") == 1
+
+
+def test_backoff_keeps_an_item_from_being_claimed_until_it_passes(monkeypatch) -> None:
+    monkeypatch.setenv("SYNCQUEUE_BACKOFF_BASE_SECONDS", "60")
+    get_settings.cache_clear()
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1})
+    [item] = queue.dequeue()
+    assert queue.mark_failed(item, "503") is QueueStatus.PENDING
+    # 60 s base with equal jitter: between 30 and 60 seconds from now.
+    assert count_rows("available_at BETWEEN now() + interval '29 s' AND now() + interval '61 s'")
+    assert queue.dequeue() == []
+    _exec("UPDATE sync_queue SET available_at = now() - interval '1 second'")  # time passes
+    [again] = queue.dequeue()
+    assert again.id == item.id and again.retries == 1
+
+
+def test_retry_after_and_uncounted_attempts() -> None:
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, max_retries=1)
+    [item] = queue.dequeue()
+    status = queue.mark_failed(item, "429 quota", retry_after=0, count_attempt=False)
+    assert status is QueueStatus.PENDING
+    assert count_rows("retries = 0 AND available_at <= now()") == 1
+    [item] = queue.dequeue()
+    assert queue.mark_failed(item, "429 quota", retry_after=120, count_attempt=False) == "PENDING"
+    assert count_rows("available_at > now() + interval '119 s'") == 1
+
+
+def test_stale_owner_cannot_complete_or_fail_after_reset_stuck() -> None:
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1})
+    [first] = queue.dequeue()
+    assert queue.reset_stuck(older_than_minutes=0) == 1
+    [second] = queue.dequeue()
+    assert second.id == first.id and second.claim_token != first.claim_token
+    assert queue.mark_complete(first) is False
+    assert queue.mark_complete_many([first]) == 0
+    assert queue.mark_failed(first, "late") is None
+    assert count_rows("status = 'PROCESSING' AND claim_token = :t", t=second.claim_token) == 1
+    assert queue.mark_complete(queue.Claim(second.id, second.claim_token)) is True
+
+
+def test_unknown_items_are_reported_not_changed() -> None:
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1})
+    [item] = queue.dequeue()
+    ghost = queue.Claim("01ARZ3NDEKTSV4RRFFQ69G5FAV", item.claim_token)
+    assert queue.mark_complete(ghost) is False
+    assert queue.mark_failed(ghost, "x") is None
+    assert count_rows("status = 'PROCESSING'") == 1
+
+
+def test_reset_stuck_measures_time_since_the_claim_not_the_items_age() -> None:
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1})
+    _exec("UPDATE sync_queue SET created_at = now() - interval '3 days'")
+    queue.dequeue()
+    assert queue.reset_stuck(older_than_minutes=10) == 0  # old item, fresh claim
+    _exec("UPDATE sync_queue SET claimed_at = now() - interval '11 minutes'")
+    assert queue.reset_stuck(older_than_minutes=10) == 1
+    assert count_rows("status = 'PENDING' AND claim_token IS NULL") == 1
+
+
+def test_cleanup_completed_deletes_exactly_old_completed_rows_in_chunks() -> None:
+    ids = queue.enqueue_many(
+        {"action": "CREATE", "model": "Request", "record_id": str(i), "payload": {}}
+        for i in range(60)
+    )
+    _exec(
+        """UPDATE sync_queue SET status = 'COMPLETED', processed_at = now() - interval '8 days'
+           WHERE id = ANY(:old)""",
+        old=ids[:35],
+    )
+    _exec(
+        """UPDATE sync_queue SET status = 'COMPLETED', processed_at = now() - interval '6 days'
+           WHERE id = ANY(:recent)""",
+        recent=ids[35:45],
+    )
+    _exec(
+        """UPDATE sync_queue SET status = 'FAILED', processed_at = now() - interval '30 days'
+           WHERE id = ANY(:failed)""",
+        failed=ids[45:50],
+    )
+    deletes: list[int] = []
+
+    def count_deletes(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().startswith("DELETE"):
+            deletes.append(cursor.rowcount)
+
+    event.listen(get_engine(), "after_cursor_execute", count_deletes)
+    try:
+        assert queue.cleanup_completed(older_than_days=7, chunk_size=10) == 35
+    finally:
+        event.remove(get_engine(), "after_cursor_execute", count_deletes)
+    assert deletes == [10, 10, 10, 5]
+    assert count_rows("id = ANY(:old)", old=ids[:35]) == 0
+    assert count_rows() == 25
+    assert count_rows("status = 'FAILED'") == 5
+
+
+def test_retry_list_and_discard_failed() -> None:
+    for model, record_id in (("Request", "a"), ("Request", "b"), ("Operator", "a")):
+        queue.enqueue("UPDATE", model, record_id, {"v": 1}, max_retries=0)
+    for item in queue.dequeue(10):
+        queue.mark_failed(item, "boom")
+    failed = queue.list_failed()
+    assert len(failed) == 3 and {f["last_error"] for f in failed} == {"boom"}
+    assert queue.retry_failed(model="Operator") == 1
+    assert count_rows("status = 'PENDING' AND retries = 0 AND model = 'Operator'") == 1
+    request_ids = [f["id"] for f in queue.list_failed(model="Request")]
+    assert queue.retry_failed([request_ids[0]]) == 1
+    assert queue.discard_failed(model="Request") == 1
+    assert queue.retry_failed() == 0
+    assert count_rows() == 2
+
+
+def test_stats_counts_each_status_and_oldest_pending_age() -> None:
+    assert queue.get_queue_stats()["oldest_pending_age_seconds"] == 0.0
+    queue.enqueue_many(
+        {"action": "CREATE", "model": "Request", "record_id": str(i), "payload": {}}
+        for i in range(5)
+    )
+    _exec("UPDATE sync_queue SET created_at = now() - interval '90 seconds'")
+    done, failing = queue.dequeue(2)
+    queue.mark_complete(done)
+    queue.mark_failed(failing, "x", retryable=False)
+    queue.dequeue(1)
+    stats = queue.get_queue_stats()
+    assert {k: stats[k] for k in ("pending", "processing", "completed", "failed")} == {
+        "pending": 2,
+        "processing": 1,
+        "completed": 1,
+        "failed": 1,
+    }
+    assert 89 < stats["oldest_pending_age_seconds"] < 200
+    assert stats["failed_last_24h"] == 1 and stats["completed_last_hour"] == 1
+
+
+def test_orm_model_reads_rows_written_by_the_queue() -> None:
+    item_id = queue.enqueue("DELETE", "Revenue", "9", {}, sheet_row_index=7)
+    with Session(get_engine()) as session:
+        row = session.get(SyncQueue, item_id)
+        assert row is not None
+        assert (row.action, row.status, row.sheet_row_index) == (
+            SyncAction.DELETE,
+            QueueStatus.PENDING,
+            7,
+        )
