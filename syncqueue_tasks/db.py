@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
+import psycopg  # noqa: F401  (loaded with the package, not inside the first enqueue)
 from sqlalchemy import Engine, create_engine
 
 from syncqueue_tasks.settings import get_settings

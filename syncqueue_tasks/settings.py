@@ -84,7 +84,10 @@ class Settings:
     backoff_max_seconds: float
     batch_size: int
     cleanup_chunk_size: int
+    batch_time_budget: float
+    kick_delay: float
     writer: str
+    jsonl_path: str
     workbook_path: Path
     sheets_spreadsheet_id: str
     sheets_credentials_file: str
@@ -97,6 +100,7 @@ class Settings:
     sheets_writes_per_minute: int
     sheets_max_request_bytes: int
     redis_url: str
+    redis_prefix: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -118,7 +122,10 @@ class Settings:
             backoff_max_seconds=_float("SYNCQUEUE_BACKOFF_MAX_SECONDS", 600.0, 0.0, 86400.0),
             batch_size=_int("SYNCQUEUE_BATCH_SIZE", 25, 1, 1000),
             cleanup_chunk_size=_int("SYNCQUEUE_CLEANUP_CHUNK_SIZE", 5000, 1, 100000),
+            batch_time_budget=_float("SYNCQUEUE_BATCH_TIME_BUDGET", 60.0, 0.0, 3600.0),
+            kick_delay=_float("SYNCQUEUE_KICK_DELAY", 0.2, 0.0, 60.0),
             writer=env("SYNCQUEUE_WRITER", "").strip(),
+            jsonl_path=env("SYNCQUEUE_JSONL_PATH", "").strip(),
             workbook_path=Path(env("SYNCQUEUE_WORKBOOK_PATH", "") or ".syncqueue/workbook.xlsx"),
             sheets_spreadsheet_id=env("SYNCQUEUE_SHEETS_SPREADSHEET_ID", "").strip(),
             sheets_credentials_file=(
@@ -144,6 +151,8 @@ class Settings:
                 or env("CELERY_BROKER_URL", "")
                 or "redis://localhost:6379/0"
             ),
+            # Redis keys (kick debounce, metrics) are namespaced by the Celery queue's name.
+            redis_prefix=env("CELERY_QUEUE", "").strip() or "syncqueue",
         )
 
 

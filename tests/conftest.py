@@ -10,19 +10,31 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
+from celery import Celery
 from dbutil import alembic_config, create_database, drop_database, use_database
+from redis import Redis
 from sqlalchemy import text
 
 from syncqueue_tasks.db import dispose_engine, get_engine
 from syncqueue_tasks.settings import get_settings
 
-_DB_NAME = f"syncqueue_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+pytest_plugins = ("celery.contrib.pytest",)
+
+_RUN = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+_DB_NAME = f"syncqueue_test_{_RUN}"
+# Celery: the real Redis, and a queue (and Redis key prefix) of this run's own.
+TEST_QUEUE = f"syncqueue_test_{_RUN}"
+REDIS_URL = os.environ.get("SYNCQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ["CELERY_QUEUE"] = TEST_QUEUE
+    os.environ["CELERY_BROKER_URL"] = REDIS_URL
+    os.environ.pop("SYNCQUEUE_REDIS_URL", None)
     use_database(create_database(_DB_NAME))
     command.upgrade(alembic_config(), "head")
 
@@ -30,6 +42,34 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     dispose_engine()
     drop_database(_DB_NAME)
+    redis = Redis.from_url(REDIS_URL)
+    keys = list(redis.scan_iter(f"{TEST_QUEUE}*")) + [TEST_QUEUE]
+    redis.delete(*keys)
+    redis.close()
+
+
+@pytest.fixture
+def celery_app() -> Celery:
+    """Celery's pytest fixtures run the package's own app (configured by celeryconfig)."""
+    from syncqueue_tasks.celery_app import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters() -> dict[str, object]:
+    """No ping check: it needs a result backend, which this app does not have."""
+    return {"perform_ping_check": False, "shutdown_timeout": 30.0}
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Route process_batch to the recording test writer; return the file it appends to."""
+    path = tmp_path / "written.jsonl"
+    monkeypatch.setenv("SYNCQUEUE_WRITER", "recording_writer:recording")
+    monkeypatch.setenv("SYNCQUEUE_JSONL_PATH", str(path))
+    get_settings.cache_clear()
+    return path
 
 
 @pytest.fixture

@@ -1,0 +1,652 @@
+"""Queue throughput and claim latency: ``syncqueue_tasks.queue`` against bare psycopg 3.
+
+Run from the repository root (needs the PostgreSQL server of the tests, by default
+``postgresql://postgres@127.0.0.1:5432/postgres``; ``SYNCQUEUE_TEST_ADMIN_URL`` overrides it)::
+
+    .venv/bin/python bench/queue_bench.py            # full run, a few minutes
+    .venv/bin/python bench/queue_bench.py --quick    # smaller sizes, under a minute
+
+The script creates a throwaway database, migrates it with Alembic, points ``DATABASE_URL`` at
+it, and drops it at the end. Each operation is timed twice: through the package (``ours``:
+SQLAlchemy engine, validation, ``QueueItem`` objects) and as bare psycopg 3 (``bare``: the
+same statement text as ``syncqueue_tasks/sql.py``, one persistent connection per process,
+no SQLAlchemy). Both sides make their ids with ``new_id`` and their JSON with ``json.dumps``.
+
+1. ``queue.enqueue``, one transaction each;
+2. ``queue.enqueue_many`` in batches of 1,000;
+3. drain: ``dequeue(100)`` + ``mark_complete_many`` in 1, 2 and 4 spawned processes;
+4. claim latency: median ``dequeue(100)`` on a table of PENDING rows, then again after adding
+   many COMPLETED rows (one ``INSERT ... SELECT generate_series``, ids sorting before the
+   pending ones) and ``ANALYZE``.
+
+The table is truncated between phases and every timed run is preceded by a warm-up (which
+also lets psycopg prepare the statements on both sides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import statistics
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import psycopg  # noqa: E402
+import sqlalchemy  # noqa: E402
+from alembic import command  # noqa: E402
+from dbutil import alembic_config, create_database, drop_database, use_database  # noqa: E402
+from sqlalchemy.dialects.postgresql import psycopg as sa_psycopg  # noqa: E402
+
+from syncqueue_tasks import queue, sql  # noqa: E402
+from syncqueue_tasks.db import dispose_engine  # noqa: E402
+from syncqueue_tasks.ids import new_id  # noqa: E402
+
+MODEL = "Request"
+CLAIM_BATCH = 100
+MANY_BATCH = 1000
+PROCESS_COUNTS = (1, 2, 4)
+BARRIER_TIMEOUT = 300.0
+
+TARGET_ENQUEUE = 0.8
+TARGET_MANY = 0.7
+TARGET_DRAIN = 0.7
+TARGET_CLAIM = 1.5
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that differs between the full run and ``--quick``."""
+
+    enqueue: int
+    many: int
+    drain: int
+    completed: int
+    latency_samples: int
+    rounds: int  # enqueue / enqueue_many: best of this many alternating runs
+
+
+FULL = Sizes(
+    enqueue=5_000, many=100_000, drain=100_000, completed=1_000_000, latency_samples=60, rounds=2
+)
+QUICK = Sizes(
+    enqueue=1_000, many=20_000, drain=20_000, completed=200_000, latency_samples=30, rounds=1
+)
+
+
+# --- bare statements: the text of syncqueue_tasks/sql.py with psycopg placeholders ----------
+
+_BIND = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def bare_sql(statement: Any) -> str:
+    """``:name`` -> ``%(name)s``; checked against what SQLAlchemy itself sends to psycopg."""
+    converted = _BIND.sub(r"%(\1)s", statement.text)
+    sent = str(statement.compile(dialect=sa_psycopg.dialect()))
+    if converted != sent:
+        raise RuntimeError("bare statement text differs from SQLAlchemy's")
+    return converted
+
+
+INSERT_ONE = bare_sql(sql.INSERT_ONE)
+INSERT_MANY = bare_sql(sql.INSERT_MANY)
+CLAIM = bare_sql(sql.CLAIM)
+COMPLETE = bare_sql(sql.COMPLETE)
+
+# Setup only (never timed): PENDING rows spread over many records, ids '01' + 24 digits
+# (ULIDs made today also start with "01"); COMPLETED history with ids '00...' that sort first.
+FILL_PENDING = """
+    INSERT INTO sync_queue (id, action, model, record_id, payload)
+    SELECT '01' || lpad((%(start)s + g)::text, 24, '0'), 'UPDATE', %(model)s,
+           'rec' || floor(random() * %(records)s)::int,
+           jsonb_build_object('name', 'name-' || g, 'status', 'open', 'amount', g,
+                              'note', 'benchmark row')
+    FROM generate_series(1, %(n)s) AS g
+"""
+FILL_COMPLETED = """
+    INSERT INTO sync_queue (id, action, model, record_id, payload, status, created_at,
+                            available_at, processed_at)
+    SELECT '0' || lpad(g::text, 25, '0'), 'UPDATE', %(model)s, 'rec' || (g %% %(records)s),
+           '{"name": "old", "status": "done"}'::jsonb, 'COMPLETED',
+           now() - interval '2 days', now() - interval '2 days',
+           now() - interval '1 day' + (g %% 3600) * interval '1 second'
+    FROM generate_series(1, %(n)s) AS g
+"""
+PENDING_LEFT = "SELECT EXISTS (SELECT 1 FROM sync_queue WHERE status = 'PENDING')"
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"name": f"name-{i}", "status": "open", "amount": i, "note": "benchmark row"}
+
+
+def dumps(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def record(i: int, records: int) -> str:
+    return f"rec{(i * 7919) % records}"
+
+
+# --- the database -----------------------------------------------------------------------------
+
+
+class Bench:
+    """The throwaway database, its URLs, and one autocommit connection for setup work."""
+
+    def __init__(self, sa_url: str) -> None:
+        self.sa_url = sa_url
+        self.url = sa_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self.admin = psycopg.connect(self.url, autocommit=True)
+
+    def run(self, statement: str, params: dict[str, Any] | None = None) -> None:
+        self.admin.execute(statement, params)  # type: ignore[arg-type]
+
+    def scalar(self, statement: str) -> Any:
+        row = self.admin.execute(statement).fetchone()  # type: ignore[arg-type]
+        assert row is not None
+        return row[0]
+
+    def truncate(self) -> None:
+        self.run("TRUNCATE sync_queue")
+
+    def count(self, status: str | None = None) -> int:
+        where = "true" if status is None else f"status = '{status}'"
+        return int(self.scalar(f"SELECT count(*) FROM sync_queue WHERE {where}"))
+
+    def fill_pending(self, n: int, records: int, start: int = 0) -> None:
+        self.run("SELECT setseed(0.42)")
+        self.run(FILL_PENDING, {"start": start, "model": MODEL, "records": records, "n": n})
+
+    def close(self) -> None:
+        self.admin.close()
+
+
+def bare_connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, application_name="syncqueue-bench-bare")
+
+
+# --- 1. enqueue, 2. enqueue_many ------------------------------------------------------------
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_enqueue(db: Bench, n: int, rounds: int) -> tuple[float, float]:
+    """Rows per second for ``queue.enqueue`` and for a bare INSERT + COMMIT each."""
+    records = max(1, n // 5)
+    payloads = [payload(i) for i in range(n)]
+    conn = bare_connect(db.url)
+    cur = conn.cursor()
+
+    def ours(count: int) -> None:
+        for i in range(count):
+            queue.enqueue("UPDATE", MODEL, record(i, records), payloads[i])
+
+    def bare(count: int) -> None:
+        for i in range(count):
+            cur.execute(
+                INSERT_ONE,
+                {
+                    "id": new_id(),
+                    "action": "UPDATE",
+                    "model": MODEL,
+                    "record_id": record(i, records),
+                    "sheet_row_index": None,
+                    "payload": dumps(payloads[i]),
+                    "max_retries": 3,
+                },
+            )
+            conn.commit()
+
+    try:
+        return best_rates(db, n, rounds, ours, bare, warmup=min(300, n))
+    finally:
+        conn.close()
+
+
+def bench_enqueue_many(db: Bench, n: int, rounds: int) -> tuple[float, float]:
+    """Rows per second for ``queue.enqueue_many`` and a bare unnest INSERT, 1,000 a batch."""
+    records = max(1, n // 10)
+    changes = [
+        {"action": "UPDATE", "model": MODEL, "record_id": record(i, records), "payload": payload(i)}
+        for i in range(n)
+    ]
+    batches = [changes[i : i + MANY_BATCH] for i in range(0, n, MANY_BATCH)]
+    conn = bare_connect(db.url)
+    cur = conn.cursor()
+
+    def ours(count: int) -> None:
+        for batch in batches[: count // MANY_BATCH]:
+            queue.enqueue_many(batch)
+
+    def bare(count: int) -> None:
+        for batch in batches[: count // MANY_BATCH]:
+            cur.execute(
+                INSERT_MANY,
+                {
+                    "ids": [new_id() for _ in batch],
+                    "actions": [c["action"] for c in batch],
+                    "models": [c["model"] for c in batch],
+                    "record_ids": [c["record_id"] for c in batch],
+                    "sheet_row_indexes": [None] * len(batch),
+                    "payloads": [dumps(c["payload"]) for c in batch],
+                    "max_retries": [3] * len(batch),
+                },
+            )
+            conn.commit()
+
+    try:
+        return best_rates(db, n, rounds, ours, bare, warmup=min(10, len(batches)) * MANY_BATCH)
+    finally:
+        conn.close()
+
+
+def best_rates(
+    db: Bench,
+    n: int,
+    rounds: int,
+    ours: Callable[[int], None],
+    bare: Callable[[int], None],
+    warmup: int,
+) -> tuple[float, float]:
+    """Warm both up, then alternate timed runs on an empty table; best rate of each."""
+    for fn in (ours, bare):
+        db.truncate()
+        fn(warmup)
+    best = {"ours": 0.0, "bare": 0.0}
+    for _ in range(rounds):
+        for name, fn in (("ours", ours), ("bare", bare)):
+            db.truncate()
+            seconds = timed(lambda fn=fn: fn(n))  # type: ignore[misc]
+            check(db.count() == n, f"{name}: expected {n} rows, found {db.count()}")
+            best[name] = max(best[name], n / seconds)
+    db.truncate()
+    return best["ours"], best["bare"]
+
+
+# --- 3. drain -------------------------------------------------------------------------------
+
+
+def _drain_ops(
+    impl: str, url: str
+) -> tuple[Callable[[], tuple[int, int]], Callable[[], bool], Callable[[], None]]:
+    """(claim and complete one batch -> (claimed, completed), "anything PENDING?", warm-up)."""
+    if impl == "ours":
+
+        def step() -> tuple[int, int]:
+            items = queue.dequeue(CLAIM_BATCH)
+            return (len(items), queue.mark_complete_many(items)) if items else (0, 0)
+
+        def warm() -> None:
+            queue.dequeue(CLAIM_BATCH)
+            queue.mark_complete_many([queue.Claim(new_id(), uuid.uuid4())])
+
+        return step, lambda: queue.get_queue_stats()["pending"] > 0, warm
+
+    conn = bare_connect(url)
+    cur = conn.cursor()
+
+    def bare_step() -> tuple[int, int]:
+        cur.execute(CLAIM, {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()})
+        rows = cur.fetchall()
+        conn.commit()
+        if not rows:
+            return 0, 0
+        cur.execute(COMPLETE, {"ids": [r[0] for r in rows], "tokens": [r[9] for r in rows]})
+        completed = len(cur.fetchall())
+        conn.commit()
+        return len(rows), completed
+
+    def pending_left() -> bool:
+        cur.execute(PENDING_LEFT)
+        row = cur.fetchone()
+        conn.commit()
+        return bool(row and row[0])
+
+    def bare_warm() -> None:
+        bare_step()
+        cur.execute(COMPLETE, {"ids": [new_id()], "tokens": [uuid.uuid4()]})
+        cur.fetchall()
+        conn.commit()
+
+    return bare_step, pending_left, bare_warm
+
+
+def drain_worker(impl: str, url: str, barrier: Any, results: Any) -> None:
+    """One draining process: warm up, wait for the data, drain until nothing is PENDING."""
+    try:
+        step, pending_left, warm = _drain_ops(impl, url)
+        # Warm-up on the still empty table: connect, and run both statements past psycopg's
+        # prepare threshold (5) so that neither side is timed while still unprepared.
+        for _ in range(8):
+            warm()
+        pending_left()
+        barrier.wait(timeout=BARRIER_TIMEOUT)  # ready
+        barrier.wait(timeout=BARRIER_TIMEOUT)  # go: the parent has loaded the table
+        claimed = completed = 0
+        while True:
+            got, done = step()
+            claimed += got
+            completed += done
+            if got:
+                continue
+            if not pending_left():
+                break
+            time.sleep(0.001)  # what is left waits behind another process's claims
+        results.put(("ok", claimed, completed))
+    except BaseException:
+        barrier.abort()
+        results.put(("error", traceback.format_exc(), 0))
+
+
+def bench_drain(db: Bench, n: int, processes: int, impl: str) -> float:
+    """Items per second drained by ``processes`` spawned processes of ``impl``."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(processes + 1)
+    results = ctx.Queue()
+    db.truncate()
+    procs = [
+        ctx.Process(target=drain_worker, args=(impl, db.url, barrier, results), daemon=True)
+        for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        try:
+            barrier.wait(timeout=BARRIER_TIMEOUT)  # every worker connected and warm
+        except threading.BrokenBarrierError:
+            raise RuntimeError(worker_error(results)) from None
+        db.fill_pending(n, records=max(1, n // 10))
+        db.run("ANALYZE sync_queue")
+        barrier.wait(timeout=BARRIER_TIMEOUT)
+        start = time.perf_counter()
+        outcomes = [results.get(timeout=BARRIER_TIMEOUT) for _ in procs]
+        seconds = time.perf_counter() - start
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    errors = [o[1] for o in outcomes if o[0] != "ok"]
+    if errors:
+        raise RuntimeError(errors[0])
+    completed = db.count("COMPLETED")
+    check(completed == n, f"drain {impl} x{processes}: {completed} of {n} COMPLETED")
+    check(sum(o[2] for o in outcomes) == n, f"drain {impl} x{processes}: completions != {n}")
+    return n / seconds
+
+
+def worker_error(results: Any) -> str:
+    try:
+        outcome = results.get(timeout=5)
+    except Exception:
+        return "a drain worker did not become ready"
+    return str(outcome[1])
+
+
+# --- 4. claim latency -------------------------------------------------------------------------
+
+
+def bench_claim_latency(db: Bench, sizes: Sizes) -> dict[str, dict[str, float]]:
+    """Median ms of one claim of 100, ours and bare, before and after adding COMPLETED rows.
+
+    Every sample claims fresh PENDING rows (the front of the queue); the claimed rows are then
+    completed, untimed, so no claim is left blocking later changes of its record.
+    """
+    samples, warm = sizes.latency_samples, 10
+    per_state = (samples + warm) * 2 * CLAIM_BATCH
+    pending = 2 * per_state + 10 * CLAIM_BATCH
+    records = pending // 4
+    db.truncate()
+    db.fill_pending(pending, records=records)
+    db.run("ANALYZE sync_queue")
+    conn = bare_connect(db.url)
+    cur = conn.cursor()
+
+    def ours() -> float:
+        start = time.perf_counter()
+        items = queue.dequeue(CLAIM_BATCH)
+        seconds = time.perf_counter() - start
+        check(len(items) == CLAIM_BATCH, f"claimed {len(items)}, expected {CLAIM_BATCH}")
+        queue.mark_complete_many(items)
+        return seconds
+
+    def bare() -> float:
+        start = time.perf_counter()
+        cur.execute(CLAIM, {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()})
+        rows = cur.fetchall()
+        conn.commit()
+        seconds = time.perf_counter() - start
+        check(len(rows) == CLAIM_BATCH, f"claimed {len(rows)}, expected {CLAIM_BATCH}")
+        cur.execute(COMPLETE, {"ids": [r[0] for r in rows], "tokens": [r[9] for r in rows]})
+        conn.commit()
+        return seconds
+
+    def measure() -> dict[str, float]:
+        for _ in range(warm):
+            ours()
+            bare()
+        times: dict[str, list[float]] = {"ours": [], "bare": []}
+        for _ in range(samples):  # interleaved, so drift hits both alike
+            times["ours"].append(ours())
+            times["bare"].append(bare())
+        return {k: statistics.median(v) * 1000 for k, v in times.items()}
+
+    try:
+        result = {"before": measure()}
+        db.run(FILL_COMPLETED, {"model": MODEL, "records": records, "n": sizes.completed})
+        db.run("ANALYZE sync_queue")
+        result["after"] = measure()
+        result["table"] = {"rows": db.count(), "completed": db.count("COMPLETED")}
+        return result
+    finally:
+        conn.close()
+        db.truncate()
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+class Failed(AssertionError):
+    pass
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise Failed(message)
+
+
+def fmt_rate(rate: float) -> str:
+    return f"{rate:,.0f}/s"
+
+
+@dataclass
+class Row:
+    name: str
+    ours: str
+    bare: str
+    ratio: float
+    target: str
+    ok: bool
+
+
+def print_table(rows: list[Row]) -> None:
+    head = ("operation", "ours", "bare", "ours/bare", "target", "")
+    cells = [head] + [
+        (r.name, r.ours, r.bare, f"{r.ratio:.2f}x", r.target, "ok" if r.ok else "MISS")
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for k, c in enumerate(cells):
+        print(
+            "  ".join(
+                c[i].ljust(widths[i]) if i == 0 else c[i].rjust(widths[i]) for i in range(len(head))
+            )
+        )
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def latency_rows(lat: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str, str, str]]:
+    """(side, before, after, after/before, target, verdict) per implementation."""
+    out = []
+    for side in ("ours", "bare"):
+        before, after = lat["before"][side], lat["after"][side]
+        growth = after / before
+        if side == "ours":
+            target, verdict = f"<= {TARGET_CLAIM}x", "ok" if growth <= TARGET_CLAIM else "MISS"
+        else:
+            target, verdict = "(reference)", ""
+        out.append((side, f"{before:.2f} ms", f"{after:.2f} ms", f"{growth:.2f}x", target, verdict))
+    return out
+
+
+def print_markdown(
+    rows: list[Row], lat: dict[str, dict[str, float]], sizes: Sizes, env: str
+) -> None:
+    print("| Operation | syncqueue_tasks | bare psycopg 3 | ours / bare | target | |")
+    print("|---|---:|---:|---:|---:|:---:|")
+    for r in rows:
+        mark = "✅" if r.ok else "❌"
+        print(f"| {r.name} | {r.ours} | {r.bare} | {r.ratio:.2f}x | {r.target} | {mark} |")
+    print()
+    print(
+        f"| Claim latency, median `dequeue(100)` | PENDING rows only "
+        f"| + {sizes.completed:,} COMPLETED rows | after / before | target | |"
+    )
+    print("|---|---:|---:|---:|---:|:---:|")
+    for side, before, after, growth, target, verdict in latency_rows(lat):
+        name = "syncqueue_tasks" if side == "ours" else "bare psycopg 3"
+        mark = {"ok": "✅", "MISS": "❌"}.get(verdict, "")
+        print(f"| {name} | {before} | {after} | {growth} | {target} | {mark} |")
+    print()
+    print(
+        f"*{env}. Rates: best of {sizes.rounds} run(s) for enqueue/enqueue_many, one run per"
+        f" process count for drains; latency: median of {sizes.latency_samples} claims.*"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (under a minute)")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+
+    name = f"syncqueue_bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    db: Bench | None = None
+    try:
+        use_database(create_database(name))
+        command.upgrade(alembic_config(), "head")
+        db = Bench(os.environ["DATABASE_URL"])
+        server = db.scalar("SHOW server_version").split()[0]
+        env = (
+            f"PostgreSQL {server}, Python {platform.python_version()}, SQLAlchemy "
+            f"{sqlalchemy.__version__}, psycopg {psycopg.__version__}, {os.cpu_count()} CPUs"
+        )
+        print(f"queue benchmark ({'quick' if args.quick else 'full'}) on database {name}")
+        print(env)
+        print()
+        rows: list[Row] = []
+
+        print(f"[1/4] enqueue x {sizes.enqueue:,} ...", flush=True)
+        o, b = bench_enqueue(db, sizes.enqueue, sizes.rounds)
+        rows.append(
+            Row(
+                f"enqueue, 1 tx each ({sizes.enqueue:,} rows)",
+                fmt_rate(o),
+                fmt_rate(b),
+                o / b,
+                f">= {TARGET_ENQUEUE}x",
+                o / b >= TARGET_ENQUEUE,
+            )
+        )
+
+        print(f"[2/4] enqueue_many x {sizes.many:,} ...", flush=True)
+        o, b = bench_enqueue_many(db, sizes.many, sizes.rounds)
+        rows.append(
+            Row(
+                f"enqueue_many, batches of {MANY_BATCH:,} ({sizes.many:,} rows)",
+                fmt_rate(o),
+                fmt_rate(b),
+                o / b,
+                f">= {TARGET_MANY}x",
+                o / b >= TARGET_MANY,
+            )
+        )
+
+        for procs in PROCESS_COUNTS:
+            print(f"[3/4] drain {sizes.drain:,} items, {procs} process(es) ...", flush=True)
+            o = bench_drain(db, sizes.drain, procs, "ours")
+            b = bench_drain(db, sizes.drain, procs, "bare")
+            rows.append(
+                Row(
+                    f"drain {sizes.drain:,}: dequeue(100) + mark_complete_many, {procs} proc",
+                    fmt_rate(o),
+                    fmt_rate(b),
+                    o / b,
+                    f">= {TARGET_DRAIN}x",
+                    o / b >= TARGET_DRAIN,
+                )
+            )
+
+        print(f"[4/4] claim latency, then + {sizes.completed:,} COMPLETED rows ...", flush=True)
+        lat = bench_claim_latency(db, sizes)
+
+        print()
+        print("Throughput (rows or items per second; ratio = ours / bare, higher is better)")
+        print()
+        print_table(rows)
+        print()
+        print(
+            f"Claim latency: median of {sizes.latency_samples} dequeue(100), PENDING rows only"
+            f" vs. after + {sizes.completed:,} COMPLETED rows and ANALYZE"
+            f" (table then held {lat['table']['rows']:,} rows)"
+        )
+        print()
+        cells = [
+            ("", "pending only", "+ COMPLETED", "after/before", "target", ""),
+            *latency_rows(lat),
+        ]
+        widths = [max(len(c[i]) for c in cells) for i in range(6)]
+        for k, c in enumerate(cells):
+            print(
+                "  ".join(
+                    c[i].ljust(widths[i]) if i == 0 else c[i].rjust(widths[i]) for i in range(6)
+                )
+            )
+            if k == 0:
+                print("  ".join("-" * w for w in widths))
+        print()
+        print("Summary (Markdown):")
+        print()
+        print_markdown(rows, lat, sizes, env)
+        print()
+        print(f"total time {time.perf_counter() - started:.0f} s")
+        return 0
+    finally:
+        if db is not None:
+            db.close()
+        dispose_engine()
+        drop_database(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Celery tasks, registered as ``syncqueue.<name>``: thin wrappers over ``queue`` and ``batch``.
+
+Apps call ``enqueue_change.delay(...)`` / ``enqueue_changes.delay([...])``. Workers run
+``process_batch``; beat schedules it with ``reset_stuck`` and ``cleanup_completed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+
+import celeryconfig
+from syncqueue_tasks import batch, queue
+from syncqueue_tasks.celery_app import app
+from syncqueue_tasks.errors import ValidationError, sanitize_error
+from syncqueue_tasks.ids import new_id
+from syncqueue_tasks.publishing import EnqueueTask
+from syncqueue_tasks.redis_client import get_redis, key
+from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.validation import (
+    validate_batch_size,
+    validate_change,
+    validate_change_mapping,
+    validate_item_id,
+)
+from syncqueue_tasks.writers.loading import get_writer
+
+log = logging.getLogger(__name__)
+
+# Worker-side retry of a database outage while storing a change: the message stays with the
+# broker (acks_late) and comes back with exponential backoff, for as long as it takes.
+_STORE_RETRY = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": None,
+    # Bad input in a message put on the broker by hand: logged once, acknowledged, not retried.
+    "throws": (ValidationError, TypeError),
+}
+
+
+class EnqueueChangeTask(EnqueueTask):
+    """``enqueue_change``'s caller side: validation, id, fallback storage."""
+
+    @staticmethod
+    def prepare(
+        action: Any,
+        model: Any,
+        record_id: Any,
+        payload: Any,
+        sheet_row_index: Any = None,
+        item_id: Any = None,
+    ) -> dict[str, Any]:
+        """Validate one change; the message carries normalized values and the id."""
+        change = validate_change(action, model, record_id, payload, sheet_row_index)
+        return {
+            "action": change.action.value,
+            "model": change.model,
+            "record_id": change.record_id,
+            "payload": change.payload,
+            "sheet_row_index": change.sheet_row_index,
+            "item_id": new_id() if item_id is None else validate_item_id(item_id),
+        }
+
+    @staticmethod
+    def store(kwargs: dict[str, Any]) -> None:
+        """Insert the change (a no-op if its id is already stored)."""
+        queue.enqueue(
+            kwargs["action"],
+            kwargs["model"],
+            kwargs["record_id"],
+            kwargs["payload"],
+            sheet_row_index=kwargs.get("sheet_row_index"),
+            item_id=kwargs.get("item_id"),
+        )
+
+    @staticmethod
+    def message_id(kwargs: dict[str, Any]) -> str:
+        """The change's id."""
+        return str(kwargs["item_id"])
+
+
+class EnqueueChangesTask(EnqueueTask):
+    """``enqueue_changes``'s caller side: validation, ids, fallback storage."""
+
+    @staticmethod
+    def prepare(changes: Any, item_ids: Any = None) -> dict[str, Any]:
+        """Validate every change first; the message carries them and their ids."""
+        if isinstance(changes, dict | str | bytes) or not hasattr(changes, "__iter__"):
+            raise ValidationError("changes", "must be a list of changes")
+        validated = [validate_change_mapping(c) for c in changes]
+        if item_ids is None:
+            ids = [new_id() for _ in validated]
+        else:
+            ids = [validate_item_id(i) for i in item_ids]
+            if len(ids) != len(validated):
+                raise ValidationError("item_ids", "must give one id per change")
+        return {
+            "changes": [
+                {
+                    "action": c.action.value,
+                    "model": c.model,
+                    "record_id": c.record_id,
+                    "payload": c.payload,
+                    "sheet_row_index": c.sheet_row_index,
+                    "max_retries": c.max_retries,
+                }
+                for c in validated
+            ],
+            "item_ids": ids,
+        }
+
+    @staticmethod
+    def store(kwargs: dict[str, Any]) -> None:
+        """Insert all changes in one statement (ids already stored are skipped)."""
+        queue.enqueue_many(kwargs["changes"], item_ids=kwargs["item_ids"])
+
+    @staticmethod
+    def message_id(kwargs: dict[str, Any]) -> str:
+        """The first change's id (a fresh one for an empty list)."""
+        return str(kwargs["item_ids"][0]) if kwargs["item_ids"] else new_id()
+
+
+@app.task(name="syncqueue.enqueue_change", base=EnqueueChangeTask, bind=True, **_STORE_RETRY)
+def enqueue_change(
+    self: EnqueueChangeTask,
+    action: str,
+    model: str,
+    record_id: str,
+    payload: dict[str, Any],
+    sheet_row_index: int | None = None,
+    item_id: str | None = None,
+) -> str:
+    """Store one change (worker side), then ask for a ``process_batch`` soon."""
+    prepared = self.prepare(action, model, record_id, payload, sheet_row_index, item_id)
+    self.store(prepared)
+    _kick()
+    return str(prepared["item_id"])
+
+
+@app.task(name="syncqueue.enqueue_changes", base=EnqueueChangesTask, bind=True, **_STORE_RETRY)
+def enqueue_changes(
+    self: EnqueueChangesTask, changes: list[dict[str, Any]], item_ids: list[str] | None = None
+) -> int:
+    """Store a list of changes in one statement, then ask for a ``process_batch`` soon."""
+    prepared = self.prepare(changes, item_ids)
+    self.store(prepared)
+    if prepared["item_ids"]:
+        _kick()
+    return len(prepared["item_ids"])
+
+
+@app.task(
+    name="syncqueue.process_batch",
+    soft_time_limit=celeryconfig.PROCESS_BATCH_SOFT_TIME_LIMIT,
+    time_limit=celeryconfig.PROCESS_BATCH_TIME_LIMIT,
+)
+def process_batch(batch_size: int | None = None) -> dict[str, Any]:
+    """Drain the queue to the writer until it is empty or the time budget is spent."""
+    settings = get_settings()
+    size = settings.batch_size if batch_size is None else validate_batch_size(batch_size)
+    _unkick()  # enqueues from now on schedule a new run
+    try:
+        report = batch.process(
+            get_writer(),
+            batch_size=size,
+            time_budget=min(
+                settings.batch_time_budget, celeryconfig.PROCESS_BATCH_SOFT_TIME_LIMIT / 2
+            ),
+            interrupts=(SoftTimeLimitExceeded,),
+        )
+    except OperationalError as exc:
+        log.warning("process_batch: database unavailable: %s", sanitize_error(exc))
+        return {"error": "database unavailable"}
+    if report.claimed:
+        log.info(
+            "process_batch: %d claimed, %d completed, %d retried, %d failed, %d not owned "
+            "in %d batch(es), %.2fs",
+            report.claimed,
+            report.completed,
+            report.retried,
+            report.failed,
+            report.not_owned,
+            report.batches,
+            report.seconds,
+        )
+    return {
+        "claimed": report.claimed,
+        "completed": report.completed,
+        "retried": report.retried,
+        "failed": report.failed,
+        "not_owned": report.not_owned,
+    }
+
+
+@app.task(name="syncqueue.reset_stuck")
+def reset_stuck(older_than_minutes: float = 10) -> int:
+    """Return items whose claim is older than the threshold to PENDING."""
+    count = queue.reset_stuck(older_than_minutes)
+    log.info("reset_stuck: %d item(s) older than %g min back to PENDING", count, older_than_minutes)
+    return count
+
+
+@app.task(name="syncqueue.cleanup_completed")
+def cleanup_completed(older_than_days: float = 7) -> int:
+    """Delete old COMPLETED items, in chunks."""
+    count = queue.cleanup_completed(older_than_days)
+    log.info("cleanup_completed: %d item(s) older than %g days deleted", count, older_than_days)
+    return count
+
+
+@app.task(name="syncqueue.queue_stats")
+def queue_stats() -> dict[str, Any]:
+    """Return and log the queue's stats."""
+    stats = queue.get_queue_stats()
+    log.info("queue_stats: %s", stats)
+    return stats
+
+
+def _kick() -> None:
+    """Schedule one ``process_batch`` soon, unless one is already scheduled (debounce).
+
+    The key is set when a run is scheduled and deleted when it starts, so a burst of enqueues
+    schedules one run, and an enqueue during a run schedules the next. Its TTL covers a lost
+    scheduled run. Beat stays the safety net when Redis is not reachable.
+    """
+    delay = get_settings().kick_delay
+    try:
+        if get_redis().set(key("kick"), 1, nx=True, px=int(delay * 1000) + 5000):
+            process_batch.apply_async(countdown=delay)
+    except (RedisError, OSError) as exc:
+        log.debug("kick skipped: %s", sanitize_error(exc))
+
+
+def _unkick() -> None:
+    try:
+        get_redis().delete(key("kick"))
+    except (RedisError, OSError) as exc:
+        log.debug("unkick skipped: %s", sanitize_error(exc))

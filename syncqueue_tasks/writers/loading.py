@@ -1,0 +1,56 @@
+"""Choose the writer from ``SYNCQUEUE_WRITER`` (``package.module:factory``), once per process.
+
+Unset: Google Sheets when a spreadsheet id and a credentials file are configured, otherwise
+the local workbook, so the pipeline runs on a machine with nothing set up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+
+from syncqueue_tasks.errors import ConfigurationError
+from syncqueue_tasks.settings import Settings, get_settings
+from syncqueue_tasks.writers.base import Writer
+
+SHEETS = "syncqueue_tasks.writers.sheets:create_writer"
+WORKBOOK = "syncqueue_tasks.writers.workbook:create_writer"
+
+_lock = threading.Lock()
+_cached: tuple[int, Settings, Writer] | None = None
+
+
+def writer_spec(settings: Settings) -> str:
+    """The ``module:factory`` that ``settings`` select."""
+    if settings.writer:
+        return settings.writer
+    if settings.sheets_spreadsheet_id and settings.sheets_credentials_file:
+        return SHEETS
+    return WORKBOOK
+
+
+def load_writer(spec: str) -> Writer:
+    """Import ``module:factory``, call the factory, check the result is a ``Writer``."""
+    module_name, sep, factory_name = spec.partition(":")
+    if not sep or not module_name or not factory_name:
+        raise ConfigurationError(f"SYNCQUEUE_WRITER must look like package.module:factory: {spec}")
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"SYNCQUEUE_WRITER {spec!r} cannot be loaded: {exc}") from None
+    writer = factory()
+    if not isinstance(writer, Writer):
+        raise ConfigurationError(f"SYNCQUEUE_WRITER {spec!r} did not return a writer")
+    return writer
+
+
+def get_writer() -> Writer:
+    """This process's writer, made on first use and again when the settings are re-read
+    (``get_settings.cache_clear()``) or in a forked child."""
+    global _cached
+    settings = get_settings()
+    with _lock:
+        if _cached is None or _cached[0] != os.getpid() or _cached[1] is not settings:
+            _cached = (os.getpid(), settings, load_writer(writer_spec(settings)))
+        return _cached[2]

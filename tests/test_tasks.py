@@ -1,0 +1,281 @@
+"""Celery integration: real Redis, an in-process worker thread and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dbutil import count_rows
+from processes import celery_beat, celery_worker, child_env
+from sqlalchemy import text
+
+from syncqueue_tasks import queue
+from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch
+
+pytestmark = pytest.mark.usefixtures("db")
+
+
+def read_written(path: Path) -> list[dict]:
+    """Lines the recording writer appended."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    """Poll until ``predicate()`` is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def test_delay_reaches_the_writer_and_completes(celery_worker, recorded: Path) -> None:
+    result = enqueue_change.delay("CREATE", "Request", "req-1", {"name": "Ann"})
+    wait_for(lambda: count_rows("status = 'COMPLETED'") == 1)
+    [line] = read_written(recorded)
+    assert line["id"] == result.id
+    assert (line["action"], line["model"], line["record_id"], line["payload"]) == (
+        "CREATE",
+        "Request",
+        "req-1",
+        {"name": "Ann"},
+    )
+
+
+def test_bulk_delay_and_redelivery_make_no_second_row(celery_worker, recorded: Path) -> None:
+    changes = [
+        {"action": "UPDATE", "model": "Operator", "record_id": str(i), "payload": {"n": i}}
+        for i in range(20)
+    ]
+    prepared = enqueue_changes.prepare(changes)
+    enqueue_changes.delay(**prepared)
+    enqueue_changes.delay(**prepared)  # the same message delivered twice
+    wait_for(lambda: count_rows("status = 'COMPLETED'") == 20)
+    time.sleep(0.5)
+    assert count_rows() == 20
+    assert sorted(line["id"] for line in read_written(recorded)) == sorted(prepared["item_ids"])
+
+
+def test_bad_input_raises_in_the_caller_before_anything_is_published() -> None:
+    with pytest.raises(ValidationError, match="model"):
+        enqueue_change.delay("CREATE", "Nope", "1", {})
+    with pytest.raises(ValidationError, match="payload"):
+        enqueue_change.delay("CREATE", "Request", "1", ["not", "an", "object"])
+    with pytest.raises(ValidationError, match="action"):
+        enqueue_changes.delay([{"action": "MOVE", "model": "Request", "record_id": "1",
+                                "payload": {}}])
+    assert count_rows() == 0
+
+
+_DELAY_SCRIPT = """
+import json, sys, time
+from syncqueue_tasks.tasks import enqueue_change
+from syncqueue_tasks.errors import EnqueueError
+timings, ids, error = [], [], None
+for n in range(5):
+    start = time.perf_counter()
+    try:
+        ids.append(enqueue_change.delay("UPDATE", "Revenue", "r%d" % n, {"amount": n}).id)
+    except EnqueueError as exc:
+        error = str(exc)
+    timings.append(time.perf_counter() - start)
+print(json.dumps({"timings": timings, "ids": ids, "error": error}))
+"""
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_delay_script(env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _DELAY_SCRIPT],
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_broker_down_delay_returns_fast_and_stores_in_postgresql() -> None:
+    result = _run_delay_script({"CELERY_BROKER_URL": f"redis://127.0.0.1:{_closed_port()}/0"})
+    assert result["error"] is None
+    assert len(result["ids"]) == 5
+    # The first call pays for imports and the first connections; every call stays under 100 ms.
+    assert max(result["timings"]) < 0.1, result["timings"]
+    assert count_rows("id = ANY(:ids) AND status = 'PENDING'", ids=result["ids"]) == 5
+
+
+def test_broker_and_database_down_raise_enqueue_error() -> None:
+    result = _run_delay_script(
+        {
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{_closed_port()}/0",
+            "DATABASE_URL": f"postgresql+psycopg://app:hunter2@127.0.0.1:{_closed_port()}/x",
+        }
+    )
+    assert result["ids"] == []
+    assert "broker" in result["error"] and "database" in result["error"]
+    assert "hunter2" not in result["error"]
+
+
+def test_writer_exception_fails_the_batch_retryably_with_a_sanitized_error(
+    celery_worker, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SYNCQUEUE_WRITER", "recording_writer:raising")
+    monkeypatch.setenv("SYNCQUEUE_JSONL_PATH", str(tmp_path / "w.jsonl"))
+    monkeypatch.setenv("SYNCQUEUE_BACKOFF_BASE_SECONDS", "600")
+    queue.enqueue_many(
+        {"action": "CREATE", "model": "Request", "record_id": str(i), "payload": {}}
+        for i in range(5)
+    )
+    process_batch.delay()
+    wait_for(lambda: count_rows("retries = 1") == 5)
+    assert count_rows("status = 'PROCESSING'") == 0
+    with get_engine().connect() as conn:
+        errors = conn.execute(text("SELECT DISTINCT last_error FROM sync_queue")).scalars().all()
+    [error] = errors
+    assert error.startswith("ConnectionError: cannot reach")
+    assert "s3cr3t" not in error and "abc123" not in error and "Traceback" not in error
+
+
+def test_permanent_failures_fail_only_their_items(celery_worker, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SYNCQUEUE_WRITER", "recording_writer:picky")
+    monkeypatch.setenv("SYNCQUEUE_JSONL_PATH", str(tmp_path / "w.jsonl"))
+    queue.enqueue_many(
+        {"action": "CREATE", "model": "Request", "record_id": str(i),
+         "payload": {"bad": "total"} if i % 3 == 0 else {"ok": i}}
+        for i in range(9)
+    )
+    process_batch.delay()
+    wait_for(lambda: count_rows("status IN ('COMPLETED', 'FAILED')") == 9)
+    assert count_rows("status = 'FAILED' AND last_error = 'column ''total'' is protected'") == 3
+    assert count_rows("status = 'COMPLETED'") == 6
+
+
+def test_a_slow_writer_past_the_soft_time_limit_leaves_nothing_processing(tmp_path) -> None:
+    queue.enqueue_many(
+        {"action": "CREATE", "model": "Request", "record_id": str(i), "payload": {}}
+        for i in range(5)
+    )
+    env = {
+        "SYNCQUEUE_WRITER": "recording_writer:recording",
+        "SYNCQUEUE_JSONL_PATH": str(tmp_path / "w.jsonl"),
+        "RECORDING_SLEEP": "5",
+        "SYNCQUEUE_BACKOFF_BASE_SECONDS": "600",
+    }
+    with celery_worker(tmp_path, env) as worker:
+        # The limits travel in the message (the caller's task settings win over the worker's).
+        process_batch.apply_async(soft_time_limit=1, time_limit=10)
+        wait_for(lambda: count_rows("retries = 1") == 5, timeout=30)
+        assert count_rows("status = 'PROCESSING'") == 0
+        assert count_rows("last_error LIKE 'SoftTimeLimitExceeded%'") == 5
+        assert worker.proc.poll() is None
+
+
+def test_worker_killed_mid_batch_loses_nothing(tmp_path: Path) -> None:
+    written = tmp_path / "written.jsonl"
+    ids = queue.enqueue_many(
+        {"action": "UPDATE", "model": "Revenue", "record_id": f"r{i % 7}", "payload": {"n": i}}
+        for i in range(60)
+    )
+    env = {
+        "SYNCQUEUE_WRITER": "recording_writer:recording",
+        "SYNCQUEUE_JSONL_PATH": str(written),
+        "RECORDING_SLEEP": "0.3",
+        "SYNCQUEUE_BATCH_SIZE": "10",
+    }
+    with celery_worker(tmp_path, env, concurrency=2) as worker:
+        process_batch.delay()
+        process_batch.delay()
+        wait_for(lambda: count_rows("status = 'PROCESSING'") > 0 and written.exists())
+        worker.kill()  # SIGKILL the whole worker, pool children included
+        worker.proc.wait(10)
+    stuck = count_rows("status = 'PROCESSING'")
+    assert stuck > 0  # the kill really hit a batch in flight
+    with celery_worker(tmp_path, env, concurrency=2):
+        assert queue.reset_stuck(older_than_minutes=0) == stuck
+        process_batch.delay()
+        wait_for(lambda: count_rows("status = 'COMPLETED'") == 60, timeout=60)
+    assert {line["id"] for line in read_written(written)} == set(ids)  # 0 lost
+    assert count_rows("status <> 'COMPLETED'") == 0
+
+
+def test_beat_schedule_comes_from_the_environment() -> None:
+    script = (
+        "import json, celeryconfig as c; s = c.beat_schedule; "
+        "print(json.dumps([s['process-batch']['schedule'], s['reset-stuck']['schedule'], "
+        "s['reset-stuck']['kwargs'], str(s['cleanup-completed']['schedule'])]))"
+    )
+    env = {
+        "SYNCQUEUE_PROCESS_BATCH_EVERY": "3",
+        "SYNCQUEUE_RESET_STUCK_EVERY": "42",
+        "SYNCQUEUE_STUCK_MINUTES": "15",
+        "SYNCQUEUE_CLEANUP_CRON": "30 4 * * 1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=child_env(env), capture_output=True, text=True,
+        check=True,
+    )
+    every, reset_every, reset_kwargs, cleanup = json.loads(out.stdout)
+    assert (every, reset_every, reset_kwargs) == (3.0, 42.0, {"older_than_minutes": 15.0})
+    assert "30" in cleanup and "4" in cleanup and "1" in cleanup
+
+
+def test_a_real_beat_makes_a_worker_process_the_queue(tmp_path: Path) -> None:
+    written = tmp_path / "written.jsonl"
+    env = {
+        "SYNCQUEUE_WRITER": "recording_writer:recording",
+        "SYNCQUEUE_JSONL_PATH": str(written),
+        "SYNCQUEUE_PROCESS_BATCH_EVERY": "1",
+    }
+    # Stored without .delay(): no kick, so only beat can get it processed.
+    queue.enqueue("CREATE", "Operator", "op-1", {"name": "Bo"})
+    with celery_worker(tmp_path, env), celery_beat(tmp_path, env) as beat:
+        wait_for(lambda: count_rows("status = 'COMPLETED'") == 1, timeout=30)
+        assert "syncqueue.process_batch" in beat.log()
+    assert [line["record_id"] for line in read_written(written)] == ["op-1"]
+
+
+def test_several_workers_and_overlapping_runs_write_each_item_once_in_order(
+    tmp_path: Path,
+) -> None:
+    written = tmp_path / "written.jsonl"
+    env = {
+        "SYNCQUEUE_WRITER": "recording_writer:recording",
+        "SYNCQUEUE_JSONL_PATH": str(written),
+        "SYNCQUEUE_BATCH_SIZE": "50",
+    }
+    changes = [
+        {"action": "UPDATE", "model": "Request", "record_id": f"r{i % 250}", "payload": {"n": i}}
+        for i in range(5000)
+    ]
+    ids: list[str] = []
+    for start in range(0, 5000, 500):
+        ids += queue.enqueue_many(changes[start : start + 500])
+    with celery_worker(tmp_path, env, concurrency=2), celery_worker(tmp_path, env, concurrency=2):
+        for _ in range(12):  # overlapping runs, as beat ticks and kicks would make
+            process_batch.delay()
+        wait_for(lambda: count_rows("status = 'COMPLETED'") == 5000, timeout=180, interval=0.5)
+    lines = read_written(written)
+    assert len(lines) == 5000 and {line["id"] for line in lines} == set(ids)  # exactly once
+    assert len({line["pid"] for line in lines}) >= 2  # several processes shared the work
+    position = {item_id: n for n, item_id in enumerate(ids)}
+    per_record: dict[str, list[int]] = {}
+    for line in lines:  # the file's order is the order of the writes
+        per_record.setdefault(line["record_id"], []).append(position[line["id"]])
+    assert all(order == sorted(order) for order in per_record.values())
