@@ -57,7 +57,7 @@ def record_outcomes(*, completed: int, retried: int, failed: int) -> None:
 def read_counters() -> dict[str, int]:
     """Current totals of every counter (0 when never counted or Redis is unreachable)."""
     try:
-        raw: dict[Any, Any] = get_redis().hgetall(key("metrics"))  # type: ignore[assignment]
+        raw: dict[Any, Any] = get_redis().hgetall(key("metrics"))
     except RedisError:
         raw = {}
     values = {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
@@ -90,7 +90,7 @@ class QueueCollector:
 def registry() -> CollectorRegistry:
     """A registry holding only the queue's metrics."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(QueueCollector())  # type: ignore[arg-type]
+    reg.register(QueueCollector())
     return reg
 
 

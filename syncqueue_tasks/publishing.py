@@ -22,7 +22,7 @@ from syncqueue_tasks.errors import EnqueueError, sanitize_error
 log = logging.getLogger(__name__)
 
 
-class EnqueueTask(Task):  # type: ignore[misc]
+class EnqueueTask(Task):
     """Base of the enqueue tasks. Subclasses define ``prepare`` and ``store``."""
 
     abstract = True
