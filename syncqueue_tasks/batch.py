@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.exc import OperationalError
@@ -39,7 +39,6 @@ class BatchReport:
     failed: int = 0
     not_owned: int = 0
     seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)
 
 
 def process(
@@ -63,7 +62,8 @@ def process(
         report.batches += 1
         report.claimed += len(items)
         outcomes = _write(writer, items, interrupts, report)
-        _record(items, outcomes, report)
+        if outcomes is not None:
+            _record(items, outcomes, report)
     report.seconds = time.monotonic() - started
     return report
 
@@ -73,24 +73,22 @@ def _write(
     items: Sequence[QueueItem],
     interrupts: tuple[type[BaseException], ...],
     report: BatchReport,
-) -> Mapping[str, Outcome]:
+) -> Mapping[str, Outcome] | None:
+    """The writer's outcomes; None when it raised (the batch is then already recorded)."""
     try:
         return writer.write(items)
     except Exception as exc:
         error = sanitize_error(exc)
         log.warning("writer failed on a batch of %d item(s): %s", len(items), error)
-        report.errors.append(error)
         _record(items, {item.id: Outcome.retry(error) for item in items}, report)
         if isinstance(exc, interrupts):
             raise
-        return {}
+        return None
 
 
 def _record(
     items: Sequence[QueueItem], outcomes: Mapping[str, Outcome], report: BatchReport
 ) -> None:
-    if not outcomes:
-        return  # already recorded (the writer raised)
     done: list[QueueItem] = []
     failures: list[queue.Failure] = []
     for item in items:

@@ -116,9 +116,7 @@ def celery_worker(
 def celery_beat(tmp_path: Path, env: Mapping[str, str] | None = None) -> Iterator[CeleryProcess]:
     """A real beat process with its schedule file in ``tmp_path``; stopped on exit."""
     overrides = {"CELERY_BEAT_SCHEDULE_FILE": str(tmp_path / "beat-schedule"), **(env or {})}
-    proc = CeleryProcess(
-        ["beat", "--loglevel=INFO"], child_env(overrides), tmp_path / "beat.log"
-    )
+    proc = CeleryProcess(["beat", "--loglevel=INFO"], child_env(overrides), tmp_path / "beat.log")
     try:
         proc.wait_for("beat: Starting", timeout=30)
         yield proc

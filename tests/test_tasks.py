@@ -71,8 +71,9 @@ def test_bad_input_raises_in_the_caller_before_anything_is_published() -> None:
     with pytest.raises(ValidationError, match="payload"):
         enqueue_change.delay("CREATE", "Request", "1", ["not", "an", "object"])
     with pytest.raises(ValidationError, match="action"):
-        enqueue_changes.delay([{"action": "MOVE", "model": "Request", "record_id": "1",
-                                "payload": {}}])
+        enqueue_changes.delay(
+            [{"action": "MOVE", "model": "Request", "record_id": "1", "payload": {}}]
+        )
     assert count_rows() == 0
 
 
@@ -157,8 +158,12 @@ def test_permanent_failures_fail_only_their_items(celery_worker, monkeypatch, tm
     monkeypatch.setenv("SYNCQUEUE_WRITER", "recording_writer:picky")
     monkeypatch.setenv("SYNCQUEUE_JSONL_PATH", str(tmp_path / "w.jsonl"))
     queue.enqueue_many(
-        {"action": "CREATE", "model": "Request", "record_id": str(i),
-         "payload": {"bad": "total"} if i % 3 == 0 else {"ok": i}}
+        {
+            "action": "CREATE",
+            "model": "Request",
+            "record_id": str(i),
+            "payload": {"bad": "total"} if i % 3 == 0 else {"ok": i},
+        }
         for i in range(9)
     )
     process_batch.delay()
@@ -228,7 +233,10 @@ def test_beat_schedule_comes_from_the_environment() -> None:
         "SYNCQUEUE_CLEANUP_CRON": "30 4 * * 1",
     }
     out = subprocess.run(
-        [sys.executable, "-c", script], env=child_env(env), capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        env=child_env(env),
+        capture_output=True,
+        text=True,
         check=True,
     )
     every, reset_every, reset_kwargs, cleanup = json.loads(out.stdout)

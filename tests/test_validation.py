@@ -504,7 +504,7 @@ MAX_RETRIES = st.one_of(
     st.none(), st.integers(-2, 102), st.integers(), st.booleans(), st.floats(), TEXT
 )
 
-JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), TEXT)
+JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(max_value=1e15, min_value=-1e15), TEXT)
 NON_JSON_LEAF = st.one_of(
     st.binary(max_size=4),
     st.sets(st.integers(), max_size=2),
