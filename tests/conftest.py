@@ -43,7 +43,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     dispose_engine()
     drop_database(_DB_NAME)
     redis = Redis.from_url(REDIS_URL)
-    keys = list(redis.scan_iter(f"{TEST_QUEUE}*")) + [TEST_QUEUE]
+    keys = [*list(redis.scan_iter(f"{TEST_QUEUE}*")), TEST_QUEUE]
     redis.delete(*keys)
     redis.close()
 

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,18 +64,14 @@ class CeleryProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole process group (the worker and its pool children)."""
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM (warm shutdown), then SIGKILL the group if it is still there."""
         self.kill(signal.SIGTERM)
-        try:
+        with suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
         self.kill(signal.SIGKILL)
         self.proc.wait(5)
         self._log.close()

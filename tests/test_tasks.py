@@ -287,3 +287,26 @@ def test_several_workers_and_overlapping_runs_write_each_item_once_in_order(
     for line in lines:  # the file's order is the order of the writes
         per_record.setdefault(line["record_id"], []).append(position[line["id"]])
     assert all(order == sorted(order) for order in per_record.values())
+
+
+def test_enqueues_kick_a_debounced_process_batch(celery_worker, recorded: Path) -> None:
+    from celery.signals import task_prerun
+
+    runs: list[str] = []
+
+    def count_runs(sender=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if sender is not None and sender.name == "syncqueue.process_batch":
+            runs.append(kwargs["task_id"])
+
+    task_prerun.connect(count_runs, weak=False)
+    try:
+        ids = [
+            enqueue_change.delay("UPDATE", "Revenue", f"m{i % 40}", {"n": i}).id
+            for i in range(300)
+        ]
+        # No beat is running: only the kicks that follow the enqueues can drain the queue.
+        wait_for(lambda: count_rows("status = 'COMPLETED'") == 300, timeout=60)
+    finally:
+        task_prerun.disconnect(count_runs)
+    assert {line["id"] for line in read_written(recorded)} == set(ids)
+    assert 1 <= len(runs) <= 30, len(runs)  # a burst of 300 enqueues: a handful of runs
