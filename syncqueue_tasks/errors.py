@@ -28,15 +28,27 @@ class ConfigurationError(SyncQueueError):
     """A setting (environment variable) is missing or malformed."""
 
 
-# user:password@ in any URL-like string (postgresql://, redis://, amqp://, https://).
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^/\s:@]*(:[^/\s@]*)?@")
-# access_token=..., api_key: ..., Authorization: Bearer ..., "private_key": "..."
-_SECRET_PAIRS = re.compile(
-    r"(?i)(?P<key>access_token|refresh_token|id_token|api[_-]?key|client_secret|password|"
-    r"private_key|token|secret)(?P<sep>\"?\s*[=:]\s*\"?)(?P<value>[^\s\"'&,;}]+)"
+# user:password@ in any URL-like string (postgresql://, redis://, amqp://, https://); up to the
+# last "@" of the authority, so a raw "@" inside the password is masked too.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)[^\s/?#]*@")
+_SECRET_KEYS = (
+    r"access_token|refresh_token|id_token|api[_-]?key|client_secret|password|passwd|pwd|"
+    r"private_key|secret|token|key"
 )
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}")
+# key=value, key: value, "key": "value", 'key': 'value': a quoted value is masked whole (a PEM
+# key has spaces), an unquoted one up to the next separator.
+_SECRET_PAIRS = re.compile(
+    rf"(?i)(?P<key>\b(?:{_SECRET_KEYS}))(?P<sep>[\"']?\s*[=:]\s*)"
+    r"(?P<value>\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|[^\s\"'&,;}]+)"
+)
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+")
 _WHITESPACE = re.compile(r"\s+")
+
+
+def _mask_value(match: re.Match[str]) -> str:
+    value = match.group("value")
+    quote = value[0] if value[:1] in ("'", '"') else ""
+    return f"{match.group('key')}{match.group('sep')}{quote}***{quote}"
 
 
 def sanitize_error(error: BaseException | str, limit: int = MAX_ERROR_LENGTH) -> str:
@@ -45,12 +57,15 @@ def sanitize_error(error: BaseException | str, limit: int = MAX_ERROR_LENGTH) ->
     Never includes a traceback: only the exception's type name and its message.
     """
     if isinstance(error, BaseException):
-        message = str(error)
+        try:
+            message = str(error)
+        except Exception:
+            message = "<message could not be read>"
         text = f"{type(error).__name__}: {message}" if message else type(error).__name__
     else:
         text = str(error)
     text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
-    text = _SECRET_PAIRS.sub(r"\g<key>\g<sep>***", text)
+    text = _SECRET_PAIRS.sub(_mask_value, text)
     text = _BEARER.sub(r"\1 ***", text)
     text = _WHITESPACE.sub(" ", text).strip()
     if len(text) > limit:

@@ -26,10 +26,12 @@ from syncqueue_tasks.models import QueueItem, QueueStatus, SyncAction
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.validation import (
     Change,
+    validate_age,
     validate_batch_size,
     validate_change,
     validate_change_mapping,
     validate_item_id,
+    validate_limit,
 )
 
 log = logging.getLogger(__name__)
@@ -211,8 +213,7 @@ def reset_stuck(older_than_minutes: float = 10) -> int:
     Choose a threshold longer than ``process_batch``'s hard time limit, or a live worker's
     claim may be taken away (its late ``mark_*`` calls are then ignored, not applied).
     """
-    if older_than_minutes < 0:
-        raise ValidationError("older_than_minutes", "must not be negative")
+    older_than_minutes = validate_age("older_than_minutes", older_than_minutes)
     reason = f"reset_stuck: claim older than {older_than_minutes:g} minutes, returned to PENDING"
     with get_engine().begin() as conn:
         rows = conn.execute(
@@ -229,12 +230,14 @@ def cleanup_completed(older_than_days: float = 7, *, chunk_size: int | None = No
     Works in chunks of ``chunk_size`` rows (default ``SYNCQUEUE_CLEANUP_CHUNK_SIZE``), each in
     its own short transaction. FAILED items are never touched.
     """
-    chunk = chunk_size or get_settings().cleanup_chunk_size
+    older_than_days = validate_age("older_than_days", older_than_days)
+    chunk = get_settings().cleanup_chunk_size if chunk_size is None else chunk_size
+    chunk = validate_limit("chunk_size", chunk, 1_000_000)
     total = 0
     while True:
         with get_engine().begin() as conn:
             deleted = conn.execute(
-                sql.DELETE_COMPLETED_CHUNK, {"days": older_than_days, "chunk": chunk}
+                sql.DELETE_COMPLETED_CHUNK, {"seconds": older_than_days * 86400, "chunk": chunk}
             ).rowcount
         total += deleted
         if deleted < chunk:
@@ -253,6 +256,7 @@ def discard_failed(item_ids: Iterable[str] | None = None, *, model: str | None =
 
 def list_failed(*, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """The newest FAILED items with their last error, for operators."""
+    limit = validate_limit("limit", limit, 100_000)
     with get_engine().connect() as conn:
         rows = conn.execute(sql.LIST_FAILED, {"model": model, "limit": limit}).mappings().all()
     return [dict(r) for r in rows]

@@ -111,7 +111,7 @@ DELETE_COMPLETED_CHUNK = text("""
     DELETE FROM sync_queue
     WHERE id IN (
         SELECT id FROM sync_queue
-        WHERE status = 'COMPLETED' AND processed_at < now() - make_interval(days => :days)
+        WHERE status = 'COMPLETED' AND processed_at < now() - make_interval(secs => :seconds)
         ORDER BY processed_at
         LIMIT :chunk
         FOR UPDATE SKIP LOCKED)

@@ -15,6 +15,9 @@ from syncqueue_tasks.settings import get_settings
 
 _INT32_MAX = 2**31 - 1
 _MAX_DEPTH = 64
+# JSONB keeps numbers as numeric and prints 1e+16 and up without exponent or fraction, so such
+# a float would come back as an int (and 1e23 as 10**23, a different number): refuse it.
+_FLOAT_EXACT_LIMIT = 1e16
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,20 @@ def validate_batch_size(batch_size: object) -> int:
     return _int_in_range("batch_size", batch_size, 1, 1000)
 
 
+def validate_limit(field: str, value: object, high: int) -> int:
+    """A count in 1..``high`` (chunk sizes, list limits)."""
+    return _int_in_range(field, value, 1, high)
+
+
+def validate_age(field: str, value: object) -> float:
+    """A finite, non-negative age threshold (minutes, days)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(field, f"must be a number, got {_kind(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise ValidationError(field, f"must be a finite number >= 0, got {value}")
+    return float(value)
+
+
 def validate_item_id(item_id: object) -> str:
     """An id made by ``syncqueue_tasks.ids.new_id``."""
     if not is_valid_id(item_id):
@@ -138,7 +155,9 @@ def _model(value: object, models: frozenset[str]) -> str:
 
 def _record_id(value: object, max_length: int) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
+        value = str(value) if value.bit_length() <= 4 * max_length else ""
+        if not value:
+            raise ValidationError("record_id", f"must be at most {max_length} characters")
     return _text("record_id", value, max_length)
 
 
@@ -165,11 +184,19 @@ def _check_json(value: object, path: str, depth: int) -> None:
     """Accept exactly what survives a JSONB round trip unchanged."""
     if depth > _MAX_DEPTH:
         raise ValidationError("payload", f"nested deeper than {_MAX_DEPTH} levels")
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if value.bit_length() > 10_000:  # ~3,000 digits; Python prints at most 4,300
+            raise ValidationError("payload", f"{path} is an integer too large to store")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError("payload", f"{path} is {value}, which JSON cannot hold")
+        if abs(value) >= _FLOAT_EXACT_LIMIT:
+            raise ValidationError(
+                "payload", f"{path} is a float of 1e16 or more; send it as an int or a string"
+            )
         return
     if isinstance(value, str):
         if "\x00" in value:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import random
 import time
@@ -117,8 +118,8 @@ def test_per_record_order_and_no_record_in_two_workers_at_once(monkeypatch) -> N
     ids = queue.enqueue_many(changes, session=None)
     for extra in queue.enqueue_many(changes[:100]):  # a second burst, interleaved later
         ids.append(extra)
-    import time as _t
     from sqlalchemy import text as _tx
+
     from syncqueue_tasks.db import get_engine as _ge
 
     with _ge().begin() as c:
@@ -135,7 +136,7 @@ def test_per_record_order_and_no_record_in_two_workers_at_once(monkeypatch) -> N
         entries.sort(key=lambda e: e[1])  # by the time the write began
         written_order = [enqueue_order[e[0]] for e in entries]
         assert written_order == sorted(written_order), f"{record_id} written out of order"
-        for earlier, later in zip(entries, entries[1:], strict=False):
+        for earlier, later in itertools.pairwise(entries):
             if earlier[0] != later[0]:
                 # a different change of this record: it never overlapped the previous one
                 # unless both were in the same batch (one worker, one write, in order)

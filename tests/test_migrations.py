@@ -1,0 +1,233 @@
+"""The Alembic migration, on fresh throwaway databases: what it builds, that it undoes itself,
+that it matches the ORM model, and that the claim query uses its partial index.
+
+Each test makes its own database (dropped in ``finally``), so nothing here touches the session
+database that conftest migrated for the other tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from dbutil import ROOT, alembic_config, create_database, drop_database
+from sqlalchemy import Column, Connection, Engine, Integer, MetaData, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from syncqueue_tasks import sql
+from syncqueue_tasks.models import Base
+
+# Partial index -> (key columns, predicate) as PostgreSQL prints them in pg_indexes.indexdef.
+PARTIAL_INDEXES = {
+    "ix_sync_queue_pending": ("(id)", "WHERE (status = 'PENDING'::queue_status)"),
+    "ix_sync_queue_record_active": (
+        "(model, record_id, id)",
+        "WHERE (status = ANY (ARRAY['PENDING'::queue_status, 'PROCESSING'::queue_status]))",
+    ),
+    "ix_sync_queue_claimed": ("(claimed_at)", "WHERE (status = 'PROCESSING'::queue_status)"),
+    "ix_sync_queue_completed": ("(processed_at)", "WHERE (status = 'COMPLETED'::queue_status)"),
+    "ix_sync_queue_failed": ("(model, id)", "WHERE (status = 'FAILED'::queue_status)"),
+}
+ENUMS = {
+    "sync_action": ["CREATE", "UPDATE", "DELETE"],
+    "queue_status": ["PENDING", "PROCESSING", "COMPLETED", "FAILED"],
+}
+
+
+@contextmanager
+def _throwaway_database() -> Iterator[tuple[str, Engine]]:
+    name = f"syncqueue_mig_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    url = create_database(name)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        yield url, engine
+    finally:
+        engine.dispose()
+        drop_database(name)
+
+
+def _alembic(url: str, *args: str) -> None:
+    """Run the ``alembic`` command line from the repository root, as an operator would."""
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"alembic {' '.join(args)} failed:\n{result.stderr}"
+
+
+def _upgrade_in_process(engine: Engine) -> None:
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def _schema(engine: Engine) -> dict[str, Any]:
+    """The parts of the schema the migration is responsible for, as plain data."""
+    with engine.connect() as conn:
+        return {
+            "table": conn.execute(
+                text("SELECT to_regclass('public.sync_queue') IS NOT NULL")
+            ).scalar_one(),
+            "enums": {
+                name: labels
+                for name, labels in conn.execute(
+                    text(
+                        """SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)
+                           FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+                           GROUP BY t.typname"""
+                    )
+                )
+            },
+            "indexes": dict(
+                conn.execute(
+                    text(
+                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'sync_queue'"
+                    )
+                ).all()
+            ),
+            "columns": [
+                tuple(row)
+                for row in conn.execute(
+                    text(
+                        """SELECT column_name, data_type, udt_name, character_maximum_length,
+                                  collation_name, is_nullable, column_default
+                           FROM information_schema.columns
+                           WHERE table_schema = 'public' AND table_name = 'sync_queue'
+                           ORDER BY ordinal_position"""
+                    )
+                )
+            ],
+        }
+
+
+def _index_columns(conn: Connection) -> dict[str, tuple[list[str], bool]]:
+    """Index name -> (key columns, is partial), from the catalog rather than from text."""
+    rows = conn.execute(
+        text(
+            """SELECT i.relname,
+                      array_agg(a.attname ORDER BY k.ord),
+                      x.indpred IS NOT NULL
+               FROM pg_index x
+               JOIN pg_class i ON i.oid = x.indexrelid
+               CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+               WHERE x.indrelid = 'sync_queue'::regclass
+               GROUP BY i.relname, x.indpred"""
+        )
+    )
+    return {name: (list(columns), partial) for name, columns, partial in rows}
+
+
+def test_upgrade_builds_everything_downgrade_removes_it_and_upgrade_works_again() -> None:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with _throwaway_database() as (url, engine):
+        _alembic(url, "upgrade", "head")
+        built = _schema(engine)
+        assert built["table"] is True
+        assert built["enums"] == ENUMS
+        assert set(built["indexes"]) == {"sync_queue_pkey", *PARTIAL_INDEXES}
+        for name, (columns, predicate) in PARTIAL_INDEXES.items():
+            indexdef = built["indexes"][name]
+            assert f"USING btree {columns} {predicate}" in indexdef, indexdef
+        with engine.connect() as conn:
+            indexes = _index_columns(conn)
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
+            reloptions = conn.execute(
+                text("SELECT reloptions FROM pg_class WHERE oid = 'sync_queue'::regclass")
+            ).scalar_one()
+        assert indexes.pop("sync_queue_pkey") == (["id"], False)
+        assert all(partial for _, partial in indexes.values())
+        assert not any(columns == ["status"] for columns, _ in indexes.values())
+        assert "autovacuum_analyze_scale_factor=0.02" in reloptions
+
+        _alembic(url, "downgrade", "base")
+        gone = _schema(engine)
+        assert gone["table"] is False
+        assert gone["enums"] == {}
+        assert gone["indexes"] == {} and gone["columns"] == []
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
+
+        _alembic(url, "upgrade", "head")
+        assert _schema(engine) == built
+
+
+def test_autogenerate_finds_no_difference_between_migration_and_model() -> None:
+    with _throwaway_database() as (_, engine):
+        _upgrade_in_process(engine)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+            strict = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            assert compare_metadata(strict, Base.metadata) == []
+
+            # Not vacuous: a model that differs from the migration is reported.
+            changed = MetaData()
+            table = Base.metadata.tables["sync_queue"].to_metadata(changed)
+            table.append_column(Column("extra", Integer))
+            table.indexes.discard(
+                next(i for i in table.indexes if i.name == "ix_sync_queue_failed")
+            )
+            diff = compare_metadata(MigrationContext.configure(conn), changed)
+            kinds = sorted(d[0] if isinstance(d, tuple) else d[0][0] for d in diff)
+            assert kinds == ["add_column", "remove_index"], diff
+
+
+def test_migration_builds_the_same_schema_as_the_model() -> None:
+    """What autogenerate does not compare: partial index predicates (``postgresql_where`` is
+    not part of Alembic's index comparison), collations and server defaults as PostgreSQL
+    stores them. Build the schema both ways and compare the catalogs."""
+    with _throwaway_database() as (_, migrated), _throwaway_database() as (_, created):
+        _upgrade_in_process(migrated)
+        Base.metadata.create_all(created)
+        from_migration, from_model = _schema(migrated), _schema(created)
+        assert from_migration["enums"] == from_model["enums"] == ENUMS
+        assert from_migration["indexes"] == from_model["indexes"]
+        assert from_migration["columns"] == from_model["columns"]
+        assert ("id", "character varying", "varchar", 26, "C", "NO", None) in from_model["columns"]
+
+
+def test_the_claim_uses_the_partial_pending_index_on_a_big_history() -> None:
+    with _throwaway_database() as (_, engine):
+        _upgrade_in_process(engine)
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                conn.execute(
+                    text(
+                        """INSERT INTO sync_queue
+                               (id, action, model, record_id, payload, status, processed_at)
+                           SELECT lpad(g::text, 26, '0'), 'UPDATE', 'Request',
+                                  (g % 5000)::text, '{}'::jsonb,
+                                  CASE WHEN g > 200000 THEN 'PENDING' ELSE 'COMPLETED' END
+                                      ::queue_status,
+                                  CASE WHEN g > 200000 THEN NULL ELSE now() END
+                           FROM generate_series(1, 200005) AS g"""
+                    )
+                )
+                conn.execute(text("ANALYZE sync_queue"))
+                params = {"batch_size": 25, "token": uuid.uuid4()}
+                plan = "\n".join(conn.execute(text(f"EXPLAIN {sql.CLAIM.text}"), params).scalars())
+                claimed = conn.execute(sql.CLAIM, params).all()
+            finally:
+                transaction.rollback()
+    assert "Seq Scan on sync_queue" not in plan, plan
+    assert "ix_sync_queue_pending" in plan, plan
+    assert "ix_sync_queue_record_active" in plan, plan  # the per-record order probe
+    assert sorted(r.id for r in claimed) == [f"{g:026d}" for g in range(200001, 200006)]
