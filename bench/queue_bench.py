@@ -59,6 +59,7 @@ from syncqueue_tasks.ids import new_id  # noqa: E402
 MODEL = "Request"
 CLAIM_BATCH = 100
 MANY_BATCH = 1000
+ENQUEUE_CHUNK = 100  # enqueue: ours and bare take turns every this many rows
 PROCESS_COUNTS = (1, 2, 4)
 BARRIER_TIMEOUT = 300.0
 
@@ -77,14 +78,19 @@ class Sizes:
     drain: int
     completed: int
     latency_samples: int
-    rounds: int  # enqueue / enqueue_many: best of this many alternating runs
+    drain_rounds: int  # drains: best of this many runs per side (ours/bare alternate)
 
 
 FULL = Sizes(
-    enqueue=5_000, many=100_000, drain=100_000, completed=1_000_000, latency_samples=60, rounds=2
+    enqueue=5_000,
+    many=100_000,
+    drain=100_000,
+    completed=1_000_000,
+    latency_samples=60,
+    drain_rounds=2,
 )
 QUICK = Sizes(
-    enqueue=1_000, many=20_000, drain=20_000, completed=200_000, latency_samples=30, rounds=1
+    enqueue=1_000, many=20_000, drain=20_000, completed=200_000, latency_samples=30, drain_rounds=1
 )
 
 
@@ -182,25 +188,45 @@ def bare_connect(url: str) -> psycopg.Connection[Any]:
 # --- 1. enqueue, 2. enqueue_many ------------------------------------------------------------
 
 
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def interleaved(
+    db: Bench,
+    chunks: list[Any],
+    ours: Callable[[Any], None],
+    bare: Callable[[Any], None],
+    warmup: int,
+) -> tuple[float, float]:
+    """Seconds spent by ``ours`` and by ``bare`` over all ``chunks``, taken in turns.
+
+    Each chunk is run by both sides back to back (who goes first alternates), so a change in
+    the machine's load hits both alike. The first ``warmup`` chunks run untimed first.
+    """
+    for chunk in chunks[:warmup]:
+        ours(chunk)
+        bare(chunk)
+    db.truncate()
+    spent = {"ours": 0.0, "bare": 0.0}
+    for k, chunk in enumerate(chunks):
+        order = [("ours", ours), ("bare", bare)]
+        for name, fn in order if k % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            fn(chunk)
+            spent[name] += time.perf_counter() - start
+    return spent["ours"], spent["bare"]
 
 
-def bench_enqueue(db: Bench, n: int, rounds: int) -> tuple[float, float]:
+def bench_enqueue(db: Bench, n: int) -> tuple[float, float]:
     """Rows per second for ``queue.enqueue`` and for a bare INSERT + COMMIT each."""
     records = max(1, n // 5)
     payloads = [payload(i) for i in range(n)]
     conn = bare_connect(db.url)
     cur = conn.cursor()
 
-    def ours(count: int) -> None:
-        for i in range(count):
+    def ours(indexes: range) -> None:
+        for i in indexes:
             queue.enqueue("UPDATE", MODEL, record(i, records), payloads[i])
 
-    def bare(count: int) -> None:
-        for i in range(count):
+    def bare(indexes: range) -> None:
+        for i in indexes:
             cur.execute(
                 INSERT_ONE,
                 {
@@ -215,13 +241,17 @@ def bench_enqueue(db: Bench, n: int, rounds: int) -> tuple[float, float]:
             )
             conn.commit()
 
+    chunks = [range(i, min(i + ENQUEUE_CHUNK, n)) for i in range(0, n, ENQUEUE_CHUNK)]
     try:
-        return best_rates(db, n, rounds, ours, bare, warmup=min(300, n))
+        ours_s, bare_s = interleaved(db, chunks, ours, bare, warmup=3)
     finally:
         conn.close()
+    check(db.count() == 2 * n, f"enqueue: expected {2 * n} rows, found {db.count()}")
+    db.truncate()
+    return n / ours_s, n / bare_s
 
 
-def bench_enqueue_many(db: Bench, n: int, rounds: int) -> tuple[float, float]:
+def bench_enqueue_many(db: Bench, n: int) -> tuple[float, float]:
     """Rows per second for ``queue.enqueue_many`` and a bare unnest INSERT, 1,000 a batch."""
     records = max(1, n // 10)
     changes = [
@@ -232,53 +262,31 @@ def bench_enqueue_many(db: Bench, n: int, rounds: int) -> tuple[float, float]:
     conn = bare_connect(db.url)
     cur = conn.cursor()
 
-    def ours(count: int) -> None:
-        for batch in batches[: count // MANY_BATCH]:
-            queue.enqueue_many(batch)
+    def ours(batch: list[dict[str, Any]]) -> None:
+        queue.enqueue_many(batch)
 
-    def bare(count: int) -> None:
-        for batch in batches[: count // MANY_BATCH]:
-            cur.execute(
-                INSERT_MANY,
-                {
-                    "ids": [new_id() for _ in batch],
-                    "actions": [c["action"] for c in batch],
-                    "models": [c["model"] for c in batch],
-                    "record_ids": [c["record_id"] for c in batch],
-                    "sheet_row_indexes": [None] * len(batch),
-                    "payloads": [dumps(c["payload"]) for c in batch],
-                    "max_retries": [3] * len(batch),
-                },
-            )
-            conn.commit()
+    def bare(batch: list[dict[str, Any]]) -> None:
+        cur.execute(
+            INSERT_MANY,
+            {
+                "ids": [new_id() for _ in batch],
+                "actions": [c["action"] for c in batch],
+                "models": [c["model"] for c in batch],
+                "record_ids": [c["record_id"] for c in batch],
+                "sheet_row_indexes": [None] * len(batch),
+                "payloads": [dumps(c["payload"]) for c in batch],
+                "max_retries": [3] * len(batch),
+            },
+        )
+        conn.commit()
 
     try:
-        return best_rates(db, n, rounds, ours, bare, warmup=min(10, len(batches)) * MANY_BATCH)
+        ours_s, bare_s = interleaved(db, batches, ours, bare, warmup=3)
     finally:
         conn.close()
-
-
-def best_rates(
-    db: Bench,
-    n: int,
-    rounds: int,
-    ours: Callable[[int], None],
-    bare: Callable[[int], None],
-    warmup: int,
-) -> tuple[float, float]:
-    """Warm both up, then alternate timed runs on an empty table; best rate of each."""
-    for fn in (ours, bare):
-        db.truncate()
-        fn(warmup)
-    best = {"ours": 0.0, "bare": 0.0}
-    for _ in range(rounds):
-        for name, fn in (("ours", ours), ("bare", bare)):
-            db.truncate()
-            seconds = timed(lambda fn=fn: fn(n))  # type: ignore[misc]
-            check(db.count() == n, f"{name}: expected {n} rows, found {db.count()}")
-            best[name] = max(best[name], n / seconds)
+    check(db.count() == 2 * n, f"enqueue_many: expected {2 * n} rows, found {db.count()}")
     db.truncate()
-    return best["ours"], best["bare"]
+    return n / ours_s, n / bare_s
 
 
 # --- 3. drain -------------------------------------------------------------------------------
@@ -538,8 +546,9 @@ def print_markdown(
         print(f"| {name} | {before} | {after} | {growth} | {target} | {mark} |")
     print()
     print(
-        f"*{env}. Rates: best of {sizes.rounds} run(s) for enqueue/enqueue_many, one run per"
-        f" process count for drains; latency: median of {sizes.latency_samples} claims.*"
+        f"*{env}. enqueue / enqueue_many: ours and bare take turns chunk by chunk; drains: best"
+        f" of {sizes.drain_rounds} run(s) per side; latency: median of {sizes.latency_samples}"
+        " claims, ours and bare interleaved.*"
     )
 
 
@@ -566,8 +575,11 @@ def main() -> int:
         print()
         rows: list[Row] = []
 
-        print(f"[1/4] enqueue x {sizes.enqueue:,} ...", flush=True)
-        o, b = bench_enqueue(db, sizes.enqueue, sizes.rounds)
+        def step(title: str) -> None:
+            print(f"{title} ... (t = {time.perf_counter() - started:.0f} s)", flush=True)
+
+        step(f"[1/4] enqueue x {sizes.enqueue:,}")
+        o, b = bench_enqueue(db, sizes.enqueue)
         rows.append(
             Row(
                 f"enqueue, 1 tx each ({sizes.enqueue:,} rows)",
@@ -579,8 +591,8 @@ def main() -> int:
             )
         )
 
-        print(f"[2/4] enqueue_many x {sizes.many:,} ...", flush=True)
-        o, b = bench_enqueue_many(db, sizes.many, sizes.rounds)
+        step(f"[2/4] enqueue_many x {sizes.many:,}")
+        o, b = bench_enqueue_many(db, sizes.many)
         rows.append(
             Row(
                 f"enqueue_many, batches of {MANY_BATCH:,} ({sizes.many:,} rows)",
@@ -593,9 +605,12 @@ def main() -> int:
         )
 
         for procs in PROCESS_COUNTS:
-            print(f"[3/4] drain {sizes.drain:,} items, {procs} process(es) ...", flush=True)
-            o = bench_drain(db, sizes.drain, procs, "ours")
-            b = bench_drain(db, sizes.drain, procs, "bare")
+            step(f"[3/4] drain {sizes.drain:,} items, {procs} process(es)")
+            best = {"ours": 0.0, "bare": 0.0}
+            for r in range(sizes.drain_rounds):
+                for impl in ("ours", "bare") if r % 2 == 0 else ("bare", "ours"):
+                    best[impl] = max(best[impl], bench_drain(db, sizes.drain, procs, impl))
+            o, b = best["ours"], best["bare"]
             rows.append(
                 Row(
                     f"drain {sizes.drain:,}: dequeue(100) + mark_complete_many, {procs} proc",
@@ -607,7 +622,7 @@ def main() -> int:
                 )
             )
 
-        print(f"[4/4] claim latency, then + {sizes.completed:,} COMPLETED rows ...", flush=True)
+        step(f"[4/4] claim latency, then + {sizes.completed:,} COMPLETED rows")
         lat = bench_claim_latency(db, sizes)
 
         print()

@@ -91,8 +91,7 @@ def _record(
 ) -> None:
     done: list[QueueItem] = []
     failures: list[queue.Failure] = []
-    for item in items:
-        outcome = outcomes.get(item.id) or Outcome.retry("writer returned no outcome for the item")
+    for item, outcome in _in_record_order(items, outcomes):
         if outcome.kind is OutcomeKind.DONE:
             done.append(item)
         else:
@@ -114,6 +113,27 @@ def _record(
     report.failed += failed
     report.not_owned += len(done) - completed + len(failures) - len(statuses)
     metrics.record_outcomes(completed=completed, retried=retried, failed=failed)
+
+
+def _in_record_order(
+    items: Sequence[QueueItem], outcomes: Mapping[str, Outcome]
+) -> list[tuple[QueueItem, Outcome]]:
+    """Each item's outcome, keeping per-record order: once a change of a record is to be
+    retried, the later changes of that record in the batch are retried after it, never
+    completed before it (without using up their attempts)."""
+    waiting: set[tuple[str, str]] = set()
+    result = []
+    for item in items:  # oldest first
+        key = (item.model, item.record_id)
+        outcome = outcomes.get(item.id) or Outcome.retry("writer returned no outcome for the item")
+        if key in waiting and outcome.kind is not OutcomeKind.FAIL:
+            outcome = Outcome.retry(
+                "waiting for an earlier change of this record", count_attempt=False
+            )
+        if outcome.kind is OutcomeKind.RETRY:
+            waiting.add(key)
+        result.append((item, outcome))
+    return result
 
 
 def _with_retries(operation: Callable[[], T]) -> T:

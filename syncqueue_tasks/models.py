@@ -71,17 +71,21 @@ class SyncQueue(Base):
         # Claim: walk PENDING rows in id (= enqueue) order. Partial, so its size is the
         # backlog, not the history: claim cost stays flat as COMPLETED rows pile up.
         Index("ix_sync_queue_pending", "id", postgresql_where=text("status = 'PENDING'")),
-        # Per-record order: "is there an earlier unfinished change to this record?"
+        # Per-record order: the oldest PENDING change of a record, and the changes after it.
         Index(
-            "ix_sync_queue_record_active",
+            "ix_sync_queue_record_pending",
             "model",
             "record_id",
             "id",
-            postgresql_where=text("status IN ('PENDING', 'PROCESSING')"),
+            postgresql_where=text("status = 'PENDING'"),
         ),
-        # reset_stuck: the oldest claims.
+        # Per-record order: "is a change of this record in flight?"; and reset_stuck. Holds only
+        # the claimed rows (workers x batch size), so any scan of it is cheap.
         Index(
-            "ix_sync_queue_claimed", "claimed_at", postgresql_where=text("status = 'PROCESSING'")
+            "ix_sync_queue_processing",
+            "model",
+            "record_id",
+            postgresql_where=text("status = 'PROCESSING'"),
         ),
         # cleanup_completed and "completed in the last hour".
         Index(

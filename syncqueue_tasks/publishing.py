@@ -42,6 +42,11 @@ class EnqueueTask(Task):
         """The id of the message: the (first) change's id, for tracing."""
         raise NotImplementedError
 
+    @staticmethod
+    def describe(kwargs: dict[str, Any]) -> str:
+        """A short, payload-free description of the message for logs and Flower."""
+        raise NotImplementedError
+
     def apply_async(
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
@@ -53,6 +58,9 @@ class EnqueueTask(Task):
         prepared = self.prepare(*(args or ()), **(kwargs or {}))
         task_id = task_id or self.message_id(prepared)
         options["retry"] = False  # a publish retry loop would block the caller
+        # Logs and Flower show the message's repr: keep payloads (data) out of it, and small.
+        options.setdefault("argsrepr", "()")
+        options.setdefault("kwargsrepr", self.describe(prepared))
         try:
             return super().apply_async(kwargs=prepared, task_id=task_id, **options)
         except Exception as publish_error:

@@ -121,10 +121,14 @@ def enqueue_many(
 
 
 def dequeue(batch_size: int = 25) -> list[QueueItem]:
-    """Claim up to ``batch_size`` claimable PENDING items; return them oldest first.
+    """Claim up to ``batch_size`` PENDING items; return them oldest first.
 
-    Claimable: backoff has passed, and no earlier change to the same record is PENDING or
-    PROCESSING (per-record order). The claim is committed before this returns.
+    Per-record order: a record's oldest PENDING change is claimable once its backoff has
+    passed and no change of that record is PROCESSING; it comes with the record's later
+    PENDING changes (in order, within ``batch_size``), so a record is only ever in one claim.
+    A caller that gets several changes of one record must not complete a later one while an
+    earlier one goes back to PENDING (``batch.process`` retries them together). The claim is
+    committed before this returns.
     """
     batch_size = validate_batch_size(batch_size)
     with get_engine().begin() as conn:

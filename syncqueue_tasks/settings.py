@@ -88,6 +88,7 @@ class Settings:
     kick_delay: float
     writer: str
     jsonl_path: str
+    data_dir: Path
     workbook_path: Path
     sheets_spreadsheet_id: str
     sheets_credentials_file: str
@@ -111,6 +112,7 @@ class Settings:
         ) - {""}
         if not models:
             raise ConfigurationError("SYNCQUEUE_MODELS must name at least one model")
+        data_dir = Path(env("SYNCQUEUE_DATA_DIR", "") or ".syncqueue")
         return cls(
             database_url=normalize_database_url(env("DATABASE_URL", "") or DEFAULT_DATABASE_URL),
             db_pool_size=_int("SYNCQUEUE_DB_POOL_SIZE", 5, 1, 100),
@@ -126,7 +128,8 @@ class Settings:
             kick_delay=_float("SYNCQUEUE_KICK_DELAY", 0.2, 0.0, 60.0),
             writer=env("SYNCQUEUE_WRITER", "").strip(),
             jsonl_path=env("SYNCQUEUE_JSONL_PATH", "").strip(),
-            workbook_path=Path(env("SYNCQUEUE_WORKBOOK_PATH", "") or ".syncqueue/workbook.xlsx"),
+            data_dir=data_dir,
+            workbook_path=Path(env("SYNCQUEUE_WORKBOOK_PATH", "") or data_dir / "workbook.xlsx"),
             sheets_spreadsheet_id=env("SYNCQUEUE_SHEETS_SPREADSHEET_ID", "").strip(),
             sheets_credentials_file=(
                 env("SYNCQUEUE_SHEETS_CREDENTIALS_FILE", "")

@@ -27,33 +27,48 @@ INSERT_MANY = text("""
 """)
 
 # Claim a batch. One statement: pick, lock and mark in the same snapshot.
-# - Walks ix_sync_queue_pending (partial: only PENDING rows) in id = enqueue order.
-# - Per-record order: a change is claimable only when it is the oldest unfinished (PENDING,
-#   maybe waiting out a backoff, or PROCESSING) change of its record. FAILED changes do not
-#   block later ones. Written as a scalar min() subquery, not NOT EXISTS: the planner then
-#   always probes ix_sync_queue_record_active once per candidate (a LIMIT 1 index scan),
-#   whatever the table statistics say; an anti-join planned on stale statistics scanned
-#   the whole index per candidate.
-# - FOR UPDATE SKIP LOCKED: concurrent claimers skip rows another claimer is taking, instead of
-#   waiting for them; a row whose status changed meanwhile is re-checked and skipped.
+# - heads: the oldest PENDING change of each record that has no change in flight (PROCESSING)
+#   and whose backoff has passed, walked in id (= enqueue) order on ix_sync_queue_pending
+#   (partial: only PENDING rows, so the cost follows the backlog, not the history). The
+#   min() is a scalar subquery, probed once per candidate on ix_sync_queue_record_pending
+#   whatever the statistics say; the in-flight check reads ix_sync_queue_processing, which
+#   holds only claimed rows. FAILED changes do not block later ones.
+# - FOR UPDATE SKIP LOCKED: concurrent claimers skip heads another claimer is taking instead of
+#   waiting; a head whose status changed meanwhile is re-checked and skipped.
+# - batch: each head with the PENDING changes of its record that follow it, oldest first, up
+#   to :batch_size rows, so one writer gets a record's queued changes together (and merges
+#   them). No other claimer can take those followers: while the head is PENDING it is the
+#   record's oldest change, and once it is PROCESSING the record is in flight.
 CLAIM = text("""
-    WITH claimable AS (
-        SELECT q.id
+    WITH heads AS (
+        SELECT q.id, q.model, q.record_id
         FROM sync_queue AS q
         WHERE q.status = 'PENDING'
           AND q.available_at <= now()
           AND q.id = (
               SELECT min(e.id) FROM sync_queue AS e
-              WHERE e.model = q.model AND e.record_id = q.record_id
-                AND e.status IN ('PENDING', 'PROCESSING'))
+              WHERE e.model = q.model AND e.record_id = q.record_id AND e.status = 'PENDING')
+          AND NOT EXISTS (
+              SELECT 1 FROM sync_queue AS p
+              WHERE p.model = q.model AND p.record_id = q.record_id
+                AND p.status = 'PROCESSING')
         ORDER BY q.id
         LIMIT :batch_size
         FOR UPDATE SKIP LOCKED
+    ),
+    batch AS (
+        SELECT f.id
+        FROM heads AS h
+        JOIN sync_queue AS f
+          ON f.model = h.model AND f.record_id = h.record_id
+         AND f.status = 'PENDING' AND f.id >= h.id
+        ORDER BY f.id
+        LIMIT :batch_size
     )
     UPDATE sync_queue AS s
     SET status = 'PROCESSING', claimed_at = now(), claim_token = :token
-    FROM claimable
-    WHERE s.id = claimable.id
+    FROM batch
+    WHERE s.id = batch.id AND s.status = 'PENDING'
     RETURNING s.id, s.action, s.model, s.record_id, s.sheet_row_index, s.payload, s.retries,
               s.max_retries, s.created_at, s.claim_token
 """)
@@ -96,7 +111,7 @@ FAIL = text("""
 """)
 
 # Claims older than the threshold go back to PENDING (their worker died or hung). Measures
-# time since the claim (claimed_at), not the item's age. Uses ix_sync_queue_claimed.
+# time since the claim (claimed_at), not the item's age. Reads ix_sync_queue_processing.
 RESET_STUCK = text("""
     UPDATE sync_queue
     SET status = 'PENDING', claim_token = NULL, claimed_at = NULL, available_at = now(),

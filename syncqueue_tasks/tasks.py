@@ -84,6 +84,11 @@ class EnqueueChangeTask(EnqueueTask):
         """The change's id."""
         return str(kwargs["item_id"])
 
+    @staticmethod
+    def describe(kwargs: dict[str, Any]) -> str:
+        """``UPDATE Request 42``."""
+        return f"{kwargs['action']} {kwargs['model']} {kwargs['record_id']!r:.80}"
+
 
 class EnqueueChangesTask(EnqueueTask):
     """``enqueue_changes``'s caller side: validation, ids, fallback storage."""
@@ -124,6 +129,11 @@ class EnqueueChangesTask(EnqueueTask):
     def message_id(kwargs: dict[str, Any]) -> str:
         """The first change's id (a fresh one for an empty list)."""
         return str(kwargs["item_ids"][0]) if kwargs["item_ids"] else new_id()
+
+    @staticmethod
+    def describe(kwargs: dict[str, Any]) -> str:
+        """``25 changes``."""
+        return f"{len(kwargs['item_ids'])} changes"
 
 
 @app.task(name="syncqueue.enqueue_change", base=EnqueueChangeTask, bind=True, **_STORE_RETRY)

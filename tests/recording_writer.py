@@ -3,14 +3,19 @@
 Each records what it received in ``SYNCQUEUE_JSONL_PATH`` (via ``JsonLinesWriter``), so a
 test can check every item was written, when, by which process, and in which order.
 Behaviour knobs come from the environment: RECORDING_FAIL_RATE, RECORDING_SLEEP.
+``recording_span`` and ``flaky_span`` (fault tests) stamp each line with the span of the
+whole ``write`` call, so overlapping writes of one item can be detected.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import random
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from syncqueue_tasks.models import QueueItem
 from syncqueue_tasks.writers.base import Outcome
@@ -66,6 +71,67 @@ class Flaky(Recording):
         return self.inner.write(items)
 
 
+def _append_span(path: Path, items: Sequence[QueueItem], started: float) -> None:
+    """Append one ``JsonLinesWriter``-style line per item, ``started`` given by the caller.
+
+    ``finished`` is taken under the file lock, just before the lines are written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        finished = time.time()
+        fh.write(
+            "".join(
+                json.dumps(
+                    {
+                        "id": item.id,
+                        "action": item.action.value,
+                        "model": item.model,
+                        "record_id": item.record_id,
+                        "payload": item.payload,
+                        "pid": os.getpid(),
+                        "started": started,
+                        "finished": finished,
+                        "retries": item.retries,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+                for item in items
+            )
+        )
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class Spanning(Recording):
+    """Like ``Recording``, but a line's [started, finished] spans the whole call (sleep
+    included): two writes of one item that overlap in time show up as overlapping spans."""
+
+    def write(self, items: Sequence[QueueItem]) -> Mapping[str, Outcome]:
+        started = time.time()
+        _sleep()
+        _append_span(self.inner.path, items, started)
+        return {i.id: Outcome.done() for i in items}
+
+
+class FlakySpanning(Recording):
+    """``Flaky`` with spanning lines: a share of calls fail retryably (RECORDING_FAIL_RATE,
+    default 0.3); half of those write first, then report failure (the lost response)."""
+
+    def write(self, items: Sequence[QueueItem]) -> Mapping[str, Outcome]:
+        started = time.time()
+        _sleep()
+        rate = float(os.environ.get("RECORDING_FAIL_RATE", "0.3"))
+        roll = random.random()
+        if roll < rate / 2:
+            return {i.id: Outcome.retry("503 backend unavailable") for i in items}
+        _append_span(self.inner.path, items, started)
+        if roll < rate:
+            return {i.id: Outcome.retry("connection reset after write") for i in items}
+        return {i.id: Outcome.done() for i in items}
+
+
 def recording() -> Recording:
     return Recording()
 
@@ -80,3 +146,11 @@ def picky() -> Picky:
 
 def flaky() -> Flaky:
     return Flaky()
+
+
+def recording_span() -> Spanning:
+    return Spanning()
+
+
+def flaky_span() -> FlakySpanning:
+    return FlakySpanning()

@@ -76,3 +76,14 @@ def test_a_zero_time_budget_claims_nothing() -> None:
     _enqueue("ok")
     assert batch.process(Scripted(), batch_size=5, time_budget=0).claimed == 0
     assert count_rows("status = 'PENDING'") == 1
+
+
+def test_a_records_later_changes_wait_when_an_earlier_one_is_retried() -> None:
+    ids = queue.enqueue_many(
+        {"action": "UPDATE", "model": "Request", "record_id": "same", "payload": {"do": do}}
+        for do in ("retry", "ok", "ok")
+    )
+    report = batch.process(Scripted(), batch_size=10, time_budget=5)
+    assert (report.claimed, report.completed, report.retried) == (3, 0, 3)
+    assert count_rows("status = 'PENDING' AND retries = 1 AND id = :i", i=ids[0]) == 1
+    assert count_rows("status = 'PENDING' AND retries = 0 AND id = ANY(:i)", i=ids[1:]) == 2

@@ -29,11 +29,14 @@ from syncqueue_tasks.models import Base
 # Partial index -> (key columns, predicate) as PostgreSQL prints them in pg_indexes.indexdef.
 PARTIAL_INDEXES = {
     "ix_sync_queue_pending": ("(id)", "WHERE (status = 'PENDING'::queue_status)"),
-    "ix_sync_queue_record_active": (
+    "ix_sync_queue_record_pending": (
         "(model, record_id, id)",
-        "WHERE (status = ANY (ARRAY['PENDING'::queue_status, 'PROCESSING'::queue_status]))",
+        "WHERE (status = 'PENDING'::queue_status)",
     ),
-    "ix_sync_queue_claimed": ("(claimed_at)", "WHERE (status = 'PROCESSING'::queue_status)"),
+    "ix_sync_queue_processing": (
+        "(model, record_id)",
+        "WHERE (status = 'PROCESSING'::queue_status)",
+    ),
     "ix_sync_queue_completed": ("(processed_at)", "WHERE (status = 'COMPLETED'::queue_status)"),
     "ix_sync_queue_failed": ("(model, id)", "WHERE (status = 'FAILED'::queue_status)"),
 }
@@ -229,5 +232,5 @@ def test_the_claim_uses_the_partial_pending_index_on_a_big_history() -> None:
                 transaction.rollback()
     assert "Seq Scan on sync_queue" not in plan, plan
     assert "ix_sync_queue_pending" in plan, plan
-    assert "ix_sync_queue_record_active" in plan, plan  # the per-record order probe
+    assert "ix_sync_queue_record_pending" in plan, plan  # the per-record order probe
     assert sorted(r.id for r in claimed) == [f"{g:026d}" for g in range(200001, 200006)]

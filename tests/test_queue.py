@@ -245,3 +245,29 @@ def test_orm_model_reads_rows_written_by_the_queue() -> None:
             QueueStatus.PENDING,
             7,
         )
+
+
+def test_a_claim_takes_a_records_queued_changes_together_and_in_order() -> None:
+    a1, b1, a2, a3, b2 = (
+        queue.enqueue("UPDATE", "Request", record, {"n": n})
+        for n, record in enumerate(["a", "b", "a", "a", "b"])
+    )
+    first = queue.dequeue(4)
+    assert [i.id for i in first] == [a1, b1, a2, a3]  # oldest first, within the batch size
+    # "a" and "b" are in flight: b's remaining change waits for the claim that holds "b".
+    assert queue.dequeue(10) == []
+    queue.mark_complete_many(first)
+    assert [i.id for i in queue.dequeue(10)] == [b2]
+
+
+def test_a_record_in_flight_blocks_even_an_older_retried_change() -> None:
+    old = queue.enqueue("UPDATE", "Request", "a", {"v": "old"}, max_retries=0)
+    [item] = queue.dequeue()
+    queue.mark_failed(item, "bad")  # FAILED: does not block later changes
+    new = queue.enqueue("UPDATE", "Request", "a", {"v": "new"})
+    [in_flight] = queue.dequeue()
+    assert in_flight.id == new
+    assert queue.retry_failed([old]) == 1  # older than the change in flight
+    assert queue.dequeue() == []  # never two claims of one record at once
+    queue.mark_complete(in_flight)
+    assert [i.id for i in queue.dequeue()] == [old]

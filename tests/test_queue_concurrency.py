@@ -90,7 +90,13 @@ def _ordered_worker(results: mp.Queue, start: mp.Event) -> None:  # type: ignore
             continue
         began = time.monotonic()
         time.sleep(rng.random() * 0.003)  # "writing"
-        failed = [i for i in items if rng.random() < 0.2]
+        # A record's later changes in the batch wait for an earlier one that failed.
+        failing: set[str] = set()
+        failed = []
+        for item in items:
+            if item.record_id in failing or rng.random() < 0.2:
+                failing.add(item.record_id)
+                failed.append(item)
         done = [i for i in items if i not in failed]
         ended = time.monotonic()
         for item in done:

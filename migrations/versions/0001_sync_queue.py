@@ -53,15 +53,15 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'PENDING'"),
     )
     op.create_index(
-        "ix_sync_queue_record_active",
+        "ix_sync_queue_record_pending",
         "sync_queue",
         ["model", "record_id", "id"],
-        postgresql_where=sa.text("status IN ('PENDING', 'PROCESSING')"),
+        postgresql_where=sa.text("status = 'PENDING'"),
     )
     op.create_index(
-        "ix_sync_queue_claimed",
+        "ix_sync_queue_processing",
         "sync_queue",
-        ["claimed_at"],
+        ["model", "record_id"],
         postgresql_where=sa.text("status = 'PROCESSING'"),
     )
     op.create_index(

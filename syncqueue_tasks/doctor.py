@@ -1,0 +1,122 @@
+"""``syncqueue doctor``: is everything the queue needs there? Each check says what to do if not."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.errors import sanitize_error
+from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.writers.loading import load_writer, writer_spec
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check; ``fix`` says what to do when it failed."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks() -> list[Check]:
+    """Run every check (a failing database skips the migration check)."""
+    database = _guarded("database", check_database, FIX_DATABASE)
+    checks = [database]
+    if database.ok:
+        checks.append(_guarded("migrations", check_migrations, FIX_MIGRATIONS))
+    else:
+        checks.append(Check("migrations", False, "not checked: database unreachable", FIX_DATABASE))
+    checks.append(_guarded("broker", check_broker, FIX_BROKER))
+    checks.append(_guarded("writer", check_writer, FIX_WRITER))
+    return checks
+
+
+FIX_DATABASE = (
+    "start PostgreSQL or set DATABASE_URL; with nothing installed, `syncqueue run` "
+    "starts an embedded one (run commands from the same folder)"
+)
+FIX_MIGRATIONS = "run `syncqueue migrate`"
+FIX_BROKER = "start Redis or set CELERY_BROKER_URL (`syncqueue run` starts an embedded one)"
+FIX_WRITER = (
+    "unset SYNCQUEUE_WRITER for the local workbook (SYNCQUEUE_WORKBOOK_PATH), set "
+    "SYNCQUEUE_SHEETS_SPREADSHEET_ID and SYNCQUEUE_SHEETS_CREDENTIALS_FILE for Google Sheets, "
+    "or SYNCQUEUE_WRITER=package.module:factory"
+)
+
+
+def check_database() -> Check:
+    """PostgreSQL answers at DATABASE_URL."""
+    url = make_url(get_settings().database_url).render_as_string(hide_password=True)
+    with get_engine().connect() as conn:
+        version = conn.execute(text("SHOW server_version")).scalar_one()
+    return Check("database", True, f"reachable at {url} (PostgreSQL {version})")
+
+
+def check_migrations() -> Check:
+    """The database is at the code's head revision."""
+    from syncqueue_tasks.schema import current_revisions, head_revisions
+
+    current, head = current_revisions(), head_revisions()
+    if current == head:
+        return Check("migrations", True, f"at head {', '.join(head)}")
+    at = ", ".join(current) or "no revision (never migrated)"
+    return Check(
+        "migrations", False, f"database at {at}, code at {', '.join(head)}", FIX_MIGRATIONS
+    )
+
+
+def check_broker(timeout: float = 3.0) -> Check:
+    """The Celery broker accepts a connection."""
+    from kombu import Connection
+
+    import celeryconfig
+
+    url = str(celeryconfig.broker_url)
+    options = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "max_retries": 0}
+    with Connection(url, connect_timeout=timeout, transport_options=options) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    return Check("broker", True, f"answers at {sanitize_error(url)}")
+
+
+def check_writer() -> Check:
+    """The configured writer can be built, and a workbook's folder is writable."""
+    from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
+
+    spec = writer_spec(get_settings())
+    writer = load_writer(spec)
+    if not isinstance(writer, LocalWorkbookWriter):
+        return Check("writer", True, f"{spec} built (destination not contacted)")
+    path = writer.path.absolute()
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            return Check("writer", False, f"workbook {path} is not writable", FIX_WRITER)
+        import openpyxl
+
+        openpyxl.load_workbook(path, read_only=True).close()
+        return Check("writer", True, f"workbook {path}")
+    folder = _nearest_existing(path.parent)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return Check("writer", False, f"cannot create {path}: {folder} not writable", FIX_WRITER)
+    return Check("writer", True, f"workbook {path} (created on the first write)")
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _guarded(name: str, check: Callable[[], Check], fix: str) -> Check:
+    try:
+        return check()
+    except Exception as exc:
+        orig = getattr(exc, "orig", None)
+        return Check(name, False, sanitize_error(orig if isinstance(orig, Exception) else exc), fix)

@@ -1,0 +1,323 @@
+"""``syncqueue run``: everything the queue needs, on a machine with nothing set up.
+
+In order: an embedded PostgreSQL (when ``DATABASE_URL`` is unset; data in
+``<data dir>/pgdata``, database ``syncqueue``), an embedded Redis (when ``CELERY_BROKER_URL``
+is unset; a free 127.0.0.1 port), the migrations, a Celery worker, the one beat process,
+Flower, and optionally the queue's metrics server (in this process). SIGINT / SIGTERM stop
+all of it in reverse order, by pid, and nothing else. A second run reuses the data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from syncqueue_tasks import runstate
+from syncqueue_tasks.db import dispose_engine
+from syncqueue_tasks.errors import SyncQueueError
+from syncqueue_tasks.redis_client import get_redis
+from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.supervise import Child, port_open
+from syncqueue_tasks.writers.loading import WORKBOOK, writer_spec
+
+APP = "syncqueue_tasks.celery_app"
+DATABASE = "syncqueue"
+START_TIMEOUT = 90.0
+
+
+class StackError(SyncQueueError):
+    """The stack could not start (everything it had started is stopped again)."""
+
+
+class _Interrupted(Exception):
+    """SIGINT / SIGTERM arrived while starting."""
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What ``syncqueue run`` was asked for."""
+
+    data_dir: Path
+    flower_port: int = 5555
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    concurrency: int = 2
+
+
+class Stack:
+    """Starts the services in order, remembers how to stop each one, stops them in reverse."""
+
+    def __init__(self, options: StackOptions, echo: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.data = options.data_dir.absolute()
+        self.echo = echo
+        self.stop_requested = threading.Event()
+        self._stops: list[tuple[str, Callable[[], None]]] = []
+        self._children: list[Child] = []
+        self._state = runstate.RunState(pid=os.getpid())
+        self._lock: IO[str] | None = None
+        self._signal: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start everything; on any failure stop what was started and raise."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        self._warn_leftovers()
+        self._state.info["data"] = str(self.data)
+        self._start_database()
+        self._check()
+        self._start_broker()
+        self._check()
+        self._set_defaults()
+        from syncqueue_tasks.schema import upgrade_head
+
+        before, after = upgrade_head()
+        if before != after:
+            self.echo(f"migrated the database: {_revs(before)} -> {_revs(after)}")
+        self._check()
+        self._start_celery()
+        self._start_metrics()
+        self._state.ready = True
+        self._publish()
+        self._banner()
+
+    def wait(self) -> None:
+        """Block until a stop is requested; raise ``StackError`` if a child dies."""
+        while not self.stop_requested.wait(0.5):
+            for child in self._children:
+                if not child.alive():
+                    raise StackError(
+                        f"{child.name} (pid {child.pid}) exited with code {child.returncode()};"
+                        f" see {child.log_path}"
+                    )
+
+    def stop(self) -> None:
+        """Stop everything this stack started, newest first. Idempotent."""
+        if self._stops and self._signal is not None:
+            self.echo(f"{self._signal}: stopping...")
+        while self._stops:
+            name, stop = self._stops.pop()
+            try:
+                stop()
+            except Exception as exc:
+                self.echo(f"stopping {name} failed: {exc}")
+            else:
+                self.echo(f"stopped {name}")
+        runstate.clear(self.data, os.getpid())
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def request_stop(self, signum: int, _frame: Any = None) -> None:
+        """Signal handler: ask the stack to stop (safe to call repeatedly; prints nothing)."""
+        self._signal = self._signal or signal.Signals(signum).name
+        self.stop_requested.set()
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        handle = open(self.data / "run.lock", "a")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            other = runstate.read_any(self.data)
+            who = f" (pid {other.pid})" if other else ""
+            raise StackError(f"another `syncqueue run`{who} is using {self.data}") from None
+        self._lock = handle
+
+    def _warn_leftovers(self) -> None:
+        old = runstate.read_any(self.data)
+        if old is None:
+            return
+        alive = {n: p for n, p in old.processes.items() if runstate.pid_alive(p)}
+        if alive:
+            listing = ", ".join(f"{n} {p}" for n, p in alive.items())
+            self.echo(
+                f"warning: a previous run (pid {old.pid}) did not stop cleanly; still running: "
+                f"{listing}. Stop them with: kill -TERM -- -<pid>"
+            )
+        runstate.clear(self.data, old.pid)
+
+    def _start_database(self) -> None:
+        if os.environ.get("DATABASE_URL", "").strip():
+            self._state.info["database"] = "DATABASE_URL"
+            return
+        from syncqueue_tasks.embedded import EmbeddedPostgres
+
+        pg = EmbeddedPostgres(self.data / "pgdata")
+        self._stops.append(("postgres", pg.stop))
+        pg.start()
+        assert pg.pid is not None
+        _create_database(pg.socket_dir, DATABASE)
+        url = make_url(pg.url).set(database=DATABASE).render_as_string(hide_password=False)
+        self._export("DATABASE_URL", url)
+        self._record("postgres", pg.pid)
+        self._state.info["database"] = f"embedded PostgreSQL, socket in {pg.socket_dir}"
+
+    def _start_broker(self) -> None:
+        if os.environ.get("CELERY_BROKER_URL", "").strip():
+            self._state.info["broker"] = "CELERY_BROKER_URL"
+            return
+        from syncqueue_tasks.embedded import EmbeddedRedis
+
+        redis = EmbeddedRedis(data_dir=self.data / "redis")
+        self._stops.append(("redis", redis.stop))
+        redis.start()
+        assert redis.pid is not None
+        self._export("CELERY_BROKER_URL", redis.url)
+        self._record("redis", redis.pid)
+        self._state.info["broker"] = f"embedded Redis {redis.url}"
+
+    def _set_defaults(self) -> None:
+        os.environ["SYNCQUEUE_DATA_DIR"] = str(self.data)
+        if not os.environ.get("SYNCQUEUE_WORKBOOK_PATH", "").strip():
+            self._export("SYNCQUEUE_WORKBOOK_PATH", str(self.data / "workbook.xlsx"))
+        if not os.environ.get("CELERY_BEAT_SCHEDULE_FILE", "").strip():
+            os.environ["CELERY_BEAT_SCHEDULE_FILE"] = str(self.data / "celerybeat-schedule")
+        get_settings.cache_clear()
+        get_redis.cache_clear()
+        dispose_engine()
+        settings = get_settings()
+        spec = writer_spec(settings)
+        self._state.info["writer"] = (
+            f"workbook {Path(settings.workbook_path).absolute()}" if spec == WORKBOOK else spec
+        )
+
+    def _start_celery(self) -> None:
+        """Start worker, beat and Flower together, then wait until each is ready."""
+        celery = [sys.executable, "-m", "celery", "-A", APP]
+        port = self.options.flower_port
+        if port_open(port):
+            raise StackError(f"port {port} is in use: set SYNCQUEUE_FLOWER_PORT or --flower-port")
+        logs = self.data / "logs"
+        specs: list[tuple[str, list[str], Callable[[Child], bool]]] = [
+            ("worker", ["worker", "--loglevel=INFO", f"--concurrency={self.options.concurrency}"],
+             lambda c: "ready." in c.log_text()),
+            ("beat", ["beat", "--loglevel=INFO"], lambda c: "beat: Starting" in c.log_text()),
+            # FLOWER_BASIC_AUTH reaches Flower through the environment (not visible in ps).
+            ("flower", ["flower", f"--port={port}", "--address=127.0.0.1"],
+             lambda c: port_open(port)),
+        ]  # fmt: skip
+        waits = []
+        for name, args, ready in specs:
+            child = Child(name, [*celery, *args], os.environ, logs / f"{name}.log")
+            self._stops.append((name, child.stop))
+            child.start()
+            assert child.pid is not None
+            self._children.append(child)
+            self._record(name, child.pid)
+            waits.append((child, partial(ready, child)))
+        for child, is_ready in waits:
+            child.wait_until(is_ready, START_TIMEOUT, self.stop_requested.is_set)
+            self._check()
+        self._state.info["flower"] = f"http://127.0.0.1:{port}"
+        self._state.info["logs"] = str(logs)
+
+    def _start_metrics(self) -> None:
+        port = self.options.metrics_port
+        if port is None:
+            return
+        from syncqueue_tasks.metrics import serve
+
+        host = self.options.metrics_host
+        try:
+            server = serve(port, host)
+        except OSError as exc:
+            raise StackError(f"metrics: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+        def stop_metrics() -> None:
+            server.shutdown()
+            server.server_close()
+
+        self._stops.append(("metrics", stop_metrics))
+        self._state.info["metrics"] = f"http://{host}:{server.server_port}/metrics"
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.stop_requested.is_set():
+            raise _Interrupted
+
+    def _export(self, key: str, value: str) -> None:
+        """Set ``key`` for this process and its children, and publish it for the CLI."""
+        os.environ[key] = value
+        self._state.env[key] = value
+        self._publish()
+
+    def _record(self, name: str, pid: int) -> None:
+        self._state.processes[name] = pid
+        self._publish()
+
+    def _publish(self) -> None:
+        runstate.write(self._state, self.data)
+
+    def _banner(self) -> None:
+        info, procs = self._state.info, self._state.processes
+        default = Path.cwd() / runstate.DEFAULT_DATA_DIR
+        data_flag = "" if self.data == default else f" (with SYNCQUEUE_DATA_DIR={self.data})"
+        lines = [
+            "",
+            "syncqueue is running. Ctrl-C stops everything it started.",
+            f"  data       {self.data}  (logs in {info['logs']})",
+            f"  database   {info['database']}",
+            f"  broker     {info['broker']}",
+            f"  writer     {info['writer']}",
+            f"  flower     {info['flower']}  (Celery workers and tasks; its /metrics is Celery's)",
+            f"  metrics    {info.get('metrics', 'off (set SYNCQUEUE_METRICS_PORT)')}",
+            "  pids       " + ", ".join(f"{name} {pid}" for name, pid in procs.items()),
+            "",
+            f"Enqueue a change from another terminal in this folder{data_flag}:",
+            """  syncqueue enqueue CREATE Request 42 --payload '{"name": "Ann"}'""",
+            f"or from Python, with the variables of {self.data / runstate.ENV_FILE} set:",
+            "  from syncqueue_tasks.tasks import enqueue_change",
+            """  enqueue_change.delay("CREATE", "Request", 42, {"name": "Ann"})""",
+            "",
+            f"syncqueue ready (pid {os.getpid()})",
+        ]
+        self.echo("\n".join(lines))
+
+
+def run(options: StackOptions, echo: Callable[[str], None] = print) -> None:
+    """Start the stack, wait for SIGINT / SIGTERM, stop it. Raises ``StackError`` on failure."""
+    stack = Stack(options, echo)
+    previous = {
+        sig: signal.signal(sig, stack.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        stack.start()
+        stack.wait()
+    except _Interrupted:
+        pass
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    echo("syncqueue stopped")
+
+
+def _create_database(socket_dir: Path, name: str) -> None:
+    """Create database ``name`` on the embedded server unless it exists."""
+    with psycopg.connect(
+        host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True
+    ) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _revs(revisions: tuple[str, ...]) -> str:
+    return ",".join(revisions) or "empty"

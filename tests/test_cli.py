@@ -1,0 +1,277 @@
+"""The ``syncqueue`` CLI against the real test database (CliRunner, and subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from dbutil import count_rows, create_database, drop_database, use_database
+from processes import ROOT, celery_worker, child_env
+
+from syncqueue_tasks import queue, schema
+from syncqueue_tasks.cli import main
+from syncqueue_tasks.embedded import free_port
+from syncqueue_tasks.settings import get_settings
+
+pytestmark = pytest.mark.timeout(120)
+
+CLI = [sys.executable, "-m", "syncqueue_tasks.cli"]
+
+
+def cli(*args: str, input: str | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def assert_one_line_error(result: Result | subprocess.CompletedProcess[str]) -> str:
+    """Non-zero exit, exactly one ``Error:`` line on stderr, no traceback anywhere."""
+    code = result.exit_code if isinstance(result, Result) else result.returncode
+    assert code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+def make_failed(model: str = "Request", record_id: str = "1", error: str = "boom") -> str:
+    """Enqueue a change and park it as FAILED with ``error``; return its id."""
+    item_id = queue.enqueue("CREATE", model, record_id, {"name": "x"})
+    [item] = queue.dequeue(1)
+    assert queue.mark_failed(item, error, retryable=False) == "FAILED"
+    return item_id
+
+
+def status_of(item_id: str) -> str | None:
+    rows = [s for s in ("PENDING", "FAILED", "COMPLETED") if count_rows(
+        "id = :id AND status = CAST(:s AS queue_status)", id=item_id, s=s
+    )]  # fmt: skip
+    return rows[0] if rows else None
+
+
+def test_stats_text_and_json(db: None) -> None:
+    queue.enqueue("CREATE", "Request", "1", {"a": 1})
+    queue.enqueue("CREATE", "Request", "2", {"a": 2})
+    make_failed("Operator", "9")
+
+    text = cli("stats")
+    assert text.exit_code == 0
+    assert re.search(r"PENDING\s+2", text.stdout) and re.search(r"FAILED\s+1", text.stdout)
+
+    data = json.loads(cli("stats", "--json").stdout)
+    assert data["pending"] == 2 and data["failed"] == 1 and data["failed_last_24h"] == 1
+    assert data["completed"] == 0 and data["completed_last_hour"] == 0
+    assert data["oldest_pending_age_seconds"] >= 0
+
+
+def test_failed_lists_last_errors_by_model(db: None) -> None:
+    assert "No FAILED items." in cli("failed").stdout
+    make_failed("Request", "1", "column 'x' is protected")
+    make_failed("Operator", "2", "quota exceeded")
+
+    both = cli("failed").stdout
+    assert "Request/1" in both and "column 'x' is protected" in both
+    assert "Operator/2" in both and "quota exceeded" in both
+
+    only = cli("failed", "--model", "Operator").stdout
+    assert "Operator/2" in only and "Request/1" not in only
+    assert len(json.loads(cli("failed", "--limit", "1", "--json").stdout)) == 1
+
+
+def test_retry_by_id_model_and_all(db: None) -> None:
+    a = make_failed("Request", "1")
+    b = make_failed("Request", "2")
+    c = make_failed("Operator", "3")
+
+    assert "1 FAILED item(s) back to PENDING" in cli("retry", "--id", a).stdout
+    assert (status_of(a), status_of(b), status_of(c)) == ("PENDING", "FAILED", "FAILED")
+    assert "1 FAILED" in cli("retry", "--model", "Request").stdout
+    assert status_of(b) == "PENDING" and status_of(c) == "FAILED"
+    assert "1 FAILED" in cli("retry", "--all").stdout
+    assert status_of(c) == "PENDING"
+
+    assert "--id" in assert_one_line_error(cli("retry"))
+    assert "--all cannot" in assert_one_line_error(cli("retry", "--all", "--model", "Request"))
+    assert "invalid id" in assert_one_line_error(cli("retry", "--id", "nope"))
+
+
+def test_discard_asks_first(db: None) -> None:
+    a = make_failed("Request", "1")
+    make_failed("Operator", "2")
+    make_failed("Operator", "3")
+
+    no = cli("discard", "--id", a, input="n\n")
+    assert no.exit_code != 0 and "Aborted" in no.output and status_of(a) == "FAILED"
+    yes = cli("discard", "--id", a, input="y\n")
+    assert yes.exit_code == 0 and "Deleted 1" in yes.stdout and status_of(a) is None
+
+    quiet = cli("discard", "--model", "Operator", "--yes")
+    assert quiet.exit_code == 0 and "Deleted 2" in quiet.stdout and "[y/N]" not in quiet.stdout
+    assert "No FAILED items match." in cli("discard", "--all").stdout
+    assert count_rows() == 0
+
+
+def test_enqueue_good_and_bad_input(db: None) -> None:
+    good = cli("enqueue", "CREATE", "Request", "42", "--payload", '{"name": "Ann"}', "--row", "7")
+    assert good.exit_code == 0, good.output
+    item_id = good.stdout.strip()
+    assert len(item_id) == 26
+    assert count_rows(
+        "id = :id AND payload->>'name' = 'Ann' AND sheet_row_index = 7", id=item_id
+    ) == 1  # fmt: skip
+
+    for args in (
+        ["CREATE", "Request", "42", "--payload", "{bad"],
+        ["CREATE", "Request", "42", "--payload", "[1, 2]"],
+        ["CREATE", "Nope", "42"],
+        ["MOVE", "Request", "42"],
+        ["CREATE", "Request", ""],
+        ["CREATE", "Request", "42", "--row", "abc"],
+        ["CREATE", "Request"],
+    ):
+        assert_one_line_error(cli("enqueue", *args))
+    assert count_rows() == 1
+
+
+def test_migrate_from_empty_and_without_alembic_ini(
+    db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "already at head (0001)" in cli("migrate").stdout
+
+    original = os.environ["DATABASE_URL"]
+    name = f"sq_cli_migrate_{os.getpid()}"
+    use_database(create_database(name))
+    try:
+        assert "empty -> 0001" in cli("migrate").stdout
+        assert "OK    migrations: at head 0001" in cli("doctor").stdout
+    finally:
+        use_database(original)
+        drop_database(name)
+
+    # An install without alembic.ini: the configuration is built in code.
+    (tmp_path / "migrations").symlink_to(ROOT / "migrations")
+    monkeypatch.setattr(schema, "REPO_ROOT", tmp_path)
+    assert schema.alembic_config().config_file_name is None
+    assert "already at head (0001)" in cli("migrate").stdout
+    (tmp_path / "migrations").unlink()
+    assert "migrations are not installed" in assert_one_line_error(cli("migrate"))
+
+
+def test_doctor_all_ok(db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNCQUEUE_WORKBOOK_PATH", str(tmp_path / "book.xlsx"))
+    get_settings.cache_clear()
+    result = cli("doctor")
+    assert result.exit_code == 0, result.output
+    for name in ("database", "migrations", "broker", "writer"):
+        assert f"OK    {name}: " in result.stdout
+    assert "All checks passed." in result.stdout
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["stats"], ["enqueue", "CREATE", "Request", "1"]])
+def test_unreachable_database_is_one_clear_line(command: list[str]) -> None:
+    env = child_env({"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x"})
+    result = subprocess.run(
+        [*CLI, *command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    line = assert_one_line_error(result)
+    if command == ["doctor"]:
+        assert "2 of 4 checks failed: database, migrations" in line
+        assert re.search(r"^FAIL  database: .*refused.* -> start PostgreSQL", result.stdout, re.M)
+        assert "OK    broker" in result.stdout
+    else:
+        assert "database unavailable" in line and "check DATABASE_URL" in line
+
+
+def test_demo_and_via_celery_with_a_real_worker(db: None, recorded: Path, tmp_path: Path) -> None:
+    with celery_worker(tmp_path):
+        result = cli("demo", "--count", "12", "--timeout", "60")
+        assert result.exit_code == 0, result.output
+        assert "Enqueued 12 changes" in result.stdout and "12 completed, 0 failed" in result.stdout
+        assert count_rows("status = 'COMPLETED'") == 12
+        written = [json.loads(line) for line in recorded.read_text().splitlines()]
+        assert len(written) == 12
+        assert {w["model"] for w in written} <= {"Request", "Operator", "Revenue"}
+        assert {w["action"] for w in written} >= {"CREATE", "UPDATE"}
+
+        via = cli("enqueue", "UPDATE", "Operator", "7", "--payload", '{"x": 1}', "--via-celery")
+        assert via.exit_code == 0, via.output
+        item_id = via.stdout.strip()
+        deadline = time.monotonic() + 30
+        while status_of(item_id) != "COMPLETED" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status_of(item_id) == "COMPLETED"
+
+
+def _scrape(url: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def metrics_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``syncqueue metrics`` as a subprocess on a free port; killed by pid afterwards."""
+    port = free_port()
+    log = (tmp_path / "metrics.log").open("wb")
+    proc = subprocess.Popen(
+        [*CLI, "metrics", "--port", str(port)],
+        env=child_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        log.close()
+
+
+def test_metrics_serves_what_stats_shows(
+    db: None, metrics_server: tuple[subprocess.Popen[bytes], int], tmp_path: Path
+) -> None:
+    proc, port = metrics_server
+    for n in range(3):
+        queue.enqueue("CREATE", "Request", str(n), {"n": n})
+    make_failed("Operator", "9")
+    [item] = queue.dequeue(1)  # Request 0
+    queue.mark_complete(item)
+    queue.dequeue(1)  # Request 1 stays PROCESSING
+
+    body = _scrape(f"http://127.0.0.1:{port}/metrics")
+    stats = json.loads(cli("stats", "--json").stdout)
+    for status in ("PENDING", "PROCESSING", "COMPLETED", "FAILED"):
+        match = re.search(rf'^syncqueue_items{{status="{status}"}} (\S+)$', body, re.M)
+        assert match and float(match.group(1)) == stats[status.lower()], (status, body)
+    assert (stats["pending"], stats["processing"], stats["completed"], stats["failed"]) == (
+        1, 1, 1, 1,
+    )  # fmt: skip
+    age = re.search(r"^syncqueue_oldest_pending_age_seconds (\S+)$", body, re.M)
+    assert age and abs(float(age.group(1)) - stats["oldest_pending_age_seconds"]) < 5
+
+    proc.send_signal(signal.SIGTERM)  # stopped by its pid
+    assert proc.wait(15) == 0
+    assert "stopped" in (tmp_path / "metrics.log").read_text()
+
+
+def test_metrics_port_in_use_is_one_line(db: None) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = assert_one_line_error(cli("metrics", "--port", str(port)))
+    assert f"cannot listen on 127.0.0.1:{port}" in line

@@ -1,0 +1,549 @@
+"""Fault injection: the real pipeline, broken for real, ends with an exact accounting.
+
+Each pipeline test runs ``.delay()`` in a producer subprocess -> PostgreSQL -> real Celery
+worker processes -> a recording writer (``tests/recording_writer.py``), over ~2,000 changes to
+~250 records, breaks something along the way, and ends with ``faultkit.account``:
+
+- every accepted change (an id ``.delay()`` returned) was written at least once;
+- no change was written twice at the same time (overlapping write spans);
+- per record, the last write is the record's last-enqueued change, and first writes follow
+  enqueue order;
+- every row is COMPLETED (max_retries 100: nothing is parked as FAILED), none PROCESSING.
+
+Each test has its own Redis (``EmbeddedRedis`` on a free port) and Celery queue; the
+PostgreSQL restart test has its own PostgreSQL too. Every process started is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from alembic import command
+from dbutil import alembic_config, count_rows, use_database
+from faultkit import (
+    Accounting,
+    Fleet,
+    Janitor,
+    Producer,
+    account,
+    alive,
+    broker_whereabouts,
+    pipeline_env,
+    read_jsonl,
+    settle,
+    statuses,
+    wait_for,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kombu import Connection, Exchange
+from kombu import Producer as KombuProducer
+from processes import celery_worker
+from redis import Redis
+from sqlalchemy import text
+
+from syncqueue_tasks.celery_app import app
+from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.ids import is_valid_id, new_id
+from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch
+
+pytestmark = [pytest.mark.usefixtures("db"), pytest.mark.timeout(150)]
+
+CHANGES = 2000
+RECORDS = 250
+STUCK_SECONDS = 5.0  # reset_stuck threshold: longer than any live batch takes here
+
+
+@dataclass
+class Pipeline:
+    """One test's pipeline: its own broker and queue, its workers, its producers."""
+
+    workdir: Path
+    written: Path
+    env: dict[str, str]
+    fleet: Fleet
+    broker: EmbeddedRedis
+    producers: list[Producer]
+
+    def producer(self, name: str = "producer", env: dict[str, str] | None = None,
+                 **options: object) -> Producer:  # fmt: skip
+        options = {"changes": CHANGES, "records": RECORDS, "rate": 150, **options}
+        producer = Producer(self.workdir, {**self.env, **(env or {})}, name, **options)
+        self.producers.append(producer)
+        return producer
+
+    def finish(self, producer: Producer, timeout: float = 60) -> Accounting:
+        """Wait for the producer and the queue; return the accounting (not yet asserted)."""
+        summary = producer.wait(timeout)
+        assert summary["errors"] == 0, producer.errors()[:3]
+        accepted = producer.accepted()
+        assert len(accepted) == summary["accepted"]
+        settle(len(accepted), timeout=timeout)
+        acc = account(accepted, self.written)
+        if acc.rows_missing and self.broker.pid is not None:
+            where = broker_whereabouts(
+                self.broker.url, self.env["CELERY_QUEUE"], [a["id"] for a in accepted]
+            )
+            never_stored = [a["id"] for a in accepted if a["id"] in where]
+            held = sum(where[i].startswith("unacked") for i in never_stored)
+            acc.notes.append(
+                f"broker: of the accepted changes, {len(where)} still have a message in Redis "
+                f"({held} in 'unacked': delivered to a worker, never acknowledged)"
+            )
+        return acc
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    # Persistent, as docker-compose.yml runs it: a published message must survive a restart.
+    broker = EmbeddedRedis(data_dir=tmp_path / "redis", persistent=True)
+    broker.start()
+    written = tmp_path / "written.jsonl"
+    env = pipeline_env(
+        written,
+        CELERY_BROKER_URL=broker.url,
+        CELERY_QUEUE=f"faults_{os.getpid()}_{tmp_path.name}",
+    )
+    pipe = Pipeline(tmp_path, written, env, Fleet(tmp_path, env), broker, [])
+    try:
+        yield pipe
+    finally:
+        for producer in pipe.producers:
+            producer.stop()
+        pipe.fleet.stop_all()
+        broker.stop()
+
+
+def test_worker_sigkilled_mid_batch_several_times(pipeline: Pipeline) -> None:
+    fleet = pipeline.fleet
+    fleet.env["RECORDING_SLEEP"] = "0.05"  # batches stay in flight long enough to be hit
+    fleet.worker(concurrency=1)
+    victim = fleet.worker(concurrency=2)
+    fleet.beat(SYNCQUEUE_PROCESS_BATCH_EVERY="1")
+    producer = pipeline.producer(bulk_every=2)
+    in_flight = []
+    with Janitor(threshold_seconds=STUCK_SECONDS) as janitor:
+        for _ in range(3):
+            time.sleep(2)
+            wait_for(lambda: statuses()["PROCESSING"] > 0, timeout=10, interval=0.01)
+            in_flight.append(statuses()["PROCESSING"])
+            fleet.kill(victim)
+            victim = fleet.worker(concurrency=2)
+        acc = pipeline.finish(producer)
+    report(acc, kills=fleet.kills, processing_at_kill=in_flight, reset_stuck=janitor.reset)
+    assert janitor.reset > 0  # the kills really left claims behind
+    acc.assert_ok()
+
+
+def test_postgresql_restarted_mid_run(pipeline: Pipeline, tmp_path: Path) -> None:
+    session_url = os.environ["DATABASE_URL"]
+    pg = EmbeddedPostgres(tmp_path / "pg", port=free_port())
+    try:
+        pg.start()
+        assert pg.tcp_url is not None
+        use_database(pg.tcp_url)
+        command.upgrade(alembic_config(), "head")
+        pipeline.env["DATABASE_URL"] = pipeline.fleet.env["DATABASE_URL"] = pg.tcp_url
+        pipeline.fleet.worker(concurrency=2)
+        pipeline.fleet.worker(concurrency=1)
+        producer = pipeline.producer(bulk_every=2)
+        outages = []
+        with Janitor(threshold_seconds=STUCK_SECONDS) as janitor:
+            for immediate in (False, True):
+                time.sleep(3)
+                down = time.monotonic()
+                pg.stop(immediate=immediate)
+                time.sleep(2)
+                pg.start()
+                outages.append(round(time.monotonic() - down, 2))
+            acc = pipeline.finish(producer, timeout=90)
+        report(acc, outages=outages, reset_stuck=janitor.reset, janitor_db_errors=janitor.db_errors)
+        acc.assert_ok()
+    finally:
+        for producer in pipeline.producers:
+            producer.stop()
+        pipeline.fleet.stop_all()
+        pg.stop()
+        use_database(session_url)
+
+
+def test_redis_stopped_and_started_again_mid_run(pipeline: Pipeline) -> None:
+    fleet = pipeline.fleet
+    fleet.worker(concurrency=2)
+    fleet.worker(concurrency=1)
+    fleet.beat(SYNCQUEUE_PROCESS_BATCH_EVERY="1")
+    producer = pipeline.producer(bulk_every=2)
+    time.sleep(4)
+    down = time.time()
+    pipeline.broker.stop()
+    time.sleep(5)
+    pipeline.broker.start()
+    up = time.time()
+    time.sleep(1)
+    fleet.revive()  # a worker that exited during the outage is restarted, as compose would
+    acc = pipeline.finish(producer, timeout=90)
+    calls = [a for a in read_jsonl(producer.log_path) if down <= a["t"] <= up]
+    during = [a for a in calls if "id" in a]
+    max_latency = max(a["lat"] for a in calls)
+    report(acc, outage_s=round(up - down, 2), calls_during_outage=len(calls),
+           max_delay_latency_during_outage=round(max_latency, 4),
+           workers_exited_during_outage=fleet.revived)  # fmt: skip
+    assert len(during) > 100  # the producer kept going through the outage
+    assert max_latency < 0.5
+    acc.assert_ok()
+
+
+def test_flaky_writer_loses_nothing_and_never_overlaps(pipeline: Pipeline) -> None:
+    fleet = pipeline.fleet
+    fleet.env.update(SYNCQUEUE_WRITER="recording_writer:flaky_span", RECORDING_FAIL_RATE="0.3")
+    fleet.worker(concurrency=2)
+    fleet.worker(concurrency=1)
+    fleet.beat(SYNCQUEUE_PROCESS_BATCH_EVERY="1")
+    producer = pipeline.producer(bulk_every=2)
+    acc = pipeline.finish(producer)
+    report(acc)
+    assert acc.duplicates > 0  # applied-but-reported-failed calls were retried
+    acc.assert_ok()
+
+
+def test_beat_and_manual_process_batch_overlapping_all_the_time(pipeline: Pipeline) -> None:
+    pipeline.fleet.worker(concurrency=2)
+    pipeline.fleet.worker(concurrency=1)
+    pipeline.fleet.beat(SYNCQUEUE_PROCESS_BATCH_EVERY="1")
+    producer = pipeline.producer(bulk_every=2)
+    stop = threading.Event()
+    sent = 0
+
+    def manual() -> None:
+        nonlocal sent
+        with Connection(pipeline.broker.url) as conn:
+            while not stop.wait(0.05):
+                process_batch.apply_async(connection=conn, queue=pipeline.env["CELERY_QUEUE"])
+                sent += 1
+
+    thread = threading.Thread(target=manual, daemon=True)
+    thread.start()
+    try:
+        acc = pipeline.finish(producer)
+    finally:
+        stop.set()
+        thread.join(5)
+    report(acc, manual_process_batch_sent=sent)
+    assert sent > 100
+    acc.assert_ok(exactly_once=True)
+
+
+def report(acc: Accounting, **extra: object) -> None:
+    """Print the test's figures (visible with -s, and in the log of a failed test)."""
+    print(json.dumps({**acc.summary(), **extra}))
+
+
+# ----------------------------------------------------------------------- bad input at the edges
+
+
+def _headers(task_id: str, task: str = "syncqueue.enqueue_change", **extra: object) -> dict:
+    """Protocol-2 task headers, as Celery writes them."""
+    return {
+        "lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None,
+        "group": None, "retries": 0, "eta": None, "expires": None,
+        "timelimit": [None, None], "ignore_result": True, **extra,
+    }  # fmt: skip
+
+
+_JSON = {"content_type": "application/json", "content_encoding": "utf-8"}
+
+
+def _good_message(conn: Connection, queue_name: str, record_id: str) -> str:
+    """Publish a valid enqueue_change message (no fallback: it must go through the broker)."""
+    prepared = enqueue_change.prepare("CREATE", "Request", record_id, {"ok": True})
+    app.send_task(
+        "syncqueue.enqueue_change", kwargs=prepared, task_id=prepared["item_id"],
+        queue=queue_name, connection=conn,
+    )  # fmt: skip
+    return str(prepared["item_id"])
+
+
+def _log_records(log: str) -> list[str]:
+    """A worker log split into records (a record starts with "[20..-..-.. ")."""
+    records: list[str] = []
+    for line in log.splitlines():
+        if line.startswith("[20") or not records:
+            records.append(line)
+        else:
+            records[-1] += "\n" + line
+    return records
+
+
+def test_malformed_messages_are_rejected_logged_once_and_the_worker_stays_alive(
+    pipeline: Pipeline,
+) -> None:
+    worker = pipeline.fleet.worker(concurrency=1)
+    queue_name = pipeline.env["CELERY_QUEUE"]
+    bad: dict[str, str] = {}  # case -> marker that appears in the rejection's log record
+    with Connection(pipeline.broker.url) as conn:
+
+        def send(case: str, name: str, args: list, kwargs: dict | None = None) -> None:
+            marker = bad[case] = f"bad-{case}-{uuid.uuid4().hex[:8]}"
+            app.send_task(name, args=args, kwargs=kwargs or {}, task_id=marker,
+                          queue=queue_name, connection=conn)  # fmt: skip
+
+        send("too-few-args", "syncqueue.enqueue_change", ["CREATE", "Request"])
+        send("too-many-args", "syncqueue.enqueue_change", ["CREATE", "Request", "1", {}, 1, 2, 3])
+        send("unknown-kwarg", "syncqueue.enqueue_change", [], {"bogus": 1})
+        send("wrong-types", "syncqueue.enqueue_change", [5, ["Request"], None, "payload"])
+        send("bad-item-id", "syncqueue.enqueue_change", ["CREATE", "Request", "1", {}, None, "x"])
+        send("changes-not-a-list", "syncqueue.enqueue_changes", ["not a list"])
+        send("batch-size-text", "syncqueue.process_batch", ["ten"])
+        marker = bad["unknown-task"] = f"syncqueue.nope-{uuid.uuid4().hex[:8]}"
+        app.send_task(marker, args=[1], queue=queue_name, connection=conn)
+
+        producer = KombuProducer(conn.default_channel, exchange=Exchange(queue_name, type="direct"),
+                            routing_key=queue_name)  # fmt: skip
+
+        def raw(case: str, body: bytes, headers: dict | None, **props: str) -> None:
+            marker = bad[case] = f"bad-{case}-{uuid.uuid4().hex[:8]}"
+            headers = _headers(marker) if headers is None else headers
+            producer.publish(body.replace(b"MARK", marker.encode()), headers=headers, **props)
+
+        raw("garbage-json", b"{{{MARK not json", None, **_JSON)
+        raw("not-utf8", b"\xff\xfe MARK", None, **_JSON)
+        raw("pickle", b"\x80\x04MARK", None, content_type="application/x-python-serialize",
+            content_encoding="binary")  # fmt: skip
+        raw("octet-stream-no-headers", b"MARK raw bytes", {},
+            content_type="application/octet-stream", content_encoding="binary")  # fmt: skip
+        raw("yaml", b"- MARK", None, content_type="application/x-yaml", content_encoding="utf-8")
+        raw("kwargs-not-a-mapping", b'[[], "MARK", {}]', None, **_JSON)
+        raw("args-not-a-list", b'["MARK", {}, {}]', None, **_JSON)
+        good_id = _good_message(conn, queue_name, "after-the-bad-ones")
+
+    wait_for(lambda: statuses()["COMPLETED"] == 1, timeout=30, what="the good message")
+    time.sleep(1)  # a redelivered bad message would show up in the log by now
+    assert worker.proc.poll() is None and alive(worker.pid), worker.log()[-3000:]
+    records = _log_records(worker.log())
+    assert not [r for r in records if "Unrecoverable error" in r or "Restarting" in r]
+    logged = {
+        case: [r for r in records if marker in r and "] received" not in r]
+        for case, marker in bad.items()
+    }
+    assert {case: len(rs) for case, rs in logged.items()} == dict.fromkeys(bad, 1), logged
+    assert not [r for r in records if any(m in r for m in bad.values()) and "succeeded" in r]
+    assert count_rows() == 1 and count_rows("id = :id", id=good_id) == 1  # nothing partial
+    client = Redis.from_url(pipeline.broker.url)
+    try:  # nothing left behind to be redelivered
+        assert client.llen(queue_name) == 0
+        assert client.hlen("unacked") == 0
+    finally:
+        client.close()
+
+
+# Malformed messages that today stop (or wedge) the worker: the message is restored to the
+# queue, so every worker that takes it stops in turn, and nothing behind it is processed.
+POISON = {
+    "body-a-mapping": (b'{"MARK": 1}', {}),
+    "body-a-number": (b"12", {}),
+    "body-two-elements": (b'[[], {"MARK": 1}]', {}),
+    "timelimit-not-a-pair": (b"[[], {}, {}]", {"timelimit": "MARK"}),
+    "no-id-header": (b'[[], {"MARK": 1}, {}]', {"id": None}),
+    "headers-not-a-mapping": (b"[[], {}, {}]", None),
+}
+
+
+@pytest.mark.parametrize("case", list(POISON))
+def test_bug_a_malformed_message_does_not_stop_the_worker(pipeline: Pipeline, case: str) -> None:
+    """BUG: these messages end the worker ("Unrecoverable error", exit) or wedge its consumer
+    ("no-id-header": KeyError is in the Redis transport's connection_errors, so the consumer
+    reconnects, gets the restored message again, and loops). Expected: rejected and logged
+    once, the worker alive, the next message processed."""
+    worker = pipeline.fleet.worker(concurrency=1)
+    queue_name = pipeline.env["CELERY_QUEUE"]
+    marker = f"bad-{case}-{uuid.uuid4().hex[:8]}"
+    body, extra = POISON[case]
+    if extra is None:
+        headers: object = f"{marker} headers that are not a mapping"
+    else:
+        headers = {k: v for k, v in {**_headers(marker), **extra}.items() if v is not None}
+        headers = json.loads(json.dumps(headers).replace("MARK", marker))
+    with Connection(pipeline.broker.url) as conn:
+        KombuProducer(conn.default_channel).publish(
+            body.replace(b"MARK", marker.encode()), exchange=Exchange(queue_name, type="direct"),
+            routing_key=queue_name, headers=headers, **_JSON,
+        )  # fmt: skip
+        _good_message(conn, queue_name, "after-the-bad-one")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and worker.proc.poll() is None:
+        if statuses()["COMPLETED"] == 1:
+            break
+        time.sleep(0.1)
+    records = _log_records(worker.log())
+    fatal = [r.splitlines()[0] for r in records if "Unrecoverable" in r or "Frequent restarts" in r]
+    assert worker.proc.poll() is None, f"the worker exited: {fatal[:1]}"
+    assert not fatal, f"the worker's consumer is looping: {len(fatal)} x {fatal[:1]}"
+    assert statuses()["COMPLETED"] == 1, "the good message behind it was not processed"
+    assert len([r for r in records if marker in r]) == 1
+
+
+def _json_values(depth: int = 3) -> st.SearchStrategy[object]:
+    """JSON-ish values: mostly storable, sometimes not (NaN, inf, NUL, lone surrogates, tuples,
+    sets, bytes, non-string keys). Floats stay below 1e15: larger ones hit the float bug that
+    test_validation.py pins (a float like 1e23 comes back from JSONB as a different int)."""
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+        st.floats(-1e15, 1e15), st.sampled_from([math.nan, math.inf, -math.inf]),
+        st.text(st.characters(exclude_categories=()), max_size=8), st.binary(max_size=3),
+    )  # fmt: skip
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=3),
+            st.tuples(inner),
+            st.dictionaries(st.text(max_size=5), inner, max_size=3),
+            st.dictionaries(st.one_of(st.integers(), st.none()), inner, min_size=1, max_size=2),
+        ),
+        max_leaves=8,
+    )
+
+
+def _storable(value: object) -> bool:
+    """The oracle: what a JSONB column stores and gives back unchanged."""
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return "\x00" not in value and not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _storable(k) and _storable(v) for k, v in value.items())
+    return False
+
+
+def _expected(action: object, model: object, record_id: object, payload: object,
+              sheet_row_index: object, item_id: object) -> dict | None:  # fmt: skip
+    """The row ``enqueue_change.delay`` must end up storing, or None if it must refuse."""
+    if not isinstance(action, str) or action.upper() not in ("CREATE", "UPDATE", "DELETE"):
+        return None
+    if model not in ("Request", "Operator", "Revenue") or not isinstance(model, str):
+        return None
+    if isinstance(record_id, int) and not isinstance(record_id, bool):
+        record_id = str(record_id)
+    if not isinstance(record_id, str) or not 0 < len(record_id) <= 255 or not _storable(record_id):
+        return None
+    if not isinstance(payload, dict) or not _storable(payload):
+        return None
+    if sheet_row_index is not None and (
+        isinstance(sheet_row_index, bool)
+        or not isinstance(sheet_row_index, int)
+        or not 1 <= sheet_row_index <= 2**31 - 1
+    ):
+        return None
+    if item_id is not None and not is_valid_id(item_id):
+        return None
+    return {"action": action.upper(), "model": model, "record_id": record_id,
+            "payload": payload, "sheet_row_index": sheet_row_index}  # fmt: skip
+
+
+JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6),
+                 st.lists(st.integers(), max_size=2), st.binary(max_size=2))  # fmt: skip
+DELAY_ARGS = st.fixed_dictionaries(
+    {
+        "action": st.one_of(st.sampled_from(["CREATE", "update", "Delete", "MOVE", ""]), JUNK),
+        "model": st.one_of(st.sampled_from(["Request", "Operator", "Revenue", "request"]), JUNK),
+        "record_id": st.one_of(
+            st.text(st.characters(exclude_categories=()), max_size=10),
+            st.integers(-(2**70), 2**70),
+            st.just("x" * 256),
+            JUNK,
+        ),
+        "payload": st.one_of(
+            st.dictionaries(st.text(max_size=6), _json_values(), max_size=4), _json_values()
+        ),
+        "sheet_row_index": st.one_of(st.none(), st.integers(-3, 2**32), JUNK),
+        "item_id": st.one_of(st.none(), st.none(), st.builds(new_id), st.text(max_size=27)),
+    }
+)
+
+
+@pytest.mark.timeout(120)
+def test_property_delay_stores_exactly_the_change_or_raises_validation_error(
+    tmp_path: Path,
+) -> None:
+    """``enqueue_change.delay`` / ``enqueue_changes.delay`` with random arguments, through the
+    session's broker and a real worker: each call returns an id whose row ends up stored with
+    exactly the normalized change, or raises ValidationError and nothing reaches the queue."""
+    env = {"SYNCQUEUE_WRITER": "recording_writer:recording",
+           "SYNCQUEUE_JSONL_PATH": str(tmp_path / "written.jsonl")}  # fmt: skip
+    expected: dict[str, dict] = {}
+    rejected = 0
+    with celery_worker(tmp_path, env) as worker:
+
+        @settings(max_examples=200, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+        @given(args=DELAY_ARGS)
+        def one(args: dict) -> None:
+            nonlocal rejected
+            want = _expected(**args)
+            try:
+                result = enqueue_change.delay(*args.values())
+            except ValidationError:
+                assert want is None, f"rejected a valid change: {args!r}"
+                rejected += 1
+                return
+            assert want is not None, f"accepted an invalid change: {args!r}"
+            assert args["item_id"] in (None, result.id)
+            expected[result.id] = want
+
+        @settings(max_examples=60, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+        @given(changes=st.lists(DELAY_ARGS, max_size=4))
+        def many(changes: list[dict]) -> None:
+            nonlocal rejected
+            dicts = [{k: v for k, v in c.items() if k != "item_id"} for c in changes]
+            wants = [_expected(**c, item_id=None) for c in dicts]
+            try:
+                prepared = enqueue_changes.prepare(dicts)
+                enqueue_changes.delay(**prepared)
+            except ValidationError:
+                assert None in wants, f"rejected valid changes: {dicts!r}"
+                rejected += 1
+                return
+            assert None not in wants, f"accepted invalid changes: {dicts!r}"
+            expected.update(zip(prepared["item_ids"], wants, strict=True))  # type: ignore[arg-type]
+
+        one()
+        many()
+        # Wrong arity is the caller's TypeError, raised before anything is published.
+        for bad_call in (
+            lambda: enqueue_change.delay("CREATE", "Request"),
+            lambda: enqueue_change.delay("CREATE", "Request", "1", {}, None, None, "extra"),
+            lambda: enqueue_change.delay("CREATE", "Request", "1", {}, colour="red"),
+        ):
+            with pytest.raises(TypeError):
+                bad_call()
+        wait_for(lambda: count_rows() >= len(expected), timeout=60, what="rows stored")
+        time.sleep(0.5)
+        records = _log_records(worker.log())
+    assert rejected > 20 and len(expected) > 20  # both outcomes were exercised
+    with get_engine().connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT id, action::text AS action, model, record_id, payload, sheet_row_index "
+                "FROM sync_queue"
+            )
+        ).mappings()
+        stored = {r["id"]: {k: r[k] for k in r if k != "id"} for r in rows}
+    assert stored.keys() == expected.keys()  # no extra (partial) row, none missing
+    for item_id, want in expected.items():
+        assert stored[item_id] == want, item_id
+    assert not [r for r in records if "raised" in r or "ERROR" in r or "CRITICAL" in r]
