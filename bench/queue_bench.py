@@ -26,6 +26,8 @@ also lets psycopg prepare the statements on both sides).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -57,6 +59,12 @@ from syncqueue_tasks.db import dispose_engine  # noqa: E402
 from syncqueue_tasks.ids import new_id  # noqa: E402
 
 MODEL = "Request"
+SOURCES = (
+    "syncqueue_tasks/queue.py",
+    "syncqueue_tasks/sql.py",
+    "syncqueue_tasks/db.py",
+    "migrations/versions/0001_sync_queue.py",
+)
 CLAIM_BATCH = 100
 MANY_BATCH = 1000
 ENQUEUE_CHUNK = 100  # enqueue: ours and bare take turns every this many rows
@@ -78,7 +86,7 @@ class Sizes:
     drain: int
     completed: int
     latency_samples: int
-    drain_rounds: int  # drains: best of this many runs per side (ours/bare alternate)
+    drain_segments: int  # drains: each side's items come in this many alternating loads
 
 
 FULL = Sizes(
@@ -87,10 +95,15 @@ FULL = Sizes(
     drain=100_000,
     completed=1_000_000,
     latency_samples=60,
-    drain_rounds=2,
+    drain_segments=4,
 )
 QUICK = Sizes(
-    enqueue=1_000, many=20_000, drain=20_000, completed=200_000, latency_samples=30, drain_rounds=1
+    enqueue=1_000,
+    many=20_000,
+    drain=20_000,
+    completed=200_000,
+    latency_samples=30,
+    drain_segments=2,
 )
 
 
@@ -108,31 +121,57 @@ def bare_sql(statement: Any) -> str:
     return converted
 
 
-INSERT_ONE = bare_sql(sql.INSERT_ONE)
-INSERT_MANY = bare_sql(sql.INSERT_MANY)
+# enqueue runs sql.INSERT_ONE (scalar parameters) where sql.py has it, else sql.INSERT, the
+# one statement for one or many changes (arrays); enqueue_many runs INSERT_MANY / INSERT.
+ONE_AS_ARRAYS = not hasattr(sql, "INSERT_ONE")
+INSERT_ONE = bare_sql(sql.INSERT if ONE_AS_ARRAYS else sql.INSERT_ONE)
+INSERT_MANY = bare_sql(sql.INSERT_MANY if hasattr(sql, "INSERT_MANY") else sql.INSERT)
 CLAIM = bare_sql(sql.CLAIM)
 COMPLETE = bare_sql(sql.COMPLETE)
 
 # Setup only (never timed): PENDING rows spread over many records, ids '01' + 24 digits
-# (ULIDs made today also start with "01"); COMPLETED history with ids '00...' that sort first.
+# (ULIDs made today also start with "01"); COMPLETED history with ids '0' + 25 digits, which
+# sort before them. {pc}/{pv}: further required id-like columns (see Bench), set to the id.
 FILL_PENDING = """
-    INSERT INTO sync_queue (id, action, model, record_id, payload)
-    SELECT '01' || lpad((%(start)s + g)::text, 24, '0'), 'UPDATE', %(model)s,
-           'rec' || floor(random() * %(records)s)::int,
+    INSERT INTO sync_queue (id, action, model, record_id, payload{pc})
+    SELECT k.id, 'UPDATE', %(model)s, 'rec' || floor(random() * %(records)s)::int,
            jsonb_build_object('name', 'name-' || g, 'status', 'open', 'amount', g,
-                              'note', 'benchmark row')
-    FROM generate_series(1, %(n)s) AS g
+                              'note', 'benchmark row'){pv}
+    FROM generate_series(1, %(n)s) AS g,
+         LATERAL (SELECT '01' || lpad((%(start)s + g)::text, 24, '0') AS id) AS k
 """
 FILL_COMPLETED = """
     INSERT INTO sync_queue (id, action, model, record_id, payload, status, created_at,
-                            available_at, processed_at)
-    SELECT '0' || lpad(g::text, 25, '0'), 'UPDATE', %(model)s, 'rec' || (g %% %(records)s),
-           '{"name": "old", "status": "done"}'::jsonb, 'COMPLETED',
+                            available_at, processed_at{pc})
+    SELECT k.id, 'UPDATE', %(model)s, 'rec' || (g %% %(records)s),
+           jsonb_build_object('name', 'old', 'status', 'done'), 'COMPLETED',
            now() - interval '2 days', now() - interval '2 days',
-           now() - interval '1 day' + (g %% 3600) * interval '1 second'
-    FROM generate_series(1, %(n)s) AS g
+           now() - interval '1 day' + (g %% 3600) * interval '1 second'{pv}
+    FROM generate_series(1, %(n)s) AS g,
+         LATERAL (SELECT '0' || lpad(g::text, 25, '0') AS id) AS k
 """
 PENDING_LEFT = "SELECT EXISTS (SELECT 1 FROM sync_queue WHERE status = 'PENDING')"
+
+
+def completion(cur: psycopg.Cursor[Any], rows: list[Any]) -> dict[str, list[Any]]:
+    """COMPLETE's parameters for the rows a bare CLAIM just returned (columns by name)."""
+    assert cur.description is not None
+    names = [c.name for c in cur.description]
+    i, t = names.index("id"), names.index("claim_token")
+    return {"ids": [r[i] for r in rows], "tokens": [r[t] for r in rows]}
+
+
+def as_arrays(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The array parameters of the unnest INSERT for ``rows`` (one dict per change)."""
+    return {
+        "ids": [r["id"] for r in rows],
+        "actions": [r["action"] for r in rows],
+        "models": [r["model"] for r in rows],
+        "record_ids": [r["record_id"] for r in rows],
+        "sheet_row_indexes": [r["sheet_row_index"] for r in rows],
+        "payloads": [r["payload"] for r in rows],
+        "max_retries": [r["max_retries"] for r in rows],
+    }
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -157,6 +196,21 @@ class Bench:
         self.sa_url = sa_url
         self.url = sa_url.replace("postgresql+psycopg://", "postgresql://", 1)
         self.admin = psycopg.connect(self.url, autocommit=True)
+        # Required columns the fills do not name (the schema has grown "position" and
+        # "origin_id", both equal to the id for a fresh change): set them to the id.
+        extra = self.admin.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_name = 'sync_queue' AND is_nullable = 'NO' AND column_default IS NULL"
+            " AND column_name NOT IN ('id', 'action', 'model', 'record_id', 'payload')"
+            " ORDER BY ordinal_position"
+        ).fetchall()
+        odd = [f"{c} ({t})" for c, t in extra if t not in ("text", "character varying")]
+        if odd:
+            raise RuntimeError(f"the benchmark cannot fill required column(s) {', '.join(odd)}")
+        pc = "".join(f", {c}" for c, _ in extra)
+        pv = ", k.id" * len(extra)
+        self.fill_pending_sql = FILL_PENDING.format(pc=pc, pv=pv)
+        self.fill_completed_sql = FILL_COMPLETED.format(pc=pc, pv=pv)
 
     def run(self, statement: str, params: dict[str, Any] | None = None) -> None:
         self.admin.execute(statement, params)  # type: ignore[arg-type]
@@ -175,7 +229,9 @@ class Bench:
 
     def fill_pending(self, n: int, records: int, start: int = 0) -> None:
         self.run("SELECT setseed(0.42)")
-        self.run(FILL_PENDING, {"start": start, "model": MODEL, "records": records, "n": n})
+        self.run(
+            self.fill_pending_sql, {"start": start, "model": MODEL, "records": records, "n": n}
+        )
 
     def close(self) -> None:
         self.admin.close()
@@ -227,18 +283,18 @@ def bench_enqueue(db: Bench, n: int) -> tuple[float, float]:
 
     def bare(indexes: range) -> None:
         for i in indexes:
-            cur.execute(
-                INSERT_ONE,
-                {
-                    "id": new_id(),
-                    "action": "UPDATE",
-                    "model": MODEL,
-                    "record_id": record(i, records),
-                    "sheet_row_index": None,
-                    "payload": dumps(payloads[i]),
-                    "max_retries": 3,
-                },
-            )
+            row = {
+                "id": new_id(),
+                "action": "UPDATE",
+                "model": MODEL,
+                "record_id": record(i, records),
+                "sheet_row_index": None,
+                "payload": dumps(payloads[i]),
+                "max_retries": 3,
+            }
+            cur.execute(INSERT_ONE, as_arrays([row]) if ONE_AS_ARRAYS else row)
+            if cur.description is not None:
+                cur.fetchall()  # sql.INSERT returns later changes of the records (usually none)
             conn.commit()
 
     chunks = [range(i, min(i + ENQUEUE_CHUNK, n)) for i in range(0, n, ENQUEUE_CHUNK)]
@@ -266,18 +322,21 @@ def bench_enqueue_many(db: Bench, n: int) -> tuple[float, float]:
         queue.enqueue_many(batch)
 
     def bare(batch: list[dict[str, Any]]) -> None:
-        cur.execute(
-            INSERT_MANY,
+        rows = [
             {
-                "ids": [new_id() for _ in batch],
-                "actions": [c["action"] for c in batch],
-                "models": [c["model"] for c in batch],
-                "record_ids": [c["record_id"] for c in batch],
-                "sheet_row_indexes": [None] * len(batch),
-                "payloads": [dumps(c["payload"]) for c in batch],
-                "max_retries": [3] * len(batch),
-            },
-        )
+                "id": new_id(),
+                "action": c["action"],
+                "model": c["model"],
+                "record_id": c["record_id"],
+                "sheet_row_index": None,
+                "payload": dumps(c["payload"]),
+                "max_retries": 3,
+            }
+            for c in batch
+        ]
+        cur.execute(INSERT_MANY, as_arrays(rows))
+        if cur.description is not None:
+            cur.fetchall()
         conn.commit()
 
     try:
@@ -292,10 +351,8 @@ def bench_enqueue_many(db: Bench, n: int) -> tuple[float, float]:
 # --- 3. drain -------------------------------------------------------------------------------
 
 
-def _drain_ops(
-    impl: str, url: str
-) -> tuple[Callable[[], tuple[int, int]], Callable[[], bool], Callable[[], None]]:
-    """(claim and complete one batch -> (claimed, completed), "anything PENDING?", warm-up)."""
+def _drain_ops(impl: str, url: str) -> tuple[Callable[[], tuple[int, int]], Callable[[], None]]:
+    """(claim and complete one batch -> (claimed, completed), warm-up on the empty table)."""
     if impl == "ours":
 
         def step() -> tuple[int, int]:
@@ -306,7 +363,7 @@ def _drain_ops(
             queue.dequeue(CLAIM_BATCH)
             queue.mark_complete_many([queue.Claim(new_id(), uuid.uuid4())])
 
-        return step, lambda: queue.get_queue_stats()["pending"] > 0, warm
+        return step, warm
 
     conn = bare_connect(url)
     cur = conn.cursor()
@@ -314,19 +371,14 @@ def _drain_ops(
     def bare_step() -> tuple[int, int]:
         cur.execute(CLAIM, {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()})
         rows = cur.fetchall()
+        params = completion(cur, rows)
         conn.commit()
         if not rows:
             return 0, 0
-        cur.execute(COMPLETE, {"ids": [r[0] for r in rows], "tokens": [r[9] for r in rows]})
+        cur.execute(COMPLETE, params)
         completed = len(cur.fetchall())
         conn.commit()
         return len(rows), completed
-
-    def pending_left() -> bool:
-        cur.execute(PENDING_LEFT)
-        row = cur.fetchone()
-        conn.commit()
-        return bool(row and row[0])
 
     def bare_warm() -> None:
         bare_step()
@@ -334,79 +386,131 @@ def _drain_ops(
         cur.fetchall()
         conn.commit()
 
-    return bare_step, pending_left, bare_warm
+    return bare_step, bare_warm
 
 
-def drain_worker(impl: str, url: str, barrier: Any, results: Any) -> None:
-    """One draining process: warm up, wait for the data, drain until nothing is PENDING."""
+def drain_worker(impl: str, url: str, barrier: Any, stop: Any, results: Any) -> None:
+    """One draining process: warm up, then for each segment drain until nothing is PENDING."""
     try:
-        step, pending_left, warm = _drain_ops(impl, url)
+        step, warm = _drain_ops(impl, url)
+        # "Anything left?" is harness, not the measured operation: the same cheap query on a
+        # side connection for both implementations, asked only after an empty claim.
+        side = psycopg.connect(url, autocommit=True)
         # Warm-up on the still empty table: connect, and run both statements past psycopg's
         # prepare threshold (5) so that neither side is timed while still unprepared.
         for _ in range(8):
             warm()
-        pending_left()
         barrier.wait(timeout=BARRIER_TIMEOUT)  # ready
-        barrier.wait(timeout=BARRIER_TIMEOUT)  # go: the parent has loaded the table
-        claimed = completed = 0
         while True:
-            got, done = step()
-            claimed += got
-            completed += done
-            if got:
-                continue
-            if not pending_left():
+            barrier.wait(timeout=BARRIER_TIMEOUT)  # go: the parent has loaded the table
+            if stop.is_set():
                 break
-            time.sleep(0.001)  # what is left waits behind another process's claims
-        results.put(("ok", claimed, completed))
+            claimed = completed = 0
+            while True:
+                got, done = step()
+                claimed += got
+                completed += done
+                if got:
+                    continue
+                row = side.execute(PENDING_LEFT).fetchone()
+                if not (row and row[0]):
+                    break
+                time.sleep(0.001)  # what is left waits behind another process's claims
+            results.put(("ok", claimed, completed))
+        side.close()
     except BaseException:
         barrier.abort()
         results.put(("error", traceback.format_exc(), 0))
 
 
-def bench_drain(db: Bench, n: int, processes: int, impl: str) -> float:
-    """Items per second drained by ``processes`` spawned processes of ``impl``."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(processes + 1)
-    results = ctx.Queue()
-    db.truncate()
-    procs = [
-        ctx.Process(target=drain_worker, args=(impl, db.url, barrier, results), daemon=True)
-        for _ in range(processes)
-    ]
-    for p in procs:
-        p.start()
-    try:
+class DrainPool:
+    """``processes`` spawned workers of one implementation, kept alive across segments."""
+
+    def __init__(self, ctx: Any, impl: str, url: str, processes: int) -> None:
+        self.impl = impl
+        self.barrier = ctx.Barrier(processes + 1)
+        self.stop = ctx.Event()
+        self.results = ctx.Queue()
+        self.procs = [
+            ctx.Process(
+                target=drain_worker,
+                args=(impl, url, self.barrier, self.stop, self.results),
+                daemon=True,
+            )
+            for _ in range(processes)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def wait_ready(self) -> None:
+        self._wait()
+
+    def _wait(self) -> None:
         try:
-            barrier.wait(timeout=BARRIER_TIMEOUT)  # every worker connected and warm
+            self.barrier.wait(timeout=BARRIER_TIMEOUT)
         except threading.BrokenBarrierError:
-            raise RuntimeError(worker_error(results)) from None
-        db.fill_pending(n, records=max(1, n // 10))
-        db.run("ANALYZE sync_queue")
-        barrier.wait(timeout=BARRIER_TIMEOUT)
+            raise RuntimeError(self._error()) from None
+
+    def _error(self) -> str:
+        try:
+            outcome = self.results.get(timeout=5)
+        except Exception:
+            return f"a {self.impl} drain worker did not answer"
+        return str(outcome[1])
+
+    def drain(self) -> tuple[float, int]:
+        """Release the workers on the loaded table; (seconds until all are done, completed)."""
+        self._wait()
         start = time.perf_counter()
-        outcomes = [results.get(timeout=BARRIER_TIMEOUT) for _ in procs]
+        outcomes = [self.results.get(timeout=BARRIER_TIMEOUT) for _ in self.procs]
         seconds = time.perf_counter() - start
-    finally:
-        for p in procs:
+        errors = [o[1] for o in outcomes if o[0] != "ok"]
+        if errors:
+            raise RuntimeError(errors[0])
+        return seconds, sum(o[2] for o in outcomes)
+
+    def close(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self.barrier.wait(timeout=10)
+        for p in self.procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
-    errors = [o[1] for o in outcomes if o[0] != "ok"]
-    if errors:
-        raise RuntimeError(errors[0])
-    completed = db.count("COMPLETED")
-    check(completed == n, f"drain {impl} x{processes}: {completed} of {n} COMPLETED")
-    check(sum(o[2] for o in outcomes) == n, f"drain {impl} x{processes}: completions != {n}")
-    return n / seconds
 
 
-def worker_error(results: Any) -> str:
+def bench_drain(db: Bench, n: int, processes: int, segments: int) -> tuple[float, float]:
+    """Items per second drained by ``processes`` processes, ours and bare.
+
+    Each side drains ``n`` items in total, in ``segments`` equal loads of a fresh table; the
+    two sides take turns (who goes first alternates) so that load changes hit both alike.
+    """
+    ctx = mp.get_context("spawn")
+    per_segment = n // segments
+    db.truncate()
+    pools = {impl: DrainPool(ctx, impl, db.url, processes) for impl in ("ours", "bare")}
+    spent = {"ours": 0.0, "bare": 0.0}
     try:
-        outcome = results.get(timeout=5)
-    except Exception:
-        return "a drain worker did not become ready"
-    return str(outcome[1])
+        for pool in pools.values():
+            pool.wait_ready()
+        for k in range(segments):
+            for impl in ("ours", "bare") if k % 2 == 0 else ("bare", "ours"):
+                db.truncate()
+                db.fill_pending(per_segment, records=max(1, per_segment // 10))
+                db.run("ANALYZE sync_queue")
+                seconds, completed = pools[impl].drain()
+                done = db.count("COMPLETED")
+                check(
+                    completed == done == per_segment,
+                    f"drain {impl} x{processes}: {completed}/{done} of {per_segment} completed",
+                )
+                spent[impl] += seconds
+    finally:
+        for pool in pools.values():
+            pool.close()
+        db.truncate()
+    total = per_segment * segments
+    return total / spent["ours"], total / spent["bare"]
 
 
 # --- 4. claim latency -------------------------------------------------------------------------
@@ -416,13 +520,17 @@ def bench_claim_latency(db: Bench, sizes: Sizes) -> dict[str, dict[str, float]]:
     """Median ms of one claim of 100, ours and bare, before and after adding COMPLETED rows.
 
     Every sample claims fresh PENDING rows (the front of the queue); the claimed rows are then
-    completed, untimed, so no claim is left blocking later changes of its record.
+    completed, untimed, so no claim is left blocking later changes of its record. Autovacuum
+    is off for the table meanwhile, so a vacuum of the new rows cannot run during (only) the
+    second measurement. Besides time, which the machine's load moves, the work of one claim is
+    counted in shared buffers (EXPLAIN (ANALYZE, BUFFERS) of the bare CLAIM, rolled back).
     """
     samples, warm = sizes.latency_samples, 10
-    per_state = (samples + warm) * 2 * CLAIM_BATCH
+    per_state = (samples + warm + 3) * 3 * CLAIM_BATCH
     pending = 2 * per_state + 10 * CLAIM_BATCH
     records = pending // 4
     db.truncate()
+    db.run("ALTER TABLE sync_queue SET (autovacuum_enabled = off)")
     db.fill_pending(pending, records=records)
     db.run("ANALYZE sync_queue")
     conn = bare_connect(db.url)
@@ -436,30 +544,48 @@ def bench_claim_latency(db: Bench, sizes: Sizes) -> dict[str, dict[str, float]]:
         queue.mark_complete_many(items)
         return seconds
 
-    def bare() -> float:
+    def bare(prepare: bool | None = None) -> float:
         start = time.perf_counter()
-        cur.execute(CLAIM, {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()})
+        cur.execute(CLAIM, {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()}, prepare=prepare)
         rows = cur.fetchall()
+        params = completion(cur, rows)
         conn.commit()
         seconds = time.perf_counter() - start
         check(len(rows) == CLAIM_BATCH, f"claimed {len(rows)}, expected {CLAIM_BATCH}")
-        cur.execute(COMPLETE, {"ids": [r[0] for r in rows], "tokens": [r[9] for r in rows]})
+        cur.execute(COMPLETE, params)
         conn.commit()
         return seconds
+
+    def buffers() -> float:
+        counts = []
+        for _ in range(3):
+            cur.execute(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + CLAIM,
+                {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()},
+            )
+            row = cur.fetchone()
+            conn.rollback()
+            assert row is not None
+            plan = row[0][0]["Plan"]
+            counts.append(plan["Shared Hit Blocks"] + plan["Shared Read Blocks"])
+        return float(statistics.median(counts))
 
     def measure() -> dict[str, float]:
         for _ in range(warm):
             ours()
             bare()
-        times: dict[str, list[float]] = {"ours": [], "bare": []}
-        for _ in range(samples):  # interleaved, so drift hits both alike
+        times: dict[str, list[float]] = {"ours": [], "bare": [], "unprepared": []}
+        for _ in range(samples):  # interleaved, so drift hits all alike
             times["ours"].append(ours())
             times["bare"].append(bare())
-        return {k: statistics.median(v) * 1000 for k, v in times.items()}
+            times["unprepared"].append(bare(prepare=False))
+        result = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        result["buffers"] = buffers()
+        return result
 
     try:
         result = {"before": measure()}
-        db.run(FILL_COMPLETED, {"model": MODEL, "records": records, "n": sizes.completed})
+        db.run(db.fill_completed_sql, {"model": MODEL, "records": records, "n": sizes.completed})
         db.run("ANALYZE sync_queue")
         result["after"] = measure()
         result["table"] = {"rows": db.count(), "completed": db.count("COMPLETED")}
@@ -467,6 +593,17 @@ def bench_claim_latency(db: Bench, sizes: Sizes) -> dict[str, dict[str, float]]:
     finally:
         conn.close()
         db.truncate()
+        db.run("ALTER TABLE sync_queue RESET (autovacuum_enabled)")
+
+
+def source_digest() -> str:
+    """Short sha256 of the files whose code is measured (they change while others work)."""
+    parts = []
+    for rel in SOURCES:
+        path = ROOT / rel
+        data = path.read_bytes() if path.exists() else b""
+        parts.append(f"{path.name} {hashlib.sha256(data).hexdigest()[:10]}")
+    return ", ".join(parts)
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -515,7 +652,7 @@ def print_table(rows: list[Row]) -> None:
 def latency_rows(lat: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str, str, str]]:
     """(side, before, after, after/before, target, verdict) per implementation."""
     out = []
-    for side in ("ours", "bare"):
+    for side in ("ours", "bare", "unprepared"):
         before, after = lat["before"][side], lat["after"][side]
         growth = after / before
         if side == "ours":
@@ -523,6 +660,10 @@ def latency_rows(lat: dict[str, dict[str, float]]) -> list[tuple[str, str, str, 
         else:
             target, verdict = "(reference)", ""
         out.append((side, f"{before:.2f} ms", f"{after:.2f} ms", f"{growth:.2f}x", target, verdict))
+    before, after = lat["before"]["buffers"], lat["after"]["buffers"]
+    out.append(
+        ("buffers", f"{before:,.0f}", f"{after:,.0f}", f"{after / before:.2f}x", "(work)", "")
+    )
     return out
 
 
@@ -541,14 +682,19 @@ def print_markdown(
     )
     print("|---|---:|---:|---:|---:|:---:|")
     for side, before, after, growth, target, verdict in latency_rows(lat):
-        name = "syncqueue_tasks" if side == "ours" else "bare psycopg 3"
+        name = {
+            "ours": "syncqueue_tasks",
+            "bare": "bare psycopg 3",
+            "unprepared": "bare psycopg 3, unprepared (custom plan each time)",
+            "buffers": "shared buffers touched by one CLAIM (EXPLAIN, custom plan)",
+        }[side]
         mark = {"ok": "✅", "MISS": "❌"}.get(verdict, "")
         print(f"| {name} | {before} | {after} | {growth} | {target} | {mark} |")
     print()
     print(
-        f"*{env}. enqueue / enqueue_many: ours and bare take turns chunk by chunk; drains: best"
-        f" of {sizes.drain_rounds} run(s) per side; latency: median of {sizes.latency_samples}"
-        " claims, ours and bare interleaved.*"
+        f"*{env}. enqueue / enqueue_many: ours and bare take turns chunk by chunk; drains:"
+        f" each side's items in {sizes.drain_segments} alternating loads; latency: median of"
+        f" {sizes.latency_samples} claims, ours and bare interleaved.*"
     )
 
 
@@ -572,6 +718,8 @@ def main() -> int:
         )
         print(f"queue benchmark ({'quick' if args.quick else 'full'}) on database {name}")
         print(env)
+        sources = source_digest()
+        print(f"code under test: {sources}")
         print()
         rows: list[Row] = []
 
@@ -606,11 +754,7 @@ def main() -> int:
 
         for procs in PROCESS_COUNTS:
             step(f"[3/4] drain {sizes.drain:,} items, {procs} process(es)")
-            best = {"ours": 0.0, "bare": 0.0}
-            for r in range(sizes.drain_rounds):
-                for impl in ("ours", "bare") if r % 2 == 0 else ("bare", "ours"):
-                    best[impl] = max(best[impl], bench_drain(db, sizes.drain, procs, impl))
-            o, b = best["ours"], best["bare"]
+            o, b = bench_drain(db, sizes.drain, procs, sizes.drain_segments)
             rows.append(
                 Row(
                     f"drain {sizes.drain:,}: dequeue(100) + mark_complete_many, {procs} proc",
@@ -633,7 +777,9 @@ def main() -> int:
         print(
             f"Claim latency: median of {sizes.latency_samples} dequeue(100), PENDING rows only"
             f" vs. after + {sizes.completed:,} COMPLETED rows and ANALYZE"
-            f" (table then held {lat['table']['rows']:,} rows)"
+            f" (table then held {lat['table']['rows']:,} rows; autovacuum off for the table"
+            " meanwhile; 'buffers' = shared buffers one CLAIM touches, the machine-independent"
+            " measure of its work)"
         )
         print()
         cells = [
@@ -655,6 +801,12 @@ def main() -> int:
         print_markdown(rows, lat, sizes, env)
         print()
         print(f"total time {time.perf_counter() - started:.0f} s")
+        if source_digest() != sources:
+            print(
+                "WARNING: syncqueue_tasks sources changed during the run (worker processes may"
+                f" have run other code); now {source_digest()}"
+            )
+            return 1
         return 0
     finally:
         if db is not None:

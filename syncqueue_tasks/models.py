@@ -45,6 +45,12 @@ class SyncQueue(Base):
 
     # COLLATE "C": ids are compared and sorted bytewise (cheaper; ULIDs sort by time that way).
     id: Mapped[str] = mapped_column(String(26, collation="C"), primary_key=True)
+    # Order of a record's changes: the id (enqueue order), or, for changes replayed after a
+    # late-arriving earlier change, "<late id>.000001", ... (see queue._replay_after_late...).
+    position: Mapped[str] = mapped_column(String(40, collation="C"))
+    # The change this row applies: its own id, or for a copy that re-applies a change after a
+    # late-arriving earlier one, the original's. Orders a record's changes by enqueue time.
+    origin_id: Mapped[str] = mapped_column(String(26, collation="C"))
     action: Mapped[SyncAction] = mapped_column(_pg_enum(SyncAction, "sync_action"))
     model: Mapped[str] = mapped_column(String(64))
     record_id: Mapped[str] = mapped_column(String(255))
@@ -68,17 +74,20 @@ class SyncQueue(Base):
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        # Claim: walk PENDING rows in id (= enqueue) order. Partial, so its size is the
+        # Claim: walk PENDING rows in position (= enqueue) order. Partial, so its size is the
         # backlog, not the history: claim cost stays flat as COMPLETED rows pile up.
-        Index("ix_sync_queue_pending", "id", postgresql_where=text("status = 'PENDING'")),
+        Index("ix_sync_queue_pending", "position", postgresql_where=text("status = 'PENDING'")),
         # Per-record order: the oldest PENDING change of a record, and the changes after it.
         Index(
             "ix_sync_queue_record_pending",
             "model",
             "record_id",
-            "id",
+            "position",
             postgresql_where=text("status = 'PENDING'"),
         ),
+        # Late arrivals: "was a later change of this record already claimed or written?"
+        # (every status, so not partial; usually an empty range at the end of the record).
+        Index("ix_sync_queue_record", "model", "record_id", "origin_id"),
         # Per-record order: "is a change of this record in flight?"; and reset_stuck. Holds only
         # the claimed rows (workers x batch size), so any scan of it is cheap.
         Index(

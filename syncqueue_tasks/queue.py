@@ -74,12 +74,7 @@ def enqueue(
     """
     change = validate_change(action, model, record_id, payload, sheet_row_index, max_retries)
     item_id = new_id() if item_id is None else validate_item_id(item_id)
-    params = _insert_params(item_id, change)
-    if session is not None:
-        session.execute(sql.INSERT_ONE, params)
-    else:
-        with get_engine().begin() as conn:
-            conn.execute(sql.INSERT_ONE, params)
+    _store([change], [item_id], session)
     return item_id
 
 
@@ -101,22 +96,8 @@ def enqueue_many(
         ids = [validate_item_id(i) for i in item_ids]
         if len(ids) != len(validated) or len(set(ids)) != len(ids):
             raise ValidationError("item_ids", "must be unique, one per change")
-    if not validated:
-        return []
-    params = {
-        "ids": ids,
-        "actions": [c.action.value for c in validated],
-        "models": [c.model for c in validated],
-        "record_ids": [c.record_id for c in validated],
-        "sheet_row_indexes": [c.sheet_row_index for c in validated],
-        "payloads": [c.payload_json for c in validated],
-        "max_retries": [c.max_retries for c in validated],
-    }
-    if session is not None:
-        session.execute(sql.INSERT_MANY, params)
-    else:
-        with get_engine().begin() as conn:
-            conn.execute(sql.INSERT_MANY, params)
+    if validated:
+        _store(validated, ids, session)
     return ids
 
 
@@ -133,6 +114,7 @@ def dequeue(batch_size: int = 25) -> list[QueueItem]:
     batch_size = validate_batch_size(batch_size)
     with get_engine().begin() as conn:
         rows = conn.execute(sql.CLAIM, {"batch_size": batch_size, "token": uuid.uuid4()}).all()
+    rows.sort(key=lambda r: r.position)
     items = [
         QueueItem(
             id=r.id,
@@ -148,7 +130,6 @@ def dequeue(batch_size: int = 25) -> list[QueueItem]:
         )
         for r in rows
     ]
-    items.sort(key=lambda item: item.id)
     return items
 
 
@@ -299,16 +280,65 @@ def _count(statement: Any, item_ids: Iterable[str] | None, model: str | None) ->
         return len(conn.execute(statement, {"ids": ids, "model": model}).all())
 
 
-def _insert_params(item_id: str, change: Change) -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "action": change.action.value,
-        "model": change.model,
-        "record_id": change.record_id,
-        "sheet_row_index": change.sheet_row_index,
-        "payload": change.payload_json,
-        "max_retries": change.max_retries,
+def _store(changes: Sequence[Change], ids: Sequence[str], session: Session | None) -> None:
+    """Insert ``changes`` in one statement; replay the later changes of a late one."""
+    params = {
+        "ids": list(ids),
+        "actions": [c.action.value for c in changes],
+        "models": [c.model for c in changes],
+        "record_ids": [c.record_id for c in changes],
+        "sheet_row_indexes": [c.sheet_row_index for c in changes],
+        "payloads": [c.payload_json for c in changes],
+        "max_retries": [c.max_retries for c in changes],
     }
+    if session is not None:
+        _insert(session.execute, params)
+    else:
+        with get_engine().begin() as conn:
+            _insert(conn.execute, params)
+
+
+def _insert(execute: Any, params: dict[str, Any]) -> None:
+    execute(sql.LOCK_RECORDS, {"models": params["models"], "record_ids": params["record_ids"]})
+    _replay_after_late_arrivals(execute(sql.INSERT, params).all(), execute)
+
+
+def _replay_after_late_arrivals(later: Sequence[Any], execute: Any) -> None:
+    """Keep a record's changes in enqueue order when one arrives late.
+
+    ``later`` holds, per record that just received a change, the rows of the changes
+    enqueued after it (in order). If one of them was already claimed or written, the late
+    change would be applied after it: so every later change is applied again after the late
+    one: PENDING rows move to the positions right after it, claimed or written ones get a
+    PENDING copy there (a change with several rows is simply applied once more).
+    """
+    suffixes: dict[str, list[Any]] = {}
+    for row in later:
+        suffixes.setdefault(row.arrived_id, []).append(row)
+    moves: dict[str, list[str]] = {"ids": [], "positions": []}
+    copies: dict[str, list[str]] = {"ids": [], "positions": [], "originals": []}
+    for arrived_id, rows in suffixes.items():
+        if all(row.status == QueueStatus.PENDING for row in rows):
+            continue  # nothing after it was applied yet: position order already holds
+        for n, row in enumerate(rows, start=1):
+            position = f"{arrived_id}.{n:06d}"
+            if row.status == QueueStatus.PENDING:
+                moves["ids"].append(row.id)
+                moves["positions"].append(position)
+            else:
+                copies["ids"].append(new_id())
+                copies["positions"].append(position)
+                copies["originals"].append(row.id)
+    if moves["ids"]:
+        execute(sql.REPOSITION_LATER, moves)
+    if copies["ids"]:
+        execute(sql.COPY_LATER, copies)
+        log.warning(
+            "%d change(s) arrived after later changes of their record were written; "
+            "re-applying %d later change(s) after them",
+            len(suffixes),
+            len(copies["ids"]),
+        )
 
 
 __all__ = [

@@ -6,33 +6,79 @@ Arrays (``unnest``) carry whole batches in one round trip.
 
 from sqlalchemy import text
 
-# Insert one change. ON CONFLICT: the id is made by the caller and may arrive twice
-# (a redelivered Celery message); the second insert is a no-op.
-INSERT_ONE = text("""
-    INSERT INTO sync_queue (id, action, model, record_id, sheet_row_index, payload, max_retries)
-    VALUES (:id, CAST(:action AS sync_action), :model, :record_id, :sheet_row_index,
-            CAST(:payload AS jsonb), :max_retries)
-    ON CONFLICT (id) DO NOTHING
+# Serialize stores against claims, per record: a transaction storing changes first takes an
+# exclusive advisory lock per record (in key order, so two stores cannot deadlock), in a
+# statement of its own so that INSERT's snapshot sees everything committed before the lock.
+# A claim takes the record's shared lock with a try (never waits), so while a change of a
+# record is being stored, no claim takes that record, and a claim in progress finishes first.
+LOCK_RECORDS = text("""
+    SELECT pg_advisory_xact_lock(key)
+    FROM (SELECT DISTINCT hashtextextended(m || '/' || r, 0) AS key
+          FROM unnest(CAST(:models AS text[]), CAST(:record_ids AS text[])) AS c(m, r)
+          ORDER BY key) AS keys
 """)
 
-# Insert a batch of changes in one statement, one round trip.
-INSERT_MANY = text("""
-    INSERT INTO sync_queue (id, action, model, record_id, sheet_row_index, payload, max_retries)
-    SELECT id, action, model, record_id, sheet_row_index, payload, max_retries
-    FROM unnest(CAST(:ids AS text[]), CAST(:actions AS sync_action[]), CAST(:models AS text[]),
-                CAST(:record_ids AS text[]), CAST(:sheet_row_indexes AS integer[]),
-                CAST(CAST(:payloads AS text[]) AS jsonb[]), CAST(:max_retries AS integer[]))
-         AS c(id, action, model, record_id, sheet_row_index, payload, max_retries)
-    ON CONFLICT (id) DO NOTHING
+# Store changes (one or many) in one statement. The id is made by the caller and may arrive
+# twice (a redelivered Celery message): ON CONFLICT makes the second insert a no-op.
+# position (the order in which a record's changes are applied) starts as the id: enqueue order.
+# A change normally arrives after every earlier one; one whose message was delayed or
+# redelivered can arrive after a later change of its record was already claimed or written.
+# The rows returned (the records' changes enqueued later, by origin_id, via
+# ix_sync_queue_record; usually none) let the caller detect that and replay them after it
+# (REPOSITION_LATER, COPY_LATER).
+INSERT = text("""
+    WITH inserted AS (
+        INSERT INTO sync_queue (id, origin_id, position, action, model, record_id,
+                                sheet_row_index, payload, max_retries)
+        SELECT id, id, id, action, model, record_id, sheet_row_index, payload, max_retries
+        FROM unnest(CAST(:ids AS text[]), CAST(:actions AS sync_action[]),
+                    CAST(:models AS text[]), CAST(:record_ids AS text[]),
+                    CAST(:sheet_row_indexes AS integer[]),
+                    CAST(CAST(:payloads AS text[]) AS jsonb[]), CAST(:max_retries AS integer[]))
+             AS c(id, action, model, record_id, sheet_row_index, payload, max_retries)
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id, model, record_id
+    ),
+    arrived AS (
+        SELECT model, record_id, min(id) AS first_id FROM inserted GROUP BY model, record_id
+    )
+    SELECT a.first_id AS arrived_id, s.id, s.status
+    FROM arrived AS a
+    JOIN sync_queue AS s
+      ON s.model = a.model AND s.record_id = a.record_id AND s.origin_id > a.first_id
+    WHERE s.status IN ('PENDING', 'PROCESSING', 'COMPLETED')
+    ORDER BY s.model, s.record_id, s.origin_id, s.position
+""")
+
+# Replay, part 1: later changes still PENDING move to the positions right after the late one
+# (a late id X gives X.000001, X.000002, ...: after X, before any other id).
+REPOSITION_LATER = text("""
+    UPDATE sync_queue AS s SET position = r.position
+    FROM unnest(CAST(:ids AS text[]), CAST(:positions AS text[])) AS r(id, position)
+    WHERE s.id = r.id
+""")
+
+# Replay, part 2: later changes already claimed or written are written again after the late
+# one, as new PENDING copies (origin_id names the change they apply).
+COPY_LATER = text("""
+    INSERT INTO sync_queue (id, origin_id, position, action, model, record_id,
+                            sheet_row_index, payload, max_retries)
+    SELECT r.id, o.origin_id, r.position, o.action, o.model, o.record_id, o.sheet_row_index,
+           o.payload, o.max_retries
+    FROM unnest(CAST(:ids AS text[]), CAST(:positions AS text[]), CAST(:originals AS text[]))
+         AS r(id, position, original)
+    JOIN sync_queue AS o ON o.id = r.original
 """)
 
 # Claim a batch. One statement: pick, lock and mark in the same snapshot.
 # - heads: the oldest PENDING change of each record that has no change in flight (PROCESSING)
-#   and whose backoff has passed, walked in id (= enqueue) order on ix_sync_queue_pending
-#   (partial: only PENDING rows, so the cost follows the backlog, not the history). The
-#   min() is a scalar subquery, probed once per candidate on ix_sync_queue_record_pending
-#   whatever the statistics say; the in-flight check reads ix_sync_queue_processing, which
-#   holds only claimed rows. FAILED changes do not block later ones.
+#   and whose backoff has passed, walked in position (= enqueue) order on
+#   ix_sync_queue_pending (partial: only PENDING rows, so the cost follows the backlog, not
+#   the history). The min() is a scalar subquery, probed once per candidate on
+#   ix_sync_queue_record_pending whatever the statistics say; the in-flight check reads
+#   ix_sync_queue_processing, which holds only claimed rows. FAILED changes do not block.
+# - The CASE makes sure the record's shared advisory lock (see LOCK_RECORDS) is only tried
+#   for real heads: a record whose changes are being stored right now is skipped.
 # - FOR UPDATE SKIP LOCKED: concurrent claimers skip heads another claimer is taking instead of
 #   waiting; a head whose status changed meanwhile is re-checked and skipped.
 # - batch: each head with the PENDING changes of its record that follow it, oldest first, up
@@ -41,18 +87,24 @@ INSERT_MANY = text("""
 #   record's oldest change, and once it is PROCESSING the record is in flight.
 CLAIM = text("""
     WITH heads AS (
-        SELECT q.id, q.model, q.record_id
+        SELECT q.id, q.model, q.record_id, q.position
         FROM sync_queue AS q
         WHERE q.status = 'PENDING'
           AND q.available_at <= now()
-          AND q.id = (
-              SELECT min(e.id) FROM sync_queue AS e
-              WHERE e.model = q.model AND e.record_id = q.record_id AND e.status = 'PENDING')
-          AND NOT EXISTS (
-              SELECT 1 FROM sync_queue AS p
-              WHERE p.model = q.model AND p.record_id = q.record_id
-                AND p.status = 'PROCESSING')
-        ORDER BY q.id
+          AND CASE
+              WHEN q.position = (
+                       SELECT min(e.position) FROM sync_queue AS e
+                       WHERE e.model = q.model AND e.record_id = q.record_id
+                         AND e.status = 'PENDING')
+                   AND NOT EXISTS (
+                       SELECT 1 FROM sync_queue AS p
+                       WHERE p.model = q.model AND p.record_id = q.record_id
+                         AND p.status = 'PROCESSING')
+              THEN pg_try_advisory_xact_lock_shared(
+                       hashtextextended(q.model || '/' || q.record_id, 0))
+              ELSE false
+          END
+        ORDER BY q.position
         LIMIT :batch_size
         FOR UPDATE SKIP LOCKED
     ),
@@ -61,16 +113,16 @@ CLAIM = text("""
         FROM heads AS h
         JOIN sync_queue AS f
           ON f.model = h.model AND f.record_id = h.record_id
-         AND f.status = 'PENDING' AND f.id >= h.id
-        ORDER BY f.id
+         AND f.status = 'PENDING' AND f.position >= h.position
+        ORDER BY f.position
         LIMIT :batch_size
     )
     UPDATE sync_queue AS s
     SET status = 'PROCESSING', claimed_at = now(), claim_token = :token
     FROM batch
     WHERE s.id = batch.id AND s.status = 'PENDING'
-    RETURNING s.id, s.action, s.model, s.record_id, s.sheet_row_index, s.payload, s.retries,
-              s.max_retries, s.created_at, s.claim_token
+    RETURNING s.id, s.position, s.action, s.model, s.record_id, s.sheet_row_index, s.payload,
+              s.retries, s.max_retries, s.created_at, s.claim_token
 """)
 
 # PROCESSING -> COMPLETED, compare-and-set on (id, claim_token): a worker whose claim was
@@ -169,7 +221,7 @@ STATS = text("""
         (SELECT count(*) FROM sync_queue WHERE status = 'COMPLETED') AS completed,
         (SELECT count(*) FROM sync_queue WHERE status = 'FAILED') AS failed,
         (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM sync_queue
-          WHERE status = 'PENDING' ORDER BY id LIMIT 1) AS oldest_pending_age_seconds,
+          WHERE status = 'PENDING' ORDER BY position LIMIT 1) AS oldest_pending_age_seconds,
         (SELECT count(*) FROM sync_queue
           WHERE status = 'FAILED' AND processed_at > now() - interval '24 hours')
           AS failed_last_24h,

@@ -33,9 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="Request")
     p.add_argument("--rate", type=float, default=200.0, help="target changes per second")
     p.add_argument(
-        "--bulk-every", type=int, default=0,
+        "--bulk-every",
+        type=int,
+        default=0,
         help="every Nth call is one enqueue_changes.delay of --bulk-size changes (0: never)",
-    )  # fmt: skip
+    )
     p.add_argument("--bulk-size", type=int, default=5)
     p.add_argument("--max-seconds", type=float, default=0.0, help="stop early after this long")
     p.add_argument("--seed", type=int, default=1)

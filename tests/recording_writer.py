@@ -85,6 +85,8 @@ def _append_span(path: Path, items: Sequence[QueueItem], started: float) -> None
                 json.dumps(
                     {
                         "id": item.id,
+                        # a replayed copy of a change names the change it applies
+                        "origin_id": getattr(item, "origin_id", None) or item.id,
                         "action": item.action.value,
                         "model": item.model,
                         "record_id": item.record_id,

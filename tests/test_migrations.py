@@ -28,9 +28,9 @@ from syncqueue_tasks.models import Base
 
 # Partial index -> (key columns, predicate) as PostgreSQL prints them in pg_indexes.indexdef.
 PARTIAL_INDEXES = {
-    "ix_sync_queue_pending": ("(id)", "WHERE (status = 'PENDING'::queue_status)"),
+    "ix_sync_queue_pending": ('("position")', "WHERE (status = 'PENDING'::queue_status)"),
     "ix_sync_queue_record_pending": (
-        "(model, record_id, id)",
+        '(model, record_id, "position")',
         "WHERE (status = 'PENDING'::queue_status)",
     ),
     "ix_sync_queue_processing": (
@@ -143,7 +143,12 @@ def test_upgrade_builds_everything_downgrade_removes_it_and_upgrade_works_again(
         built = _schema(engine)
         assert built["table"] is True
         assert built["enums"] == ENUMS
-        assert set(built["indexes"]) == {"sync_queue_pkey", *PARTIAL_INDEXES}
+        # One full index besides the key: late arrivals look up a record's later changes.
+        assert set(built["indexes"]) == {
+            "sync_queue_pkey",
+            "ix_sync_queue_record",
+            *PARTIAL_INDEXES,
+        }
         for name, (columns, predicate) in PARTIAL_INDEXES.items():
             indexdef = built["indexes"][name]
             assert f"USING btree {columns} {predicate}" in indexdef, indexdef
@@ -154,6 +159,7 @@ def test_upgrade_builds_everything_downgrade_removes_it_and_upgrade_works_again(
                 text("SELECT reloptions FROM pg_class WHERE oid = 'sync_queue'::regclass")
             ).scalar_one()
         assert indexes.pop("sync_queue_pkey") == (["id"], False)
+        assert indexes.pop("ix_sync_queue_record") == (["model", "record_id", "origin_id"], False)
         assert all(partial for _, partial in indexes.values())
         assert not any(columns == ["status"] for columns, _ in indexes.values())
         assert "autovacuum_analyze_scale_factor=0.02" in reloptions
@@ -215,8 +221,10 @@ def test_the_claim_uses_the_partial_pending_index_on_a_big_history() -> None:
                 conn.execute(
                     text(
                         """INSERT INTO sync_queue
-                               (id, action, model, record_id, payload, status, processed_at)
-                           SELECT lpad(g::text, 26, '0'), 'UPDATE', 'Request',
+                               (id, origin_id, position, action, model, record_id, payload,
+                                status, processed_at)
+                           SELECT lpad(g::text, 26, '0'), lpad(g::text, 26, '0'),
+                                  lpad(g::text, 26, '0'), 'UPDATE', 'Request',
                                   (g % 5000)::text, '{}'::jsonb,
                                   CASE WHEN g > 200000 THEN 'PENDING' ELSE 'COMPLETED' END
                                       ::queue_status,

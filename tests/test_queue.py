@@ -271,3 +271,53 @@ def test_a_record_in_flight_blocks_even_an_older_retried_change() -> None:
     assert queue.dequeue() == []  # never two claims of one record at once
     queue.mark_complete(in_flight)
     assert [i.id for i in queue.dequeue()] == [old]
+
+
+def _ids(n: int) -> list[str]:
+    from syncqueue_tasks.ids import new_id
+
+    return [new_id() for _ in range(n)]
+
+
+def test_a_late_change_is_applied_before_the_later_ones_are_applied_again() -> None:
+    first, second, third = _ids(3)  # made in this order, as by three .delay() calls
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
+    [claimed] = queue.dequeue()
+    assert claimed.id == second and queue.mark_complete(claimed)  # written
+    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=third)  # normal, PENDING
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)  # its message was late
+    batch = queue.dequeue(10)
+    # The late change first, then the written one again (a copy), then the pending one.
+    assert [i.payload["v"] for i in batch] == [1, 2, 3]
+    assert batch[0].id == first and batch[2].id == third
+    copy = batch[1]
+    assert copy.id not in (first, second, third)
+    assert count_rows("id = :c AND origin_id = :o", c=copy.id, o=second) == 1
+
+
+def test_a_late_change_with_only_pending_later_changes_needs_no_replay() -> None:
+    first, second = _ids(2)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)
+    assert [i.payload["v"] for i in queue.dequeue(10)] == [1, 2]
+    assert count_rows() == 2
+
+
+def test_a_second_late_change_lands_between_the_first_and_the_replayed_ones() -> None:
+    ids = _ids(4)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 4}, item_id=ids[3])
+    queue.mark_complete_many(queue.dequeue())  # v=4 written
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=ids[0])  # late: 4 replayed
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=ids[1])  # late too
+    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=ids[2])  # and this one
+    applied = [i.payload["v"] for i in queue.dequeue(20)]
+    assert applied[:3] == [1, 2, 3] and applied[-1] == 4 and set(applied[3:]) == {4}
+
+
+def test_a_redelivered_change_is_not_a_late_arrival() -> None:
+    first, second = _ids(2)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
+    queue.mark_complete_many(queue.dequeue(10))
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)  # the same message again
+    assert count_rows() == 2 and queue.dequeue(10) == []

@@ -148,3 +148,64 @@ def test_per_record_order_and_no_record_in_two_workers_at_once(monkeypatch) -> N
                 # unless both were in the same batch (one worker, one write, in order)
                 assert later[1] >= earlier[2] or later[1] == earlier[1], record_id
     assert count_rows("status <> 'COMPLETED'") == 0
+
+
+def _late_producer(changes: list[tuple[str, str, int]], results: mp.Queue, start: mp.Event) -> None:  # type: ignore[type-arg]
+    """Store (id, record, seq) changes in the given (shuffled) order, one transaction each."""
+    start.wait()
+    for item_id, record_id, seq in changes:
+        queue.enqueue("UPDATE", "Revenue", record_id, {"seq": seq}, item_id=item_id)
+    results.put([])
+
+
+def _applying_worker(results: mp.Queue, start: mp.Event) -> None:  # type: ignore[type-arg]
+    """Drain while producers run; report each applied (record, seq) in application order."""
+    start.wait()
+    applied: list[tuple[str, int, float]] = []
+    quiet = 0
+    while quiet < 60:  # the producers are done long before 60 idle polls in a row
+        items = queue.dequeue(10)
+        if not items:
+            quiet += 1
+            time.sleep(0.02)
+            continue
+        quiet = 0
+        for item in items:
+            applied.append((item.record_id, item.payload["seq"], time.monotonic()))
+        queue.mark_complete_many(items)
+    results.put(applied)
+
+
+def test_late_arrivals_still_leave_every_record_at_its_last_change() -> None:
+    from syncqueue_tasks.ids import new_id
+
+    rng = random.Random(11)
+    records = [f"late{n}" for n in range(15)]
+    made = [(new_id(), rng.choice(records), seq) for seq in range(600)]  # enqueue order
+    shuffled = made[:]
+    for i in range(0, len(shuffled) - 1, 3):  # delay some messages by a few places
+        j = min(len(shuffled) - 1, i + rng.randint(1, 6))
+        shuffled[i], shuffled[j] = shuffled[j], shuffled[i]
+    halves = [shuffled[0::2], shuffled[1::2]]
+    results = SPAWN.Queue()
+    start = SPAWN.Event()
+    procs = [SPAWN.Process(target=_late_producer, args=(h, results, start)) for h in halves]
+    procs += [SPAWN.Process(target=_applying_worker, args=(results, start)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        start.set()
+        out = [results.get(timeout=180) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    applied = sorted((entry for log in out for entry in log), key=lambda e: e[2])
+    last_seq = {record: seq for _, record, seq in made}
+    final: dict[str, int] = {}
+    for record, seq, _ in applied:
+        final[record] = seq
+    assert final == last_seq  # each record ends at its last-enqueued change
+    assert {seq for _, seq, _ in applied} == set(range(600))  # every change was applied
+    assert count_rows("status <> 'COMPLETED'") == 0

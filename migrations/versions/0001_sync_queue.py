@@ -24,6 +24,8 @@ def upgrade() -> None:
     op.create_table(
         "sync_queue",
         sa.Column("id", sa.String(26, collation="C"), primary_key=True),
+        sa.Column("position", sa.String(40, collation="C"), nullable=False),
+        sa.Column("origin_id", sa.String(26, collation="C"), nullable=False),
         sa.Column("action", sync_action, nullable=False),
         sa.Column("model", sa.String(64), nullable=False),
         sa.Column("record_id", sa.String(255), nullable=False),
@@ -49,15 +51,16 @@ def upgrade() -> None:
     op.create_index(
         "ix_sync_queue_pending",
         "sync_queue",
-        ["id"],
+        ["position"],
         postgresql_where=sa.text("status = 'PENDING'"),
     )
     op.create_index(
         "ix_sync_queue_record_pending",
         "sync_queue",
-        ["model", "record_id", "id"],
+        ["model", "record_id", "position"],
         postgresql_where=sa.text("status = 'PENDING'"),
     )
+    op.create_index("ix_sync_queue_record", "sync_queue", ["model", "record_id", "origin_id"])
     op.create_index(
         "ix_sync_queue_processing",
         "sync_queue",
