@@ -113,9 +113,9 @@ def dequeue(batch_size: int = 25) -> list[QueueItem]:
     """
     batch_size = validate_batch_size(batch_size)
     with get_engine().begin() as conn:
-        rows = conn.execute(sql.CLAIM, {"batch_size": batch_size, "token": uuid.uuid4()}).all()
-    rows.sort(key=lambda r: r.position)
-    items = [
+        claimed = conn.execute(sql.CLAIM, {"batch_size": batch_size, "token": uuid.uuid4()})
+        rows = sorted(claimed, key=lambda r: str(r.position))
+    return [
         QueueItem(
             id=r.id,
             action=SyncAction(r.action),
@@ -130,7 +130,6 @@ def dequeue(batch_size: int = 25) -> list[QueueItem]:
         )
         for r in rows
     ]
-    return items
 
 
 def mark_complete(item: QueueItem | Claim) -> bool:
