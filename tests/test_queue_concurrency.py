@@ -43,7 +43,7 @@ def _run_workers(target, args: tuple, workers: int) -> list:  # type: ignore[no-
         p.start()
     try:
         start.set()
-        out = [results.get(timeout=120) for _ in procs]
+        out = [results.get(timeout=300) for _ in procs]
         for p in procs:
             p.join(timeout=30)
         return out
@@ -150,26 +150,37 @@ def test_per_record_order_and_no_record_in_two_workers_at_once(monkeypatch) -> N
     assert count_rows("status <> 'COMPLETED'") == 0
 
 
-def _late_producer(changes: list[tuple[str, str, int]], results: mp.Queue, start: mp.Event) -> None:  # type: ignore[type-arg]
+def _late_producer(
+    changes: list[tuple[str, str, int]],
+    results: mp.Queue,  # type: ignore[type-arg]
+    start: mp.Event,  # type: ignore[type-arg]
+    done: mp.Semaphore,  # type: ignore[type-arg]
+) -> None:
     """Store (id, record, seq) changes in the given (shuffled) order, one transaction each."""
     start.wait()
     for item_id, record_id, seq in changes:
         queue.enqueue("UPDATE", "Revenue", record_id, {"seq": seq}, item_id=item_id)
+    done.release()
     results.put([])
 
 
-def _applying_worker(results: mp.Queue, start: mp.Event) -> None:  # type: ignore[type-arg]
+def _applying_worker(
+    results: mp.Queue,  # type: ignore[type-arg]
+    start: mp.Event,  # type: ignore[type-arg]
+    done: mp.Semaphore,  # type: ignore[type-arg]
+) -> None:
     """Drain while producers run; report each applied (record, seq) in application order."""
     start.wait()
     applied: list[tuple[str, int, float]] = []
-    quiet = 0
-    while quiet < 60:  # the producers are done long before 60 idle polls in a row
+    while True:
         items = queue.dequeue(10)
         if not items:
-            quiet += 1
+            stats = queue.get_queue_stats()
+            producers_done = done.get_value() == 2  # type: ignore[attr-defined]
+            if producers_done and stats["pending"] + stats["processing"] == 0:
+                break
             time.sleep(0.02)
             continue
-        quiet = 0
         for item in items:
             applied.append((item.record_id, item.payload["seq"], time.monotonic()))
         queue.mark_complete_many(items)
@@ -189,13 +200,14 @@ def test_late_arrivals_still_leave_every_record_at_its_last_change() -> None:
     halves = [shuffled[0::2], shuffled[1::2]]
     results = SPAWN.Queue()
     start = SPAWN.Event()
-    procs = [SPAWN.Process(target=_late_producer, args=(h, results, start)) for h in halves]
-    procs += [SPAWN.Process(target=_applying_worker, args=(results, start)) for _ in range(3)]
+    done = SPAWN.Semaphore(0)
+    procs = [SPAWN.Process(target=_late_producer, args=(h, results, start, done)) for h in halves]
+    procs += [SPAWN.Process(target=_applying_worker, args=(results, start, done)) for _ in range(3)]
     for p in procs:
         p.start()
     try:
         start.set()
-        out = [results.get(timeout=180) for _ in procs]
+        out = [results.get(timeout=300) for _ in procs]
     finally:
         for p in procs:
             p.join(timeout=30)

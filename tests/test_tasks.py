@@ -251,11 +251,15 @@ def test_a_real_beat_makes_a_worker_process_the_queue(tmp_path: Path) -> None:
         "SYNCQUEUE_JSONL_PATH": str(written),
         "SYNCQUEUE_PROCESS_BATCH_EVERY": "1",
     }
-    # Stored without .delay(): no kick, so only beat can get it processed.
+    # Stored without .delay(): no kick; and no message of earlier tests left on the queue.
+    # So only beat can get it processed.
+    from syncqueue_tasks.celery_app import app
+
+    app.control.purge()
     queue.enqueue("CREATE", "Operator", "op-1", {"name": "Bo"})
     with celery_worker(tmp_path, env), celery_beat(tmp_path, env) as beat:
         wait_for(lambda: count_rows("status = 'COMPLETED'") == 1, timeout=30)
-        assert "syncqueue.process_batch" in beat.log()
+        beat.wait_for("Sending due task process-batch (syncqueue.process_batch)")
     assert [line["record_id"] for line in read_written(written)] == ["op-1"]
 
 
@@ -301,8 +305,7 @@ def test_enqueues_kick_a_debounced_process_batch(celery_worker, recorded: Path) 
     task_prerun.connect(count_runs, weak=False)
     try:
         ids = [
-            enqueue_change.delay("UPDATE", "Revenue", f"m{i % 40}", {"n": i}).id
-            for i in range(300)
+            enqueue_change.delay("UPDATE", "Revenue", f"m{i % 40}", {"n": i}).id for i in range(300)
         ]
         # No beat is running: only the kicks that follow the enqueues can drain the queue.
         wait_for(lambda: count_rows("status = 'COMPLETED'") == 300, timeout=60)
