@@ -66,6 +66,9 @@ broker_transport_options = {
     "max_retries": 0,
 }
 broker_pool_limit = 10
+# Malformed messages (wrong shape, not just bad arguments) are rejected and logged once,
+# instead of stopping the worker.
+worker_consumer = "syncqueue_tasks.consumer:GuardedConsumer"
 
 # --- beat: exactly one beat process per deployment -------------------------------------------
 beat_schedule_filename = os.environ.get("CELERY_BEAT_SCHEDULE_FILE", "") or os.path.join(
