@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
-class GuardedConsumer(Consumer):  # type: ignore[misc]
+class GuardedConsumer(Consumer):
     """Celery's consumer, with a guard around the handling of each task message."""
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:

@@ -11,8 +11,9 @@ from syncqueue_tasks.settings import get_settings
 
 @lru_cache(maxsize=1)
 def get_redis() -> Redis:
-    """A client for ``SYNCQUEUE_REDIS_URL`` (default: the broker) with short timeouts."""
-    return Redis.from_url(get_settings().redis_url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    """A client for ``SYNCQUEUE_REDIS_URL`` (default: the broker) with short timeouts: it is
+    used on the caller's ``.delay()`` path, which must not wait on a sick Redis."""
+    return Redis.from_url(get_settings().redis_url, socket_connect_timeout=0.1, socket_timeout=0.5)
 
 
 def key(name: str) -> str:

@@ -85,6 +85,7 @@ class Settings:
     batch_size: int
     cleanup_chunk_size: int
     batch_time_budget: float
+    enqueue_mode: str
     kick_delay: float
     writer: str
     jsonl_path: str
@@ -125,6 +126,7 @@ class Settings:
             batch_size=_int("SYNCQUEUE_BATCH_SIZE", 25, 1, 1000),
             cleanup_chunk_size=_int("SYNCQUEUE_CLEANUP_CHUNK_SIZE", 5000, 1, 100000),
             batch_time_budget=_float("SYNCQUEUE_BATCH_TIME_BUDGET", 60.0, 0.0, 3600.0),
+            enqueue_mode=_choice("SYNCQUEUE_ENQUEUE_MODE", "direct", ("direct", "broker")),
             kick_delay=_float("SYNCQUEUE_KICK_DELAY", 0.2, 0.0, 60.0),
             writer=env("SYNCQUEUE_WRITER", "").strip(),
             jsonl_path=env("SYNCQUEUE_JSONL_PATH", "").strip(),

@@ -45,7 +45,12 @@ _STORE_RETRY = {
 
 
 class EnqueueChangeTask(EnqueueTask):
-    """``enqueue_change``'s caller side: validation, id, fallback storage."""
+    """``enqueue_change``'s caller side: validation, id, storage."""
+
+    @staticmethod
+    def after_store() -> None:
+        """Ask for a ``process_batch`` soon."""
+        _kick()
 
     @staticmethod
     def prepare(
@@ -91,7 +96,12 @@ class EnqueueChangeTask(EnqueueTask):
 
 
 class EnqueueChangesTask(EnqueueTask):
-    """``enqueue_changes``'s caller side: validation, ids, fallback storage."""
+    """``enqueue_changes``'s caller side: validation, ids, storage."""
+
+    @staticmethod
+    def after_store() -> None:
+        """Ask for a ``process_batch`` soon."""
+        _kick()
 
     @staticmethod
     def prepare(changes: Any, item_ids: Any = None) -> dict[str, Any]:
@@ -243,7 +253,7 @@ def _kick() -> None:
     try:
         if get_redis().set(key("kick"), 1, nx=True, px=int(delay * 1000) + 5000):
             process_batch.apply_async(countdown=delay)
-    except (RedisError, OSError) as exc:
+    except Exception as exc:  # best effort: Redis or broker errors of any kind
         log.debug("kick skipped: %s", sanitize_error(exc))
 
 

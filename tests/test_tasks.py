@@ -51,7 +51,12 @@ def test_delay_reaches_the_writer_and_completes(celery_worker, recorded: Path) -
     )
 
 
-def test_bulk_delay_and_redelivery_make_no_second_row(celery_worker, recorded: Path) -> None:
+@pytest.mark.parametrize("mode", ["direct", "broker"])
+def test_bulk_delay_and_redelivery_make_no_second_row(
+    celery_worker, recorded: Path, monkeypatch, mode: str
+) -> None:
+    # direct: the caller stores; broker: the worker stores what the message carries.
+    monkeypatch.setenv("SYNCQUEUE_ENQUEUE_MODE", mode)
     changes = [
         {"action": "UPDATE", "model": "Operator", "record_id": str(i), "payload": {"n": i}}
         for i in range(20)
@@ -113,8 +118,14 @@ def _run_delay_script(env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_broker_down_delay_returns_fast_and_stores_in_postgresql() -> None:
-    result = _run_delay_script({"CELERY_BROKER_URL": f"redis://127.0.0.1:{_closed_port()}/0"})
+@pytest.mark.parametrize("mode", ["direct", "broker"])
+def test_broker_down_delay_returns_fast_and_stores_in_postgresql(mode: str) -> None:
+    result = _run_delay_script(
+        {
+            "CELERY_BROKER_URL": f"redis://127.0.0.1:{_closed_port()}/0",
+            "SYNCQUEUE_ENQUEUE_MODE": mode,
+        }
+    )
     assert result["error"] is None
     assert len(result["ids"]) == 5
     # The first call pays for imports and the first connections; every call stays under 100 ms.
@@ -122,9 +133,29 @@ def test_broker_down_delay_returns_fast_and_stores_in_postgresql() -> None:
     assert count_rows("id = ANY(:ids) AND status = 'PENDING'", ids=result["ids"]) == 5
 
 
-def test_broker_and_database_down_raise_enqueue_error() -> None:
+def test_database_down_hands_the_change_to_the_broker_and_a_worker_stores_it(
+    tmp_path: Path,
+) -> None:
+    result = _run_delay_script(
+        {"DATABASE_URL": f"postgresql+psycopg://app:pw@127.0.0.1:{_closed_port()}/x"}
+    )
+    assert result["error"] is None and len(result["ids"]) == 5
+    assert max(result["timings"]) < 0.1, result["timings"]
+    assert count_rows() == 0  # not stored yet: the messages wait on the broker
+    env = {
+        "SYNCQUEUE_WRITER": "recording_writer:recording",
+        "SYNCQUEUE_JSONL_PATH": str(tmp_path / "w.jsonl"),
+    }
+    with celery_worker(tmp_path, env):  # a worker that reaches the database stores them
+        wait_for(lambda: count_rows("status = 'COMPLETED'") == 5, timeout=30)
+    assert count_rows("id = ANY(:ids)", ids=result["ids"]) == 5
+
+
+@pytest.mark.parametrize("mode", ["direct", "broker"])
+def test_broker_and_database_down_raise_enqueue_error(mode: str) -> None:
     result = _run_delay_script(
         {
+            "SYNCQUEUE_ENQUEUE_MODE": mode,
             "CELERY_BROKER_URL": f"redis://127.0.0.1:{_closed_port()}/0",
             "DATABASE_URL": f"postgresql+psycopg://app:hunter2@127.0.0.1:{_closed_port()}/x",
         }
