@@ -3,24 +3,30 @@
 Run from the repository root (needs the PostgreSQL server of the tests, by default
 ``postgresql://postgres@127.0.0.1:5432/postgres``; ``SYNCQUEUE_TEST_ADMIN_URL`` overrides it)::
 
-    .venv/bin/python bench/queue_bench.py            # full run, a few minutes
+    .venv/bin/python bench/queue_bench.py            # full run, about 2-4 minutes
     .venv/bin/python bench/queue_bench.py --quick    # smaller sizes, under a minute
 
 The script creates a throwaway database, migrates it with Alembic, points ``DATABASE_URL`` at
 it, and drops it at the end. Each operation is timed twice: through the package (``ours``:
 SQLAlchemy engine, validation, ``QueueItem`` objects) and as bare psycopg 3 (``bare``: the
-same statement text as ``syncqueue_tasks/sql.py``, one persistent connection per process,
-no SQLAlchemy). Both sides make their ids with ``new_id`` and their JSON with ``json.dumps``.
+same statements, with the text of ``syncqueue_tasks/sql.py``, one persistent connection per
+process, no SQLAlchemy). Both sides make their ids with ``new_id`` and their JSON with
+``json.dumps``; a bare store runs what ``queue`` runs for one (``LOCK_RECORDS`` first where
+``sql.py`` has it, then the INSERT, one transaction).
 
 1. ``queue.enqueue``, one transaction each;
 2. ``queue.enqueue_many`` in batches of 1,000;
 3. drain: ``dequeue(100)`` + ``mark_complete_many`` in 1, 2 and 4 spawned processes;
 4. claim latency: median ``dequeue(100)`` on a table of PENDING rows, then again after adding
    many COMPLETED rows (one ``INSERT ... SELECT generate_series``, ids sorting before the
-   pending ones) and ``ANALYZE``.
+   pending ones) and ``ANALYZE``; also the bare CLAIM unprepared (planned for its parameters
+   each time) and the shared buffers one CLAIM touches (EXPLAIN), the load-independent view.
 
 The table is truncated between phases and every timed run is preceded by a warm-up (which
-also lets psycopg prepare the statements on both sides).
+also lets psycopg prepare the statements on both sides). Built for a shared, noisy machine:
+ours and bare take turns chunk by chunk (1, 2) or load by load (3) or claim by claim (4), so
+that a change in load hits both. The code under test is identified by a digest of its files;
+the exit status is 1 if those files changed during the run (others may be editing them).
 """
 
 from __future__ import annotations
@@ -128,6 +134,9 @@ INSERT_ONE = bare_sql(sql.INSERT if ONE_AS_ARRAYS else sql.INSERT_ONE)
 INSERT_MANY = bare_sql(sql.INSERT_MANY if hasattr(sql, "INSERT_MANY") else sql.INSERT)
 CLAIM = bare_sql(sql.CLAIM)
 COMPLETE = bare_sql(sql.COMPLETE)
+# Where sql.py has LOCK_RECORDS, queue stores run it first, in the same transaction (a
+# per-record advisory lock against concurrent claims): the bare store does the same.
+LOCK_RECORDS = bare_sql(sql.LOCK_RECORDS) if hasattr(sql, "LOCK_RECORDS") else None
 
 # Setup only (never timed): PENDING rows spread over many records, ids '01' + 24 digits
 # (ULIDs made today also start with "01"); COMPLETED history with ids '0' + 25 digits, which
@@ -159,6 +168,21 @@ def completion(cur: psycopg.Cursor[Any], rows: list[Any]) -> dict[str, list[Any]
     names = [c.name for c in cur.description]
     i, t = names.index("id"), names.index("claim_token")
     return {"ids": [r[i] for r in rows], "tokens": [r[t] for r in rows]}
+
+
+def store(
+    cur: psycopg.Cursor[Any], insert: str, params: dict[str, Any], rows: list[dict[str, Any]]
+) -> None:
+    """The statements of one bare store, as queue._store runs them (caller commits)."""
+    if LOCK_RECORDS is not None:
+        cur.execute(
+            LOCK_RECORDS,
+            {"models": [r["model"] for r in rows], "record_ids": [r["record_id"] for r in rows]},
+        )
+        cur.fetchall()
+    cur.execute(insert, params)
+    if cur.description is not None:
+        cur.fetchall()  # sql.INSERT returns later changes of the records (usually none)
 
 
 def as_arrays(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -251,23 +275,25 @@ def interleaved(
     bare: Callable[[Any], None],
     warmup: int,
 ) -> tuple[float, float]:
-    """Seconds spent by ``ours`` and by ``bare`` over all ``chunks``, taken in turns.
+    """Rows per second of ``ours`` and of ``bare`` over ``chunks``, taken in turns.
 
     Each chunk is run by both sides back to back (who goes first alternates), so a change in
-    the machine's load hits both alike. The first ``warmup`` chunks run untimed first.
+    the machine's load hits both alike. The first ``warmup`` chunks run untimed first. The
+    rate is the chunk size over the median chunk time: one chunk hit by a checkpoint or a
+    neighbour's burst does not decide the result.
     """
     for chunk in chunks[:warmup]:
         ours(chunk)
         bare(chunk)
     db.truncate()
-    spent = {"ours": 0.0, "bare": 0.0}
+    spent: dict[str, list[float]] = {"ours": [], "bare": []}
     for k, chunk in enumerate(chunks):
         order = [("ours", ours), ("bare", bare)]
         for name, fn in order if k % 2 == 0 else order[::-1]:
             start = time.perf_counter()
             fn(chunk)
-            spent[name] += time.perf_counter() - start
-    return spent["ours"], spent["bare"]
+            spent[name].append((time.perf_counter() - start) / len(chunk))
+    return 1 / statistics.median(spent["ours"]), 1 / statistics.median(spent["bare"])
 
 
 def bench_enqueue(db: Bench, n: int) -> tuple[float, float]:
@@ -292,19 +318,17 @@ def bench_enqueue(db: Bench, n: int) -> tuple[float, float]:
                 "payload": dumps(payloads[i]),
                 "max_retries": 3,
             }
-            cur.execute(INSERT_ONE, as_arrays([row]) if ONE_AS_ARRAYS else row)
-            if cur.description is not None:
-                cur.fetchall()  # sql.INSERT returns later changes of the records (usually none)
+            store(cur, INSERT_ONE, as_arrays([row]) if ONE_AS_ARRAYS else row, [row])
             conn.commit()
 
     chunks = [range(i, min(i + ENQUEUE_CHUNK, n)) for i in range(0, n, ENQUEUE_CHUNK)]
     try:
-        ours_s, bare_s = interleaved(db, chunks, ours, bare, warmup=3)
+        rates = interleaved(db, chunks, ours, bare, warmup=3)
     finally:
         conn.close()
     check(db.count() == 2 * n, f"enqueue: expected {2 * n} rows, found {db.count()}")
     db.truncate()
-    return n / ours_s, n / bare_s
+    return rates
 
 
 def bench_enqueue_many(db: Bench, n: int) -> tuple[float, float]:
@@ -334,18 +358,16 @@ def bench_enqueue_many(db: Bench, n: int) -> tuple[float, float]:
             }
             for c in batch
         ]
-        cur.execute(INSERT_MANY, as_arrays(rows))
-        if cur.description is not None:
-            cur.fetchall()
+        store(cur, INSERT_MANY, as_arrays(rows), rows)
         conn.commit()
 
     try:
-        ours_s, bare_s = interleaved(db, batches, ours, bare, warmup=3)
+        rates = interleaved(db, batches, ours, bare, warmup=3)
     finally:
         conn.close()
     check(db.count() == 2 * n, f"enqueue_many: expected {2 * n} rows, found {db.count()}")
     db.truncate()
-    return n / ours_s, n / bare_s
+    return rates
 
 
 # --- 3. drain -------------------------------------------------------------------------------
@@ -692,9 +714,10 @@ def print_markdown(
         print(f"| {name} | {before} | {after} | {growth} | {target} | {mark} |")
     print()
     print(
-        f"*{env}. enqueue / enqueue_many: ours and bare take turns chunk by chunk; drains:"
-        f" each side's items in {sizes.drain_segments} alternating loads; latency: median of"
-        f" {sizes.latency_samples} claims, ours and bare interleaved.*"
+        f"*{env}. enqueue / enqueue_many: ours and bare take turns chunk by chunk (rate from"
+        f" the median chunk); drains: each side's items in {sizes.drain_segments} alternating"
+        f" loads; latency: median of {sizes.latency_samples} claims, ours and bare"
+        " interleaved.*"
     )
 
 

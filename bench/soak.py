@@ -49,6 +49,7 @@ from faultkit import (  # noqa: E402
     Producer,
     account,
     broker_whereabouts,
+    completed_of,
     pipeline_env,
     statuses,
 )
@@ -222,7 +223,7 @@ class Soak:
             summary = self.producer.wait(30) if self.producer.proc.returncode == 0 else {}
             accepted = self.producer.accepted()
             self.log(f"producer done: {summary or 'stopped'}; draining")
-            counts = self._drain(len(accepted))
+            counts = self._drain([a["id"] for a in accepted])
             self.log(f"drained: {counts}")
             reset = janitor.reset
         acc = account(accepted, self.written)
@@ -244,6 +245,7 @@ class Soak:
             "lost_messages_still_in_broker": len(where),
             "duplicates_in_flight": len(acc.overlaps),
             "duplicates_across_time": acc.duplicates,
+            "repeats_in_one_write": acc.repeats_in_one_write,
             "records_with_stale_final_write": len(acc.stale_final),
             "records_with_first_writes_out_of_order": len(acc.order),
             "latency_end_to_end_max_s": summary_acc["latency_max"],
@@ -268,7 +270,7 @@ class Soak:
         }
         return report
 
-    def _drain(self, expected: int) -> dict[str, int]:
+    def _drain(self, ids: list[str]) -> dict[str, int]:
         """Wait for the backlog to empty (supervising), within the deadline."""
         last: dict[str, int] = {}
         quiet_since = time.monotonic()
@@ -281,8 +283,11 @@ class Soak:
             if counts != last:
                 last, quiet_since = counts, time.monotonic()
             idle = counts["PENDING"] == 0 and counts["PROCESSING"] == 0
-            if idle and counts["COMPLETED"] + counts["FAILED"] >= expected:
-                break
+            try:
+                if idle and completed_of(ids) == len(ids):
+                    break
+            except SQLAlchemyError:
+                pass
             if idle and time.monotonic() - quiet_since > 60:
                 break  # nothing left to process; what is missing is not coming
             time.sleep(0.5)

@@ -11,9 +11,12 @@ from sqlalchemy import text
 # statement of its own so that INSERT's snapshot sees everything committed before the lock.
 # A claim takes the record's shared lock with a try (never waits), so while a change of a
 # record is being stored, no claim takes that record, and a claim in progress finishes first.
+# Records hash into 1,024 lock keys, so one transaction holds at most that many advisory locks
+# (PostgreSQL's shared lock table is sized by max_locks_per_transaction); records sharing a
+# key only wait for each other a little.
 LOCK_RECORDS = text("""
     SELECT pg_advisory_xact_lock(key)
-    FROM (SELECT DISTINCT hashtextextended(m || '/' || r, 0) AS key
+    FROM (SELECT DISTINCT hashtextextended(m || '/' || r, 0) & 1023 AS key
           FROM unnest(CAST(:models AS text[]), CAST(:record_ids AS text[])) AS c(m, r)
           ORDER BY key) AS keys
 """)
@@ -101,7 +104,7 @@ CLAIM = text("""
                        WHERE p.model = q.model AND p.record_id = q.record_id
                          AND p.status = 'PROCESSING')
               THEN pg_try_advisory_xact_lock_shared(
-                       hashtextextended(q.model || '/' || q.record_id, 0))
+                       hashtextextended(q.model || '/' || q.record_id, 0) & 1023)
               ELSE false
           END
         ORDER BY q.position

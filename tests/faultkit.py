@@ -252,8 +252,21 @@ def statuses() -> dict[str, int]:
     return counts
 
 
-def settle(expected: int, timeout: float, quiet: float = 15.0) -> dict[str, int]:
-    """Wait until ``expected`` rows are COMPLETED and none is PENDING or PROCESSING.
+def completed_of(ids: list[str]) -> int:
+    """How many of ``ids`` are COMPLETED."""
+    with get_engine().connect() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM sync_queue WHERE id = ANY(:ids) AND status = 'COMPLETED'"
+                ),
+                {"ids": ids},
+            ).scalar_one()
+        )
+
+
+def settle(ids: list[str], timeout: float, quiet: float = 15.0) -> dict[str, int]:
+    """Wait until every change in ``ids`` is COMPLETED and no row is PENDING or PROCESSING.
 
     Gives up early when nothing is PENDING or PROCESSING and the counts have not moved for
     ``quiet`` seconds (what is missing then is not coming soon); returns the last counts.
@@ -264,14 +277,14 @@ def settle(expected: int, timeout: float, quiet: float = 15.0) -> dict[str, int]
     while time.monotonic() < deadline:
         try:
             now = statuses()
+            idle = now["PENDING"] == 0 and now["PROCESSING"] == 0
+            if idle and completed_of(ids) == len(ids):
+                return now
         except SQLAlchemyError:
             time.sleep(0.2)
             continue
         if now != last:
             last, last_change = now, time.monotonic()
-        idle = now["PENDING"] == 0 and now["PROCESSING"] == 0
-        if idle and now["COMPLETED"] + now["FAILED"] >= expected:
-            return now
         if idle and time.monotonic() - last_change > quiet:
             return now
         time.sleep(0.2)
@@ -328,6 +341,7 @@ class Accounting:
     written_lines: int = 0
     written_ids: int = 0
     duplicates: int = 0  # lines beyond the first per id: at-least-once rewrites
+    repeats_in_one_write: int = 0  # one id twice in the same write call (sequential, not in flight)
     lost: list[str] = field(default_factory=list)  # accepted, never written
     unknown: list[str] = field(default_factory=list)  # written, never accepted
     overlaps: list[str] = field(default_factory=list)  # one id in two writes at the same time
@@ -375,6 +389,7 @@ class Accounting:
             "written_ids": self.written_ids,
             "written_lines": self.written_lines,
             "duplicates": self.duplicates,
+            "repeats_in_one_write": self.repeats_in_one_write,
             "lost": len(self.lost),
             "overlapping": len(self.overlaps),
             "stale_final": len(self.stale_final),
@@ -457,7 +472,9 @@ def account(accepted: list[dict[str, Any]], written_path: Path, *, db: bool = Tr
     for item_id, ws in writes.items():
         ws.sort(key=lambda w: w["started"])
         for a, b in itertools.pairwise(ws):
-            if b["started"] < a["finished"]:
+            if (a["pid"], a["started"]) == (b["pid"], b["started"]):
+                acc.repeats_in_one_write += 1  # one call wrote it twice, one after the other
+            elif b["started"] < a["finished"]:
                 acc.overlaps.append(
                     f"{item_id}: pid {a['pid']} [{a['started']:.3f}, {a['finished']:.3f}] and "
                     f"pid {b['pid']} [{b['started']:.3f}, {b['finished']:.3f}]"
