@@ -346,7 +346,7 @@ class Accounting:
     unknown: list[str] = field(default_factory=list)  # written, never accepted
     overlaps: list[str] = field(default_factory=list)  # one id in two writes at the same time
     stale_final: list[str] = field(default_factory=list)  # record's last write is not its last
-    order: list[str] = field(default_factory=list)  # first writes out of enqueue order
+    order: list[str] = field(default_factory=list)  # last writes out of enqueue order
     statuses: dict[str, int] = field(default_factory=dict)
     rows_missing: int = 0  # accepted ids with no row in sync_queue
     rows_unknown: int = 0  # rows whose id was never accepted
@@ -362,7 +362,7 @@ class Accounting:
             ("unknown (written, never accepted)", self.unknown),
             ("written twice at the same time", self.overlaps),
             ("record's last write is not its last-enqueued change", self.stale_final),
-            ("first writes out of enqueue order", self.order),
+            ("last writes out of enqueue order", self.order),
         ]
         for what, items in checks:
             if items:
@@ -438,7 +438,8 @@ def account(accepted: list[dict[str, Any]], written_path: Path, *, db: bool = Tr
     - every accepted change was written at least once; nothing else was written;
     - no two writes of one id overlap in time ([started, finished] of different calls);
     - per record, the last line in file order is the record's last-enqueued change, and the
-      record's first writes follow enqueue order (``seq``);
+      changes' last writes follow enqueue order (``seq``): a late change may be written after
+      later ones only if they are written again after it;
     - with ``db``: every accepted id has a row, no other row exists, all are COMPLETED.
     """
     acc = Accounting(accepted=len(accepted))
@@ -497,12 +498,16 @@ def account(accepted: list[dict[str, Any]], written_path: Path, *, db: bool = Tr
                 f"{record[1]}: last write is #{last['seq'] if last else '?'}, "
                 f"last enqueued #{changes[-1]['seq']}"
             )
-        firsts = [by_id[i]["seq"] for i in dict.fromkeys(seen) if i in by_id]
-        if firsts != sorted(firsts):
-            bad = next(k for k in range(1, len(firsts)) if firsts[k] < firsts[k - 1])
-            late = next(c for c in changes if c["seq"] == firsts[bad])
+        # Each change's LAST write, in file order, must follow enqueue order: a change stored
+        # late (its first write after later ones) is fine when the later ones were written
+        # again after it, which is what makes the final state the enqueue-order state.
+        last_index = {i: n for n, i in enumerate(seen) if i in by_id}
+        lasts = [by_id[i]["seq"] for i in sorted(last_index, key=last_index.__getitem__)]
+        if lasts != sorted(lasts):
+            bad = next(k for k in range(1, len(lasts)) if lasts[k] < lasts[k - 1])
+            late = next(c for c in changes if c["seq"] == lasts[bad])
             late_ids.append(late["id"])
-            acc.order.append(f"{record[1]}: first writes #{firsts} (#{firsts[bad]} came late)")
+            acc.order.append(f"{record[1]}: last writes #{lasts} (#{lasts[bad]} not re-followed)")
     if db and late_ids:  # why late: when was the late change stored, relative to its call?
         rows = _db_rows(late_ids)
         for n, late_id in enumerate(late_ids[:5]):
