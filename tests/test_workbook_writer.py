@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import signal
@@ -10,40 +9,19 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import openpyxl
 import pytest
+from items import item
 
-from syncqueue_tasks.models import QueueItem, SyncAction
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.base import OutcomeKind, Writer
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter, create_writer
 
 REPO = Path(__file__).resolve().parents[1]
-_seq = itertools.count()
-
-
-def item(
-    action: str, record_id: str, model: str = "Request", row: int | None = None, **payload: Any
-) -> QueueItem:
-    """A claimed queue item; ids increase in creation order, like the queue's."""
-    return QueueItem(
-        id=f"item-{next(_seq):08d}",
-        action=SyncAction(action),
-        model=model,
-        record_id=record_id,
-        sheet_row_index=row,
-        payload=payload,
-        retries=0,
-        max_retries=3,
-        created_at=datetime.now(UTC),
-        claim_token=uuid.uuid4(),
-    )
 
 
 def table(path: Path, model: str = "Request") -> list[dict[str, Any]]:
