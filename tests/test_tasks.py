@@ -232,7 +232,7 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path: Path) -> None:
     env = {
         "SYNCQUEUE_WRITER": "recording_writer:recording",
         "SYNCQUEUE_JSONL_PATH": str(written),
-        "RECORDING_SLEEP": "0.3",
+        "RECORDING_SLEEP": "2",  # long writes: the kill lands inside one
         "SYNCQUEUE_BATCH_SIZE": "10",
     }
     with celery_worker(tmp_path, env, concurrency=2) as worker:
