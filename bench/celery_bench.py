@@ -67,7 +67,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from alembic import command  # noqa: E402
 from dbutil import alembic_config, create_database, drop_database, use_database  # noqa: E402
-from processes import CeleryProcess, child_env  # noqa: E402
+from processes import CeleryProcess, child_env, worker_args  # noqa: E402
 
 from syncqueue_tasks import queue  # noqa: E402
 from syncqueue_tasks.celery_app import app  # noqa: E402
@@ -231,16 +231,7 @@ class Workers:
         self.count += 1
         name = f"bench{RUN}w{self.count}"
         proc = CeleryProcess(
-            [
-                "worker",
-                "--loglevel=INFO",
-                f"--concurrency={concurrency}",
-                "--pool=prefork",
-                f"--hostname={name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            worker_args(name, concurrency),
             child_env(env),
             self.logs / f"{name}.log",
         )

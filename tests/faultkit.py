@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from processes import ROOT, TESTS, CeleryProcess, child_env
+from processes import ROOT, TESTS, CeleryProcess, child_env, worker_args
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -150,16 +150,7 @@ class Fleet:
     def worker(self, concurrency: int = 1, *, wait: bool = True, **env: str) -> CeleryProcess:
         name = f"w{uuid.uuid4().hex[:6]}"
         proc = CeleryProcess(
-            [
-                "worker",
-                "--loglevel=INFO",
-                f"--concurrency={concurrency}",
-                "--pool=prefork",
-                f"--hostname={name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            worker_args(name, concurrency),
             child_env({**self.env, **env}),
             self.workdir / f"{name}.log",
         )

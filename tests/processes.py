@@ -77,6 +77,20 @@ class CeleryProcess:
         self._log.close()
 
 
+def worker_args(name: str, concurrency: int, pool: str = "prefork") -> list[str]:
+    """``celery worker`` arguments for a test or bench worker named ``name``."""
+    return [
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency}",
+        f"--pool={pool}",
+        f"--hostname={name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
 @contextmanager
 def celery_worker(
     tmp_path: Path,
@@ -88,16 +102,7 @@ def celery_worker(
     """A real worker consuming the test queue; stopped (group-killed) on exit."""
     name = f"w{uuid.uuid4().hex[:6]}"
     proc = CeleryProcess(
-        [
-            "worker",
-            "--loglevel=INFO",
-            f"--concurrency={concurrency}",
-            f"--pool={pool}",
-            f"--hostname={name}@%h",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
+        worker_args(name, concurrency, pool),
         child_env(env),
         tmp_path / f"{name}.log",
     )
