@@ -134,9 +134,19 @@ def _ensure_searchable(path: Path, uid: int, gids: set[int]) -> None:
 
 
 class _OwnedServer:
-    """Restart and context-manager behaviour shared by the embedded servers."""
+    """Process ownership, restart and context-manager behaviour shared by the servers."""
 
-    _lock: threading.RLock
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_pid = os.getpid()
+        self._lock = threading.RLock()
+        self._atexit_registered = False
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of the running server process, or None."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def start(self) -> None:
         raise NotImplementedError
@@ -180,21 +190,12 @@ class EmbeddedPostgres(_OwnedServer):
     """
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        super().__init__()
         self.data_dir = Path(data_dir).absolute()
         self.port = port
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._owner_pid = os.getpid()
         self._tmp_socket_dir: Path | None = None
-        self._lock = threading.RLock()
-        self._atexit_registered = False
 
     # -- public API -------------------------------------------------------------------------
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running postmaster, or None."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
 
     @property
     def socket_dir(self) -> Path:
@@ -257,7 +258,6 @@ class EmbeddedPostgres(_OwnedServer):
                 return
             first = signal.SIGQUIT if immediate else signal.SIGINT
             _stop_process(proc, [(first, STOP_TIMEOUT), (signal.SIGQUIT, 5.0)])
-
 
     # -- internals --------------------------------------------------------------------------
 
@@ -372,21 +372,12 @@ class EmbeddedRedis(_OwnedServer):
         self, port: int | None = None, data_dir: Path | None = None, *, persistent: bool = False
     ) -> None:
         self._auto_port = port is None
+        super().__init__()
         self.port = free_port() if port is None else port
         self.data_dir = None if data_dir is None else Path(data_dir).absolute()
         self.persistent = persistent
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._owner_pid = os.getpid()
         self._tmp_dir: Path | None = None
         self._started_once = False
-        self._lock = threading.RLock()
-        self._atexit_registered = False
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the running redis-server, or None."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
 
     @property
     def url(self) -> str:
@@ -420,7 +411,6 @@ class EmbeddedRedis(_OwnedServer):
             proc, self._proc = self._proc, None
             if proc is not None:
                 _stop_process(proc, [(signal.SIGTERM, 10.0)])
-
 
     def _atexit(self) -> None:
         if os.getpid() == self._owner_pid:  # never from a forked child

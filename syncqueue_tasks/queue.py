@@ -10,7 +10,6 @@ gave it away) is left alone, and the return value says so: ``mark_complete`` ret
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -256,17 +255,6 @@ def get_queue_stats() -> dict[str, Any]:
     return stats
 
 
-def wait_until_drained(timeout: float, poll: float = 0.1) -> bool:
-    """Block until nothing is PENDING or PROCESSING (tests, demos); False on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = get_queue_stats()
-        if stats["pending"] == 0 and stats["processing"] == 0:
-            return True
-        time.sleep(poll)
-    return False
-
-
 def _claim(item: QueueItem | Claim) -> Claim:
     if isinstance(item, Claim):
         return item
@@ -356,5 +344,4 @@ __all__ = [
     "mark_failed_many",
     "reset_stuck",
     "retry_failed",
-    "wait_until_drained",
 ]

@@ -715,3 +715,21 @@ def test_rate_limiter_sliding_window(prefix: str) -> None:
         assert limiter.acquire(max_wait=1.0) == 0.0
     finally:
         redis.close()
+
+
+def test_requests_and_429_answers_are_counted_in_the_queue_metrics(
+    fake: FakeSheets, make_writer: MakeWriter
+) -> None:
+    from syncqueue_tasks import metrics
+
+    seed(fake, 3)
+    writer = make_writer(max_attempts=2)
+    before = metrics.read_counters()
+    fake.reset_calls()
+    fake.fail_next(2, status=429, retry_after=0)
+    write_until_done(writer, [item("UPDATE", f"r{i}", status="m") for i in range(3)])
+    after = metrics.read_counters()
+    with fake.lock:
+        sent = [c for c in fake.calls if c.kind != "oauth.token"]
+    assert after["writer_requests"] - before["writer_requests"] == len(sent)
+    assert after["writer_throttled"] - before["writer_throttled"] == 2

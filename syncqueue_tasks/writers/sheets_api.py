@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -23,6 +23,7 @@ from gspread.http_client import HTTPClient
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
+from syncqueue_tasks import metrics
 from syncqueue_tasks.errors import ConfigurationError, sanitize_error
 
 GOOGLE_SHEETS_URL = "https://sheets.googleapis.com"
@@ -86,15 +87,27 @@ class SheetsApi:
         self.http = http
         self.spreadsheet_id = spreadsheet_id
 
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One API request, counted in the queue's metrics (and its 429 answers)."""
+        metrics.count("writer_requests")
+        try:
+            return method(*args, **kwargs)
+        except APIError as exc:
+            if getattr(exc.response, "status_code", None) == 429:
+                metrics.count("writer_throttled")
+            raise
+
     def metadata(self) -> Any:
         """spreadsheets.get: the tabs' properties (no cell data)."""
         params = {"includeGridData": "false", "fields": "sheets.properties"}
-        return self.http.fetch_sheet_metadata(self.spreadsheet_id, params=dict(params))
+        return self._call(self.http.fetch_sheet_metadata, self.spreadsheet_id, params=dict(params))
 
     def batch_get(self, ranges: Sequence[str]) -> list[Any]:
         """values.batchGet, formatted values by rows; one ValueRange per requested range."""
         params: dict[str, Any] = {"majorDimension": "ROWS", "valueRenderOption": "FORMATTED_VALUE"}
-        answer = self.http.values_batch_get(self.spreadsheet_id, list(ranges), params=params)
+        answer = self._call(
+            self.http.values_batch_get, self.spreadsheet_id, list(ranges), params=params
+        )
         ranges_out = answer.get("valueRanges", [])
         if len(ranges_out) != len(ranges):
             raise ValueError(f"batchGet returned {len(ranges_out)} ranges for {len(ranges)}")
@@ -103,17 +116,17 @@ class SheetsApi:
     def batch_update_values(self, data: list[dict[str, Any]]) -> Any:
         """values.batchUpdate (atomic)."""
         body = {"valueInputOption": "RAW", "data": data}
-        return self.http.values_batch_update(self.spreadsheet_id, body)
+        return self._call(self.http.values_batch_update, self.spreadsheet_id, body)
 
     def append(self, a1: str, rows: list[list[Any]]) -> Any:
         """values.append: new rows after the table, inserted (the grid grows)."""
         params: dict[str, Any] = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
         body = {"majorDimension": "ROWS", "values": rows}
-        return self.http.values_append(self.spreadsheet_id, a1, params, body)
+        return self._call(self.http.values_append, self.spreadsheet_id, a1, params, body)
 
     def batch_update(self, requests_: list[dict[str, Any]]) -> Any:
         """spreadsheets.batchUpdate (atomic): structure changes such as deleteDimension."""
-        return self.http.batch_update(self.spreadsheet_id, {"requests": requests_})
+        return self._call(self.http.batch_update, self.spreadsheet_id, {"requests": requests_})
 
 
 class FailureKind(enum.StrEnum):
