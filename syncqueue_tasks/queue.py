@@ -9,6 +9,7 @@ gave it away) is left alone, and the return value says so: ``mark_complete`` ret
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -113,7 +114,11 @@ def dequeue(batch_size: int = 25) -> list[QueueItem]:
     batch_size = validate_batch_size(batch_size)
     with get_engine().begin() as conn:
         claimed = conn.execute(sql.CLAIM, {"batch_size": batch_size, "token": uuid.uuid4()})
-        rows = sorted(claimed, key=lambda r: str(r.position))
+        rows = claimed.all()
+        if rows:
+            overtaken = conn.execute(sql.RELEASE_OVERTAKEN, {"ids": [r.id for r in rows]})
+            released = set(overtaken.scalars())
+            rows = sorted((r for r in rows if r.id not in released), key=lambda r: str(r.position))
     return [
         QueueItem(
             id=r.id,
@@ -293,29 +298,39 @@ def _insert(execute: Any, params: dict[str, Any]) -> None:
 def _replay_after_late_arrivals(later: Sequence[Any], execute: Any) -> None:
     """Keep a record's changes in enqueue order when one arrives late.
 
-    ``later`` holds, per record that just received a change, the rows of the changes
-    enqueued after it (in order). If one of them was already claimed or written, the late
-    change would be applied after it: so every later change is applied again after the late
-    one: PENDING rows move to the positions right after it, claimed or written ones get a
-    PENDING copy there (a change with several rows is simply applied once more).
+    ``later`` holds, per record that just received changes, the rows of the changes enqueued
+    after the first of them. When one of those rows was already claimed or written, or was
+    moved by an earlier replay, the record's later changes are applied again after the late
+    one, in enqueue order: their PENDING and claimed rows move there (a claimed row can go
+    back to PENDING: a retry, ``reset_stuck``), and a change with no PENDING row, being or
+    already written before the late one, also gets a PENDING copy there.
     """
-    suffixes: dict[str, list[Any]] = {}
-    for row in later:
-        suffixes.setdefault(row.arrived_id, []).append(row)
+    late = {
+        (row.model, row.record_id, row.arrived_id)
+        for row in later
+        if row.status != QueueStatus.PENDING or row.position != row.id
+    }
+    if not late:
+        return  # nothing after it was applied or moved: position (= id) order already holds
+    models, record_ids, arrived_ids = (list(column) for column in zip(*late, strict=True))
+    rows = execute(
+        sql.LATER_CHANGES,
+        {"models": models, "record_ids": record_ids, "arrived_ids": arrived_ids},
+    ).all()
     moves: dict[str, list[str]] = {"ids": [], "positions": []}
     copies: dict[str, list[str]] = {"ids": [], "positions": [], "originals": []}
-    for arrived_id, rows in suffixes.items():
-        if all(row.status == QueueStatus.PENDING for row in rows):
-            continue  # nothing after it was applied yet: position order already holds
-        for n, row in enumerate(rows, start=1):
-            position = f"{arrived_id}.{n:06d}"
-            if row.status == QueueStatus.PENDING:
-                moves["ids"].append(row.id)
-                moves["positions"].append(position)
-            else:
+    for arrived_id, suffix in itertools.groupby(rows, key=lambda r: r.arrived_id):
+        positions = (f"{arrived_id}.{n:06d}" for n in itertools.count(1))
+        for _origin, group in itertools.groupby(suffix, key=lambda r: r.origin_id):
+            versions = list(group)
+            for row in versions:
+                if row.status != QueueStatus.COMPLETED:
+                    moves["ids"].append(row.id)
+                    moves["positions"].append(next(positions))
+            if all(v.status != QueueStatus.PENDING for v in versions):
                 copies["ids"].append(new_id())
-                copies["positions"].append(position)
-                copies["originals"].append(row.id)
+                copies["positions"].append(next(positions))
+                copies["originals"].append(versions[0].id)
     if moves["ids"]:
         execute(sql.REPOSITION_LATER, moves)
     if copies["ids"]:
@@ -323,7 +338,7 @@ def _replay_after_late_arrivals(later: Sequence[Any], execute: Any) -> None:
         log.warning(
             "%d change(s) arrived after later changes of their record were written; "
             "re-applying %d later change(s) after them",
-            len(suffixes),
+            len(late),
             len(copies["ids"]),
         )
 

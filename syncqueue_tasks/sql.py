@@ -10,7 +10,8 @@ from sqlalchemy import text
 # exclusive advisory lock per record (in key order, so two stores cannot deadlock), in a
 # statement of its own so that INSERT's snapshot sees everything committed before the lock.
 # A claim takes the record's shared lock with a try (never waits), so while a change of a
-# record is being stored, no claim takes that record, and a claim in progress finishes first.
+# record is being stored, no claim takes that record, and a claim in progress finishes first
+# (a store that committed just before the claim took the lock: RELEASE_OVERTAKEN).
 # Records hash into 1,024 lock keys, so one transaction holds at most that many advisory locks
 # (PostgreSQL's shared lock table is sized by max_locks_per_transaction); records sharing a
 # key only wait for each other a little.
@@ -26,9 +27,10 @@ LOCK_RECORDS = text("""
 # position (the order in which a record's changes are applied) starts as the id: enqueue order.
 # A change normally arrives after every earlier one; one whose message was delayed or
 # redelivered can arrive after a later change of its record was already claimed or written.
-# The rows returned (the records' changes enqueued later, by origin_id, via
-# ix_sync_queue_record; usually none) let the caller detect that and replay them after it
-# (REPOSITION_LATER, COPY_LATER).
+# The rows returned (per record, the changes enqueued after the first one just stored, by
+# origin_id, via ix_sync_queue_record; usually none) let the caller detect that: a row that
+# is not PENDING, or that was moved by an earlier replay (position <> id), means the record's
+# suffix must be replayed (LATER_CHANGES, REPOSITION_LATER, COPY_LATER).
 INSERT = text("""
     WITH inserted AS (
         INSERT INTO sync_queue (id, origin_id, position, action, model, record_id,
@@ -45,12 +47,27 @@ INSERT = text("""
     arrived AS (
         SELECT model, record_id, min(id) AS first_id FROM inserted GROUP BY model, record_id
     )
-    SELECT a.first_id AS arrived_id, s.id, s.status
+    SELECT a.model, a.record_id, a.first_id AS arrived_id, s.id, s.status, s.position
     FROM arrived AS a
     JOIN sync_queue AS s
       ON s.model = a.model AND s.record_id = a.record_id AND s.origin_id > a.first_id
     WHERE s.status IN ('PENDING', 'PROCESSING', 'COMPLETED')
     ORDER BY s.model, s.record_id, s.origin_id, s.position
+""")
+
+# Replay, part 0: every change of the records enqueued after their late one, in enqueue order
+# (origin_id), copies in the order they would be applied. Run after INSERT in the same
+# transaction, so it also sees the other changes of the record that INSERT just stored.
+# Rows with an earlier origin_id are never positioned after the late one: a position is the
+# row's id or "<an earlier late id>.n", both before the origin.
+LATER_CHANGES = text("""
+    SELECT l.arrived_id, s.id, s.origin_id, s.status
+    FROM unnest(CAST(:models AS text[]), CAST(:record_ids AS text[]),
+                CAST(:arrived_ids AS text[])) AS l(model, record_id, arrived_id)
+    JOIN sync_queue AS s
+      ON s.model = l.model AND s.record_id = l.record_id AND s.origin_id > l.arrived_id
+    WHERE s.status IN ('PENDING', 'PROCESSING', 'COMPLETED')
+    ORDER BY l.arrived_id, s.origin_id, s.position
 """)
 
 # Replay, part 1: later changes still PENDING move to the positions right after the late one
@@ -126,6 +143,24 @@ CLAIM = text("""
     WHERE s.id = batch.id AND s.status = 'PENDING'
     RETURNING s.id, s.position, s.action, s.model, s.record_id, s.sheet_row_index, s.payload,
               s.retries, s.max_retries, s.created_at, s.claim_token
+""")
+
+# Claim, part 2, in the same transaction: give back what a late change overtook. CLAIM reads
+# one snapshot, taken before it tries a record's advisory lock; a store that committed in
+# between (its lock already released) is invisible to it, so it may have claimed changes
+# that now come after a change just stored (a late arrival, or a replay's new positions).
+# This statement runs with a fresh snapshot while the claim holds those records' shared
+# locks (no store can commit for them until the claim commits), and returns to PENDING, as
+# if never claimed, every claimed row positioned after a PENDING change of its record. It only
+# touches rows this transaction locked (by id), so it never waits; usually it changes nothing.
+RELEASE_OVERTAKEN = text("""
+    UPDATE sync_queue AS s
+    SET status = 'PENDING', claim_token = NULL, claimed_at = NULL
+    WHERE s.id = ANY(CAST(:ids AS text[])) AND s.status = 'PROCESSING'
+      AND s.position > (
+          SELECT min(e.position) FROM sync_queue AS e
+          WHERE e.model = s.model AND e.record_id = s.record_id AND e.status = 'PENDING')
+    RETURNING s.id
 """)
 
 # PROCESSING -> COMPLETED, compare-and-set on (id, claim_token): a worker whose claim was

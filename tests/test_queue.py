@@ -321,3 +321,50 @@ def test_a_redelivered_change_is_not_a_late_arrival() -> None:
     queue.mark_complete_many(queue.dequeue(10))
     queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)  # the same message again
     assert count_rows() == 2 and queue.dequeue(10) == []
+
+
+def test_a_late_change_after_a_replay_whose_applied_change_went_back_to_pending() -> None:
+    # The later changes' rows are all PENDING again (the written-while-claimed one failed and
+    # was retried), but their positions come from the first replay: the second late change
+    # must still go before them.
+    late1, late2, third, fourth = _ids(4)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=third)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 4}, item_id=fourth)
+    [in_flight] = queue.dequeue(1)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late1)  # replays 3 and 4
+    assert queue.mark_failed(in_flight, "timeout", retry_after=0) == "PENDING"
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=late2)
+    applied = [i.payload["v"] for i in queue.dequeue(20)]
+    assert applied[:2] == [1, 2] and applied[-1] == 4 and set(applied[2:-1]) == {3}
+
+
+def test_a_late_batch_with_two_changes_of_one_record_keeps_their_order() -> None:
+    late1, late2, written = _ids(3)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=written)
+    queue.mark_complete_many(queue.dequeue())
+    changes = [
+        {"action": "UPDATE", "model": "Request", "record_id": "a", "payload": {"v": v}}
+        for v in (1, 2)
+    ]
+    queue.enqueue_many(changes, item_ids=[late1, late2])
+    assert [i.payload["v"] for i in queue.dequeue(20)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("returned_by", ["retry", "reset_stuck"])
+def test_a_change_claimed_during_a_replay_that_goes_back_to_pending_stays_before_later_ones(
+    returned_by: str,
+) -> None:
+    late, second, third = _ids(3)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=third)
+    [in_flight] = queue.dequeue(1)  # v=2, being written when the late change is stored
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late)
+    if returned_by == "retry":
+        assert queue.mark_failed(in_flight, "timeout", retry_after=0) == "PENDING"
+    else:
+        _exec(
+            "UPDATE sync_queue SET claimed_at = now() - interval '1 hour' WHERE id = :i", i=second
+        )
+        assert queue.reset_stuck(older_than_minutes=1) == 1
+    applied = [i.payload["v"] for i in queue.dequeue(20)]
+    assert applied[0] == 1 and applied[-1] == 3 and set(applied[1:-1]) == {2}

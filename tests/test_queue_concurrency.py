@@ -5,13 +5,16 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import random
+import threading
 import time
 from collections import defaultdict
 
 import pytest
 from dbutil import count_rows
+from sqlalchemy import text
 
 from syncqueue_tasks import queue
+from syncqueue_tasks.db import get_engine
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -156,10 +159,25 @@ def _late_producer(
     start: mp.Event,  # type: ignore[type-arg]
     done: mp.Semaphore,  # type: ignore[type-arg]
 ) -> None:
-    """Store (id, record, seq) changes in the given (shuffled) order, one transaction each."""
+    """Store (id, record, seq) changes in the given (shuffled) order: one or three at a time."""
     start.wait()
-    for item_id, record_id, seq in changes:
-        queue.enqueue("UPDATE", "Revenue", record_id, {"seq": seq}, item_id=item_id)
+    rng = random.Random(len(changes))
+    while changes:
+        size = rng.choice((1, 1, 3))
+        chunk, changes = changes[:size], changes[size:]
+        queue.enqueue_many(
+            [
+                {
+                    "action": "UPDATE",
+                    "model": "Revenue",
+                    "record_id": r,
+                    "payload": {"seq": n},
+                    "max_retries": 100,
+                }
+                for _, r, n in chunk
+            ],
+            item_ids=[item_id for item_id, _, _ in chunk],
+        )
     done.release()
     results.put([])
 
@@ -169,8 +187,13 @@ def _applying_worker(
     start: mp.Event,  # type: ignore[type-arg]
     done: mp.Semaphore,  # type: ignore[type-arg]
 ) -> None:
-    """Drain while producers run; report each applied (record, seq) in application order."""
+    """Drain while producers run; report each applied (record, seq) in application order.
+
+    One batch in five is reported failed (retried at once), half of them after applying it
+    (the lost-response case), so claimed changes go back to PENDING around late arrivals.
+    """
     start.wait()
+    rng = random.Random()
     applied: list[tuple[str, int, float]] = []
     while True:
         items = queue.dequeue(10)
@@ -181,13 +204,18 @@ def _applying_worker(
                 break
             time.sleep(0.02)
             continue
-        for item in items:
-            applied.append((item.record_id, item.payload["seq"], time.monotonic()))
-        queue.mark_complete_many(items)
+        fail, lost_response = rng.random() < 0.2, rng.random() < 0.5
+        if not fail or lost_response:
+            for item in items:
+                applied.append((item.record_id, item.payload["seq"], time.monotonic()))
+        if fail:
+            queue.mark_failed_many(queue.Failure(i, "flaky", retry_after=0) for i in items)
+        else:
+            queue.mark_complete_many(items)
     results.put(applied)
 
 
-def test_late_arrivals_still_leave_every_record_at_its_last_change() -> None:
+def test_late_arrivals_and_retries_leave_every_record_in_enqueue_order() -> None:
     from syncqueue_tasks.ids import new_id
 
     rng = random.Random(11)
@@ -216,8 +244,66 @@ def test_late_arrivals_still_leave_every_record_at_its_last_change() -> None:
     applied = sorted((entry for log in out for entry in log), key=lambda e: e[2])
     last_seq = {record: seq for _, record, seq in made}
     final: dict[str, int] = {}
-    for record, seq, _ in applied:
+    last_write: dict[str, dict[int, int]] = {r: {} for r in records}
+    for n, (record, seq, _) in enumerate(applied):
         final[record] = seq
+        last_write[record][seq] = n
     assert final == last_seq  # each record ends at its last-enqueued change
     assert {seq for _, seq, _ in applied} == set(range(600))  # every change was applied
+    for record, lasts in last_write.items():
+        # each change's last write comes after the last writes of the changes before it
+        in_write_order = sorted(lasts, key=lasts.__getitem__)
+        assert in_write_order == sorted(in_write_order), record
     assert count_rows("status <> 'COMPLETED'") == 0
+
+
+def test_a_claim_gives_back_what_a_store_committed_during_it_overtook() -> None:
+    """A claim's snapshot predates a store that commits before the claim reaches its record.
+
+    The claim walks past 50,000 PENDING changes of a record that is in flight (none is a
+    head), which keeps it busy long enough for a late change of another record to be stored
+    and committed in between. Without the recheck, the claim took that record's later change
+    and it was written before the late one, and never again after it.
+    """
+    from syncqueue_tasks.ids import new_id
+
+    with get_engine().begin() as conn:
+        conn.execute(
+            text("""
+            INSERT INTO sync_queue (id, origin_id, position, action, model, record_id, payload,
+                                    status)
+            SELECT lpad(n::text, 26, '0'), lpad(n::text, 26, '0'), lpad(n::text, 26, '0'),
+                   'UPDATE', 'Busy', 'z', '{}', CASE WHEN n = 1 THEN 'PROCESSING'
+                                                     ELSE 'PENDING' END::queue_status
+            FROM generate_series(1, 50000) AS n
+        """)
+        )
+    late, later = new_id(), new_id()
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=later)
+    claim: dict[str, object] = {}
+
+    def claimer() -> None:
+        claim["items"] = queue.dequeue(5)
+        claim["done"] = time.monotonic()
+
+    thread = threading.Thread(target=claimer)
+    thread.start()
+    claiming = text(
+        "SELECT count(*) FROM pg_stat_activity "  # a fresh statistics snapshot each time:
+        "WHERE state = 'active' AND query LIKE '%WITH heads AS%'"  # one transaction per look
+    )
+    while thread.is_alive():
+        with get_engine().connect() as watcher:
+            if watcher.execute(claiming).scalar_one():
+                break
+        time.sleep(0.001)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late)  # late: stored mid-claim
+    stored = time.monotonic()
+    thread.join(60)
+    assert stored < claim["done"]  # the store landed inside the claim, the case under test
+    applied = [i.payload["v"] for i in claim["items"] if i.record_id == "a"]  # type: ignore[attr-defined]
+    queue.mark_complete_many(claim["items"])  # type: ignore[arg-type]
+    while items := [i for i in queue.dequeue(5) if i.record_id == "a"]:
+        applied += [i.payload["v"] for i in items]
+        queue.mark_complete_many(items)
+    assert applied[-1] == 2 and 1 in applied  # v=1 was written, then v=2 after it
