@@ -137,6 +137,9 @@ COMPLETE = bare_sql(sql.COMPLETE)
 # Where sql.py has LOCK_RECORDS, queue stores run it first, in the same transaction (a
 # per-record advisory lock against concurrent claims): the bare store does the same.
 LOCK_RECORDS = bare_sql(sql.LOCK_RECORDS) if hasattr(sql, "LOCK_RECORDS") else None
+# Where sql.py has RELEASE_OVERTAKEN, dequeue runs it after CLAIM, in the same transaction (the
+# recheck against stores that committed during the claim): the bare claim does the same.
+RELEASE_OVERTAKEN = bare_sql(sql.RELEASE_OVERTAKEN) if hasattr(sql, "RELEASE_OVERTAKEN") else None
 
 # Setup only (never timed): PENDING rows spread over many records, ids '01' + 24 digits
 # (ULIDs made today also start with "01"); COMPLETED history with ids '0' + 25 digits, which
@@ -168,6 +171,19 @@ def completion(cur: psycopg.Cursor[Any], rows: list[Any]) -> dict[str, list[Any]
     names = [c.name for c in cur.description]
     i, t = names.index("id"), names.index("claim_token")
     return {"ids": [r[i] for r in rows], "tokens": [r[t] for r in rows]}
+
+
+def bare_claim(cur: psycopg.Cursor[Any], prepare: bool | None = None) -> dict[str, list[Any]]:
+    """The statements of one bare claim, as queue.dequeue runs them (caller commits); return
+    COMPLETE's parameters for the rows it kept."""
+    cur.execute(CLAIM, {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()}, prepare=prepare)
+    params = completion(cur, cur.fetchall())
+    if params["ids"] and RELEASE_OVERTAKEN is not None:
+        cur.execute(RELEASE_OVERTAKEN, {"ids": params["ids"]}, prepare=prepare)
+        released = {r[0] for r in cur.fetchall()}
+        keep = [n for n, i in enumerate(params["ids"]) if i not in released]
+        params = {k: [v[n] for n in keep] for k, v in params.items()}
+    return params
 
 
 def store(
@@ -391,16 +407,14 @@ def _drain_ops(impl: str, url: str) -> tuple[Callable[[], tuple[int, int]], Call
     cur = conn.cursor()
 
     def bare_step() -> tuple[int, int]:
-        cur.execute(CLAIM, {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()})
-        rows = cur.fetchall()
-        params = completion(cur, rows)
+        params = bare_claim(cur)
         conn.commit()
-        if not rows:
+        if not params["ids"]:
             return 0, 0
         cur.execute(COMPLETE, params)
         completed = len(cur.fetchall())
         conn.commit()
-        return len(rows), completed
+        return len(params["ids"]), completed
 
     def bare_warm() -> None:
         bare_step()
@@ -568,12 +582,11 @@ def bench_claim_latency(db: Bench, sizes: Sizes) -> dict[str, dict[str, float]]:
 
     def bare(prepare: bool | None = None) -> float:
         start = time.perf_counter()
-        cur.execute(CLAIM, {"batch_size": CLAIM_BATCH, "token": uuid.uuid4()}, prepare=prepare)
-        rows = cur.fetchall()
-        params = completion(cur, rows)
+        params = bare_claim(cur, prepare)
         conn.commit()
         seconds = time.perf_counter() - start
-        check(len(rows) == CLAIM_BATCH, f"claimed {len(rows)}, expected {CLAIM_BATCH}")
+        count = len(params["ids"])
+        check(count == CLAIM_BATCH, f"claimed {count}, expected {CLAIM_BATCH}")
         cur.execute(COMPLETE, params)
         conn.commit()
         return seconds

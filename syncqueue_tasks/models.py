@@ -46,8 +46,8 @@ class SyncQueue(Base):
     # COLLATE "C": ids are compared and sorted bytewise (cheaper; ULIDs sort by time that way).
     id: Mapped[str] = mapped_column(String(26, collation="C"), primary_key=True)
     # Order of a record's changes: the id (enqueue order), or, for changes replayed after a
-    # late-arriving earlier change, "<late id>.000001", ... (see queue._replay_after_late...).
-    position: Mapped[str] = mapped_column(String(40, collation="C"))
+    # late-arriving or retried earlier change, "<its position>.000001", ... (queue._replay).
+    position: Mapped[str] = mapped_column(String(255, collation="C"))
     # The change this row applies: its own id, or for a copy that re-applies a change after a
     # late-arriving earlier one, the original's. Orders a record's changes by enqueue time.
     origin_id: Mapped[str] = mapped_column(String(26, collation="C"))

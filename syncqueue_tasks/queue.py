@@ -233,13 +233,34 @@ def cleanup_completed(older_than_days: float = 7, *, chunk_size: int | None = No
 
 
 def retry_failed(item_ids: Iterable[str] | None = None, *, model: str | None = None) -> int:
-    """FAILED -> PENDING with retries reset, by ids and/or model (None: all); return how many."""
-    return _count(sql.RETRY_FAILED, item_ids, model)
+    """FAILED -> PENDING with retries reset, by ids and/or model (None: all); return how many.
+
+    A retried change is applied before the later changes of its record, which are applied
+    again after it (they may have been written while it was parked), so the record still
+    ends at its last change.
+    """
+    ids = None if item_ids is None else [validate_item_id(i) for i in item_ids]
+    with get_engine().begin() as conn:
+        chosen = conn.execute(sql.CHOOSE_FAILED, {"ids": ids, "model": model}).all()
+        if not chosen:
+            return 0
+        records = {"models": [r.model for r in chosen], "record_ids": [r.record_id for r in chosen]}
+        conn.execute(sql.LOCK_RECORDS, records)
+        retried = conn.execute(sql.RETRY_FAILED, {"ids": [r.id for r in chosen]}).all()
+        first: dict[tuple[str, str], Any] = {}
+        for row in sorted(retried, key=lambda r: r.origin_id):
+            first.setdefault((row.model, row.record_id), row)
+        _replay(
+            {(r.model, r.record_id, r.origin_id, r.position) for r in first.values()}, conn.execute
+        )
+    return len(retried)
 
 
 def discard_failed(item_ids: Iterable[str] | None = None, *, model: str | None = None) -> int:
     """Delete FAILED items for good, by ids and/or model (None: all); return how many."""
-    return _count(sql.DISCARD_FAILED, item_ids, model)
+    ids = None if item_ids is None else [validate_item_id(i) for i in item_ids]
+    with get_engine().begin() as conn:
+        return len(conn.execute(sql.DISCARD_FAILED, {"ids": ids, "model": model}).all())
 
 
 def list_failed(*, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -264,12 +285,6 @@ def _claim(item: QueueItem | Claim) -> Claim:
     if isinstance(item, Claim):
         return item
     return Claim(item.id, item.claim_token)
-
-
-def _count(statement: Any, item_ids: Iterable[str] | None, model: str | None) -> int:
-    ids = None if item_ids is None else [validate_item_id(i) for i in item_ids]
-    with get_engine().begin() as conn:
-        return len(conn.execute(statement, {"ids": ids, "model": model}).all())
 
 
 def _store(changes: Sequence[Change], ids: Sequence[str], session: Session | None) -> None:
@@ -300,47 +315,65 @@ def _replay_after_late_arrivals(later: Sequence[Any], execute: Any) -> None:
 
     ``later`` holds, per record that just received changes, the rows of the changes enqueued
     after the first of them. When one of those rows was already claimed or written, or was
-    moved by an earlier replay, the record's later changes are applied again after the late
-    one, in enqueue order: their PENDING and claimed rows move there (a claimed row can go
-    back to PENDING: a retry, ``reset_stuck``), and a change with no PENDING row, being or
-    already written before the late one, also gets a PENDING copy there.
+    moved by an earlier replay, the record's later changes are replayed after the late one.
     """
     late = {
-        (row.model, row.record_id, row.arrived_id)
+        (row.model, row.record_id, row.arrived_id, row.arrived_id)
         for row in later
         if row.status != QueueStatus.PENDING or row.position != row.id
     }
-    if not late:
-        return  # nothing after it was applied or moved: position (= id) order already holds
-    models, record_ids, arrived_ids = (list(column) for column in zip(*late, strict=True))
+    copied = _replay(late, execute) if late else 0
+    if copied:
+        log.warning(
+            "%d change(s) arrived after later changes of their record were written; "
+            "re-applying %d later change(s) after them",
+            len(late),
+            copied,
+        )
+
+
+def _replay(anchors: set[tuple[str, str, str, str]], execute: Any) -> int:
+    """Apply each record's changes enqueued after its anchor again, after the anchor.
+
+    ``anchors`` holds (model, record_id, origin_id, position), one per record. The record's
+    later changes follow the anchor's position in enqueue order: their PENDING and claimed
+    rows move there (a claimed row can go back to PENDING: a retry, ``reset_stuck``), and a
+    change with no PENDING row, being or already written, also gets a PENDING copy there.
+    Return how many copies were made.
+    """
+    if not anchors:
+        return 0
+    models, record_ids, origins, positions = (list(column) for column in zip(*anchors, strict=True))
     rows = execute(
         sql.LATER_CHANGES,
-        {"models": models, "record_ids": record_ids, "arrived_ids": arrived_ids},
+        {
+            "models": models,
+            "record_ids": record_ids,
+            "anchors": origins,
+            "anchor_positions": positions,
+        },
     ).all()
     moves: dict[str, list[str]] = {"ids": [], "positions": []}
     copies: dict[str, list[str]] = {"ids": [], "positions": [], "originals": []}
-    for arrived_id, suffix in itertools.groupby(rows, key=lambda r: r.arrived_id):
-        positions = (f"{arrived_id}.{n:06d}" for n in itertools.count(1))
+    for (_, anchor_position), suffix in itertools.groupby(
+        rows, key=lambda r: (r.anchor, r.anchor_position)
+    ):
+        after = (f"{anchor_position}.{n:06d}" for n in itertools.count(1))
         for _origin, group in itertools.groupby(suffix, key=lambda r: r.origin_id):
             versions = list(group)
             for row in versions:
                 if row.status != QueueStatus.COMPLETED:
                     moves["ids"].append(row.id)
-                    moves["positions"].append(next(positions))
+                    moves["positions"].append(next(after))
             if all(v.status != QueueStatus.PENDING for v in versions):
                 copies["ids"].append(new_id())
-                copies["positions"].append(next(positions))
+                copies["positions"].append(next(after))
                 copies["originals"].append(versions[0].id)
     if moves["ids"]:
         execute(sql.REPOSITION_LATER, moves)
     if copies["ids"]:
         execute(sql.COPY_LATER, copies)
-        log.warning(
-            "%d change(s) arrived after later changes of their record were written; "
-            "re-applying %d later change(s) after them",
-            len(late),
-            len(copies["ids"]),
-        )
+    return len(copies["ids"])
 
 
 __all__ = [

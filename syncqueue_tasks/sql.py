@@ -55,19 +55,21 @@ INSERT = text("""
     ORDER BY s.model, s.record_id, s.origin_id, s.position
 """)
 
-# Replay, part 0: every change of the records enqueued after their late one, in enqueue order
-# (origin_id), copies in the order they would be applied. Run after INSERT in the same
-# transaction, so it also sees the other changes of the record that INSERT just stored.
-# Rows with an earlier origin_id are never positioned after the late one: a position is the
-# row's id or "<an earlier late id>.n", both before the origin.
+# Replay, part 0: every change of the records enqueued after their anchor (a late change just
+# stored, or a dead letter retried), in enqueue order (origin_id), copies in the order they
+# would be applied. Run after INSERT / RETRY_FAILED in the same transaction, so it also sees
+# the other changes of the record just stored or retried. Rows with an earlier origin_id are
+# never positioned after the anchor: a position is the row's id or "<an earlier anchor>.n",
+# both before the origin.
 LATER_CHANGES = text("""
-    SELECT l.arrived_id, s.id, s.origin_id, s.status
+    SELECT l.anchor, l.anchor_position, s.id, s.origin_id, s.status
     FROM unnest(CAST(:models AS text[]), CAST(:record_ids AS text[]),
-                CAST(:arrived_ids AS text[])) AS l(model, record_id, arrived_id)
+                CAST(:anchors AS text[]), CAST(:anchor_positions AS text[]))
+         AS l(model, record_id, anchor, anchor_position)
     JOIN sync_queue AS s
-      ON s.model = l.model AND s.record_id = l.record_id AND s.origin_id > l.arrived_id
+      ON s.model = l.model AND s.record_id = l.record_id AND s.origin_id > l.anchor
     WHERE s.status IN ('PENDING', 'PROCESSING', 'COMPLETED')
-    ORDER BY l.arrived_id, s.origin_id, s.position
+    ORDER BY l.anchor, s.origin_id, s.position
 """)
 
 # Replay, part 1: later changes still PENDING move to the positions right after the late one
@@ -222,14 +224,22 @@ DELETE_COMPLETED_CHUNK = text("""
         FOR UPDATE SKIP LOCKED)
 """)
 
-# FAILED -> PENDING for operators; filters are optional (NULL = any). ix_sync_queue_failed.
-RETRY_FAILED = text("""
-    UPDATE sync_queue
-    SET status = 'PENDING', retries = 0, available_at = now(), processed_at = NULL
+# Dead letters an operator chose (filters optional, NULL = any; ix_sync_queue_failed): the
+# caller locks their records (LOCK_RECORDS) before RETRY_FAILED changes them.
+CHOOSE_FAILED = text("""
+    SELECT id, model, record_id FROM sync_queue
     WHERE status = 'FAILED'
       AND (CAST(:ids AS text[]) IS NULL OR id = ANY(CAST(:ids AS text[])))
       AND (CAST(:model AS text) IS NULL OR model = CAST(:model AS text))
-    RETURNING id
+""")
+
+# FAILED -> PENDING with a fresh retry budget. The rows returned anchor a replay: the record's
+# later changes, already written while this one was parked, are applied again after it.
+RETRY_FAILED = text("""
+    UPDATE sync_queue
+    SET status = 'PENDING', retries = 0, available_at = now(), processed_at = NULL
+    WHERE status = 'FAILED' AND id = ANY(CAST(:ids AS text[]))
+    RETURNING id, model, record_id, origin_id, position
 """)
 
 # Delete dead letters for good (operators, after confirmation). ix_sync_queue_failed.

@@ -241,3 +241,21 @@ def test_the_claim_uses_the_partial_pending_index_on_a_big_history() -> None:
     assert "Seq Scan on sync_queue" not in plan, plan
     assert "ix_sync_queue_pending" in plan, plan
     assert sorted(r.id for r in claimed) == [f"{g:026d}" for g in range(200001, 200006)]
+
+
+def test_upgrade_from_0001_keeps_the_rows_and_allows_nested_positions() -> None:
+    with _throwaway_database() as (url, engine):
+        _alembic(url, "upgrade", "0001")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO sync_queue (id, origin_id, position, action, model, record_id, "
+                    "payload) VALUES (:i, :i, :i, 'UPDATE', 'Request', 'a', '{}')"
+                ),
+                {"i": "0" * 26},
+            )
+        _alembic(url, "upgrade", "head")
+        nested = "0" * 26 + ".000001" * 20  # 166 characters: a replay of a replay of ...
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE sync_queue SET position = :p"), {"p": nested})
+            assert conn.execute(text("SELECT position FROM sync_queue")).scalar_one() == nested

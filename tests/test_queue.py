@@ -270,7 +270,8 @@ def test_a_record_in_flight_blocks_even_an_older_retried_change() -> None:
     assert queue.retry_failed([old]) == 1  # older than the change in flight
     assert queue.dequeue() == []  # never two claims of one record at once
     queue.mark_complete(in_flight)
-    assert [i.id for i in queue.dequeue()] == [old]
+    retried, replayed = queue.dequeue()  # the old change, then the new one again after it
+    assert retried.id == old and replayed.payload == {"v": "new"}
 
 
 def _ids(n: int) -> list[str]:
@@ -368,3 +369,29 @@ def test_a_change_claimed_during_a_replay_that_goes_back_to_pending_stays_before
         assert queue.reset_stuck(older_than_minutes=1) == 1
     applied = [i.payload["v"] for i in queue.dequeue(20)]
     assert applied[0] == 1 and applied[-1] == 3 and set(applied[1:-1]) == {2}
+
+
+def test_a_retried_dead_letter_is_applied_before_the_changes_written_after_it() -> None:
+    parked, second, third = _ids(3)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=parked, max_retries=1)
+    [item] = queue.dequeue()
+    assert queue.mark_failed(item, "sheet rejected it") == "FAILED"
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
+    queue.mark_complete_many(queue.dequeue())  # v=2 written while v=1 was parked
+    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=third)  # still PENDING
+    assert queue.retry_failed([parked]) == 1
+    # v=1, then v=2 again (a copy), then v=3: the record still ends at its last change.
+    assert [i.payload["v"] for i in queue.dequeue(10)] == [1, 2, 3]
+
+
+def test_a_replayed_copy_can_be_parked_and_retried_again_and_again() -> None:
+    late, written = _ids(2)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=written, max_retries=1)
+    queue.mark_complete_many(queue.dequeue())
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late, max_retries=1)  # copies v=2
+    for _ in range(6):  # each round parks everything, then retries it: positions nest deeper
+        for item in queue.dequeue(10):
+            queue.mark_failed(item, "down")
+        assert queue.retry_failed() >= 1
+    applied = [i.payload["v"] for i in queue.dequeue(50)]
+    assert applied[0] == 1 and applied[-1] == 2
