@@ -220,9 +220,11 @@ def process_batch(batch_size: int | None = None) -> dict[str, Any]:
 
 @app.task(name="syncqueue.reset_stuck")
 def reset_stuck(older_than_minutes: float = 10) -> int:
-    """Return items whose claim is older than the threshold to PENDING."""
+    """Return items whose claim is older than the threshold to PENDING, and schedule a run."""
     count = queue.reset_stuck(older_than_minutes)
     log.info("reset_stuck: %d item(s) older than %g min back to PENDING", count, older_than_minutes)
+    if count:
+        _kick()  # written now, not at the next beat of process_batch
     return count
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from syncqueue_tasks import queue
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import ValidationError
-from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch
+from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch, reset_stuck
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -344,3 +344,13 @@ def test_enqueues_kick_a_debounced_process_batch(celery_worker, recorded: Path) 
         task_prerun.disconnect(count_runs)
     assert {line["id"] for line in read_written(recorded)} == set(ids)
     assert 1 <= len(runs) <= 30, len(runs)  # a burst of 300 enqueues: a handful of runs
+
+
+def test_reset_stuck_schedules_a_run_for_what_it_returned(celery_worker, recorded: Path) -> None:
+    item_id = queue.enqueue("UPDATE", "Request", "r1", {"v": 1})  # stored without a kick
+    [claimed] = queue.dequeue()  # ... and claimed by a worker that then died
+    with get_engine().begin() as conn:
+        conn.execute(text("UPDATE sync_queue SET claimed_at = now() - interval '1 hour'"))
+    reset_stuck.delay(30)  # beat's job; it finds the claim and returns it to PENDING
+    wait_for(lambda: count_rows("status = 'COMPLETED'") == 1)  # no beat runs here
+    assert [line["id"] for line in read_written(recorded)] == [claimed.id] == [item_id]
