@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +35,10 @@ from syncqueue_tasks.writers.loading import WORKBOOK, writer_spec
 APP = "syncqueue_tasks.celery_app"
 DATABASE = "syncqueue"
 START_TIMEOUT = 90.0
+# A child that exits is restarted, as a supervisor would; one that exits this many times
+# within the window is given up on, and the run stops.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
 
 
 class StackError(SyncQueueError):
@@ -95,14 +100,33 @@ class Stack:
         self._banner()
 
     def wait(self) -> None:
-        """Block until a stop is requested; raise ``StackError`` if a child dies."""
+        """Block until a stop is requested, restarting a child that exits.
+
+        Raises ``StackError`` when one exits ``RESTART_LIMIT`` times within ``RESTART_WINDOW``
+        seconds (e.g. a worker that cannot start at all).
+        """
+        restarts: dict[str, list[float]] = {}
         while not self.stop_requested.wait(0.5):
             for child in self._children:
-                if not child.alive():
+                if child.alive():
+                    continue
+                now = time.monotonic()
+                recent = [t for t in restarts.get(child.name, []) if now - t < RESTART_WINDOW]
+                if len(recent) >= RESTART_LIMIT:
                     raise StackError(
-                        f"{child.name} (pid {child.pid}) exited with code {child.returncode()};"
+                        f"{child.name} exited {len(recent) + 1} times within "
+                        f"{RESTART_WINDOW:.0f}s (last exit code {child.returncode()});"
                         f" see {child.log_path}"
                     )
+                self.echo(
+                    f"{child.name} (pid {child.pid}) exited with code {child.returncode()};"
+                    f" restarting it (log: {child.log_path})"
+                )
+                child.stop()  # reap it and whatever is left of its process group
+                child.start()
+                assert child.pid is not None
+                restarts[child.name] = [*recent, now]
+                self._record(child.name, child.pid)
 
     def stop(self) -> None:
         """Stop everything this stack started, newest first. Idempotent."""
@@ -215,17 +239,21 @@ class Stack:
         waits = []
         for name, args, ready in specs:
             child = Child(name, [*celery, *args], os.environ, logs / f"{name}.log")
-            self._stops.append((name, child.stop))
-            child.start()
-            assert child.pid is not None
-            self._children.append(child)
-            self._record(name, child.pid)
+            self.adopt(child)
             waits.append((child, partial(ready, child)))
         for child, is_ready in waits:
             child.wait_until(is_ready, START_TIMEOUT, self.stop_requested.is_set)
             self._check()
         self._state.info["flower"] = f"http://127.0.0.1:{port}"
         self._state.info["logs"] = str(logs)
+
+    def adopt(self, child: Child) -> None:
+        """Start ``child``; from now on ``wait`` restarts it and ``stop`` stops it."""
+        self._stops.append((child.name, child.stop))
+        child.start()
+        assert child.pid is not None
+        self._children.append(child)
+        self._record(child.name, child.pid)
 
     def _start_metrics(self) -> None:
         port = self.options.metrics_port

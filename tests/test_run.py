@@ -24,6 +24,8 @@ from processes import child_env
 
 from syncqueue_tasks import runstate
 from syncqueue_tasks.embedded import free_port
+from syncqueue_tasks.stack import RESTART_LIMIT, Stack, StackError, StackOptions
+from syncqueue_tasks.supervise import Child
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -137,9 +139,36 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         scraped = _get(f"http://127.0.0.1:{metrics}/metrics")
         assert 'syncqueue_items{status="COMPLETED"} 1.0' in scraped
 
+        # A worker that dies is restarted, as a supervisor would, and work goes on.
+        killed = pids["worker"]
+        os.killpg(killed, signal.SIGKILL)
+
+        def restarted() -> bool:
+            live = runstate.read_live(data)
+            return live is not None and live.processes["worker"] != killed
+
+        _wait_for("the worker to be restarted", restarted, 30)
+        assert f"worker (pid {killed}) exited with code -9; restarting it" in run.output()
+        assert not _group_alive(killed)
+        state = runstate.read_live(data)
+        assert state is not None
+        pids = state.processes
+        seen["worker-restarted"] = pids["worker"]
+        again = subprocess.run(
+            [*SYNCQUEUE, "enqueue", "UPDATE", "Request", "42", "--payload", '{"name": "Bo"}'],
+            cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+
+        def updated() -> bool:
+            sheet = openpyxl.load_workbook(book, read_only=True)["Request"]
+            return ("42", "Bo") in [tuple(r) for r in sheet.iter_rows(values_only=True)]
+
+        _wait_for("the update from the restarted worker", updated, 60)
+
         _stop_and_check(run, data, pids)
 
-        # Second run: same data, nothing to migrate, the completed change is still there.
+        # Second run: same data, nothing to migrate, the completed changes are still there.
         run = Run(tmp_path, _env(data, SYNCQUEUE_FLOWER_PORT=str(flower)), tmp_path / "run2.log")
         runs.append(run)
         run.wait_ready()
@@ -152,7 +181,7 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert stats.returncode == 0, stats.stderr
-        assert json.loads(stats.stdout)["completed"] == 1
+        assert json.loads(stats.stdout)["completed"] == 2
         _stop_and_check(run, data, state.processes)
     finally:
         for run in runs:
@@ -182,3 +211,16 @@ def test_cli_uses_the_env_of_a_live_run_only(
     runstate.clear(tmp_path, os.getpid())
     assert not (tmp_path / runstate.STATE_FILE).exists()
     monkeypatch.delenv("SYNCQUEUE_TEST_ONLY")
+
+
+def test_a_child_that_keeps_exiting_is_given_up_on(tmp_path: Path) -> None:
+    stack = Stack(StackOptions(data_dir=tmp_path), echo=lambda _: None)
+    crashing = Child("crashing", [sys.executable, "-c", "raise SystemExit(3)"], os.environ,
+                     tmp_path / "crashing.log")  # fmt: skip
+    stack.adopt(crashing)
+    try:
+        with pytest.raises(StackError, match=rf"crashing exited {RESTART_LIMIT + 1} times"):
+            stack.wait()  # restarts it RESTART_LIMIT times, then gives up
+    finally:
+        stack.stop()
+    assert crashing.returncode() == 3
