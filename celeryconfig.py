@@ -7,6 +7,7 @@ variable is listed in the README's configuration table.
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 from celery.schedules import crontab
 
@@ -67,8 +68,15 @@ broker_transport_options = {
 }
 broker_pool_limit = 10
 # Malformed messages (wrong shape, not just bad arguments) are rejected and logged once,
-# instead of stopping the worker.
+# instead of stopping or wedging the worker: task messages by the consumer, and bytes that are
+# not even a kombu envelope by the transport (kombu's Redis transport, guarded). Any other
+# scheme, rediss:// included (kombu keys its TLS defaults on that name), keeps its own transport.
 worker_consumer = "syncqueue_tasks.consumer:GuardedConsumer"
+broker_transport = (
+    "syncqueue_tasks.broker_guard:GuardedRedisTransport"
+    if urlsplit(broker_url).scheme == "redis"
+    else None
+)
 
 # --- beat: exactly one beat process per deployment -------------------------------------------
 beat_schedule_filename = os.environ.get("CELERY_BEAT_SCHEDULE_FILE", "") or os.path.join(
