@@ -14,12 +14,14 @@ RUN groupadd --system --gid 10001 syncqueue \
         --shell /usr/sbin/nologin syncqueue
 
 # Install the package from the repository with pip. Only what the wheel build needs is copied:
-# celeryconfig.py is part of it (pyproject: py-modules = ["celeryconfig"]). README* is a
+# celeryconfig.py is part of it (pyproject: py-modules = ["celeryconfig"]), and so are the
+# migrations (installed as syncqueue_tasks/migrations, for `syncqueue migrate`). README* is a
 # wildcard so the build works with or without a README (BuildKit allows an empty match).
 WORKDIR /src
 COPY pyproject.toml README* ./
 COPY celeryconfig.py ./
 COPY syncqueue_tasks ./syncqueue_tasks
+COPY migrations ./migrations
 RUN pip install . \
  && rm -rf /src
 

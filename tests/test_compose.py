@@ -735,9 +735,9 @@ def test_dockerfile_installs_the_package_as_a_non_root_user() -> None:
     project = pyproject()
     needed = {"pyproject.toml"}
     needed |= {f"{m}.py" for m in project["tool"]["setuptools"].get("py-modules", [])}
-    needed |= {
-        p.split("*")[0] for p in project["tool"]["setuptools"]["packages"]["find"]["include"]
-    }
+    setuptools = project["tool"]["setuptools"]
+    needed |= {p.split(".")[0] for p in setuptools["packages"]}
+    needed |= set(setuptools.get("package-dir", {}).values())  # e.g. migrations/, shipped inside
     assert needed <= copied_before, f"not copied before pip install: {needed - copied_before}"
     # Runtime files land in WORKDIR /app, where alembic and celery run.
     workdirs = [a for n, a in instructions if n == "WORKDIR"]
