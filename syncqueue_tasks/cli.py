@@ -235,7 +235,11 @@ def discard(ids: tuple[str, ...], model: str | None, all_: bool, yes: bool) -> N
 def enqueue(
     action: str, model: str, record_id: str, payload: str, row: int | None, via_celery: bool
 ) -> None:
-    """Add one change (ACTION: CREATE, UPDATE or DELETE); print its id."""
+    """Add one change (ACTION: CREATE, UPDATE or DELETE); print its id.
+
+    Put options first and `--` before the arguments when a record id starts with "-":
+    syncqueue enqueue --payload '{}' -- UPDATE Revenue -1
+    """
     fields = _json_object(payload)
     if via_celery:
         from syncqueue_tasks.tasks import enqueue_change

@@ -17,12 +17,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from dbutil import count_rows, create_database, drop_database, use_database
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from processes import ROOT, celery_worker, child_env
+from sqlalchemy import text
 
 from syncqueue_tasks import queue, schema
 from syncqueue_tasks.cli import main
+from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.embedded import free_port
+from syncqueue_tasks.errors import ValidationError
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.validation import validate_change
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,6 +146,85 @@ def test_enqueue_good_and_bad_input(db: None) -> None:
     ):
         assert_one_line_error(cli("enqueue", *args))
     assert count_rows() == 1
+
+
+ARG = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
+VALID_ARGS = {
+    "action": st.sampled_from(["CREATE", "update", "Delete"]),
+    "model": st.sampled_from(["Request", "Operator", "Revenue"]),
+    "record_id": st.one_of(st.integers(-(2**70), 2**70).map(str), ARG.filter(bool)),
+    "payload": st.dictionaries(ARG, st.one_of(st.none(), st.integers(), ARG), max_size=3).map(
+        json.dumps
+    ),
+    "row": st.one_of(st.none(), st.integers(1, 2**31 - 1).map(str)),
+}
+BROKEN_ARGS = {  # each may still be valid by chance: the oracle decides
+    "action": st.one_of(st.sampled_from(["MOVE", ""]), ARG),
+    "model": st.one_of(st.sampled_from(["request", "Nope"]), ARG),
+    "record_id": st.one_of(st.just(""), st.text("x", min_size=256, max_size=256), ARG),
+    "payload": st.one_of(
+        ARG,  # mostly not JSON
+        st.sampled_from(['{"n": NaN}', '{"n": 1e400}', '{"s": "\\u0000"}', '{"s": "\\ud800"}']),
+        st.sampled_from(["[]", "12", "null", '"text"']),
+    ),
+    "row": st.one_of(st.integers(-5, 0), st.integers(2**31, 2**40)).map(str) | ARG,
+}
+CLI_ARGS = st.fixed_dictionaries(VALID_ARGS).flatmap(
+    lambda valid: st.one_of(
+        st.just(valid),
+        st.sampled_from(sorted(BROKEN_ARGS)).flatmap(
+            lambda field: BROKEN_ARGS[field].map(lambda bad: {**valid, field: bad})
+        ),
+    )
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)  # the fixture gives the test its database; each example counts rows before and after
+@given(args=CLI_ARGS)
+def test_property_cli_enqueue_stores_the_change_or_says_why_in_one_line(
+    db: None, args: dict[str, str | None]
+) -> None:
+    """Whatever the arguments: exit 0 and exactly the change given, stored; or a one-line error
+    and nothing stored. The library's validation is the oracle for which one (its own property
+    tests, in test_validation.py, check it against an independent model)."""
+    action, model, record_id, payload, row = (
+        args["action"], args["model"], args["record_id"], args["payload"], args["row"]
+    )  # fmt: skip
+    assert action is not None and model is not None and record_id is not None
+    assert payload is not None
+    before = count_rows()
+    options = [f"--payload={payload}", *([f"--row={row}"] if row is not None else [])]
+    result = cli("enqueue", *options, "--", action, model, record_id)  # "--": a record "-1"
+    try:
+        fields = json.loads(payload)
+        row_number = None if row is None else int(row)
+        change = validate_change(action, model, record_id, fields, row_number)
+    except (ValueError, ValidationError):
+        change = None
+    event("refused" if change is None else "stored")
+    if change is None:
+        assert_one_line_error(result)
+        assert count_rows() == before
+        return
+    assert result.exit_code == 0, result.output
+    item_id = result.stdout.strip()
+    [stored] = _row(item_id)
+    assert stored == (change.action.value, change.model, change.record_id, change.sheet_row_index)
+    assert count_rows() == before + 1
+    assert count_rows("id = :i AND payload = CAST(:p AS jsonb)", i=item_id, p=change.payload_json)
+
+
+def _row(item_id: str) -> list[tuple[object, ...]]:
+    with get_engine().connect() as conn:
+        rows = conn.execute(
+            text("SELECT action, model, record_id, sheet_row_index FROM sync_queue WHERE id = :i"),
+            {"i": item_id},
+        ).all()
+    return [(str(r[0]), r[1], r[2], r[3]) for r in rows]
 
 
 def test_migrate_from_empty_and_without_alembic_ini(
