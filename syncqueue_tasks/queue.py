@@ -251,7 +251,8 @@ def retry_failed(item_ids: Iterable[str] | None = None, *, model: str | None = N
         for row in sorted(retried, key=lambda r: r.origin_id):
             first.setdefault((row.model, row.record_id), row)
         _replay(
-            {(r.model, r.record_id, r.origin_id, r.position) for r in first.values()}, conn.execute
+            [Anchor(r.model, r.record_id, r.id, r.origin_id, r.position) for r in first.values()],
+            conn.execute,
         )
     return len(retried)
 
@@ -318,11 +319,11 @@ def _replay_after_late_arrivals(later: Sequence[Any], execute: Any) -> None:
     moved by an earlier replay, the record's later changes are replayed after the late one.
     """
     late = {
-        (row.model, row.record_id, row.arrived_id, row.arrived_id)
+        Anchor(row.model, row.record_id, row.arrived_id, row.arrived_id, row.arrived_id)
         for row in later
         if row.status != QueueStatus.PENDING or row.position != row.id
     }
-    copied = _replay(late, execute) if late else 0
+    copied = _replay(list(late), execute)
     if copied:
         log.warning(
             "%d change(s) arrived after later changes of their record were written; "
@@ -332,40 +333,52 @@ def _replay_after_late_arrivals(later: Sequence[Any], execute: Any) -> None:
         )
 
 
-def _replay(anchors: set[tuple[str, str, str, str]], execute: Any) -> int:
+class Anchor(NamedTuple):
+    """A row whose change the record's later changes must follow (see ``_replay``)."""
+
+    model: str
+    record_id: str
+    id: str
+    origin_id: str
+    position: str
+
+
+def _replay(anchors: Sequence[Anchor], execute: Any) -> int:
     """Apply each record's changes enqueued after its anchor again, after the anchor.
 
-    ``anchors`` holds (model, record_id, origin_id, position), one per record. The record's
-    later changes follow the anchor's position in enqueue order: their PENDING and claimed
-    rows move there (a claimed row can go back to PENDING: a retry, ``reset_stuck``), and a
-    change with no PENDING row, being or already written, also gets a PENDING copy there.
-    Return how many copies were made.
+    One anchor per record. The record's later changes, and the other rows of the anchor's own
+    change, follow the anchor's position in enqueue order: their PENDING and claimed rows move
+    there (a claimed row can go back to PENDING: a retry, ``reset_stuck``), and a later change
+    with no PENDING row, being or already written, also gets a PENDING copy there. Return how
+    many copies were made.
     """
     if not anchors:
         return 0
-    models, record_ids, origins, positions = (list(column) for column in zip(*anchors, strict=True))
+    models, record_ids, ids, origins, positions = (list(c) for c in zip(*anchors, strict=True))
     rows = execute(
         sql.LATER_CHANGES,
         {
             "models": models,
             "record_ids": record_ids,
-            "anchors": origins,
+            "anchor_ids": ids,
+            "anchor_origins": origins,
             "anchor_positions": positions,
         },
     ).all()
     moves: dict[str, list[str]] = {"ids": [], "positions": []}
     copies: dict[str, list[str]] = {"ids": [], "positions": [], "originals": []}
-    for (_, anchor_position), suffix in itertools.groupby(
-        rows, key=lambda r: (r.anchor, r.anchor_position)
+    for (_, anchor_origin, anchor_position), suffix in itertools.groupby(
+        rows, key=lambda r: (r.anchor_id, r.anchor_origin, r.anchor_position)
     ):
         after = (f"{anchor_position}.{n:06d}" for n in itertools.count(1))
-        for _origin, group in itertools.groupby(suffix, key=lambda r: r.origin_id):
+        for origin, group in itertools.groupby(suffix, key=lambda r: r.origin_id):
             versions = list(group)
             for row in versions:
                 if row.status != QueueStatus.COMPLETED:
                     moves["ids"].append(row.id)
                     moves["positions"].append(next(after))
-            if all(v.status != QueueStatus.PENDING for v in versions):
+            pending = any(v.status == QueueStatus.PENDING for v in versions)
+            if not pending and origin != anchor_origin:  # the anchor applies its own change
                 copies["ids"].append(new_id())
                 copies["positions"].append(next(after))
                 copies["originals"].append(versions[0].id)

@@ -55,21 +55,22 @@ INSERT = text("""
     ORDER BY s.model, s.record_id, s.origin_id, s.position
 """)
 
-# Replay, part 0: every change of the records enqueued after their anchor (a late change just
-# stored, or a dead letter retried), in enqueue order (origin_id), copies in the order they
-# would be applied. Run after INSERT / RETRY_FAILED in the same transaction, so it also sees
-# the other changes of the record just stored or retried. Rows with an earlier origin_id are
-# never positioned after the anchor: a position is the row's id or "<an earlier anchor>.n",
-# both before the origin.
+# Replay, part 0: the rows of each record that must follow its anchor (a late change just
+# stored, or a dead letter retried), in enqueue order (origin_id): the record's later changes
+# and the anchor change's other rows (copies), in the order they would be applied. Run after
+# INSERT / RETRY_FAILED in the same transaction, so it also sees the other changes of the
+# record just stored or retried. Rows with an earlier origin_id are never positioned after the
+# anchor: a position is the row's id or "<an earlier anchor's position>.n" (see RETRY_FAILED).
 LATER_CHANGES = text("""
-    SELECT l.anchor, l.anchor_position, s.id, s.origin_id, s.status
-    FROM unnest(CAST(:models AS text[]), CAST(:record_ids AS text[]),
-                CAST(:anchors AS text[]), CAST(:anchor_positions AS text[]))
-         AS l(model, record_id, anchor, anchor_position)
+    SELECT l.anchor_id, l.anchor_origin, l.anchor_position, s.id, s.origin_id, s.status
+    FROM unnest(CAST(:models AS text[]), CAST(:record_ids AS text[]), CAST(:anchor_ids AS text[]),
+                CAST(:anchor_origins AS text[]), CAST(:anchor_positions AS text[]))
+         AS l(model, record_id, anchor_id, anchor_origin, anchor_position)
     JOIN sync_queue AS s
-      ON s.model = l.model AND s.record_id = l.record_id AND s.origin_id > l.anchor
+      ON s.model = l.model AND s.record_id = l.record_id
+     AND s.origin_id >= l.anchor_origin AND s.id <> l.anchor_id
     WHERE s.status IN ('PENDING', 'PROCESSING', 'COMPLETED')
-    ORDER BY l.anchor, s.origin_id, s.position
+    ORDER BY l.anchor_id, s.origin_id, s.position
 """)
 
 # Replay, part 1: later changes still PENDING move to the positions right after the late one
@@ -234,12 +235,18 @@ CHOOSE_FAILED = text("""
 """)
 
 # FAILED -> PENDING with a fresh retry budget. The rows returned anchor a replay: the record's
-# later changes, already written while this one was parked, are applied again after it.
+# later changes, already written while this one was parked, are applied again after it. A
+# parked row keeps its position, which a later replay may have left behind older changes
+# still waiting: then it moves right after the last of them ("<its position>.000000").
 RETRY_FAILED = text("""
-    UPDATE sync_queue
-    SET status = 'PENDING', retries = 0, available_at = now(), processed_at = NULL
-    WHERE status = 'FAILED' AND id = ANY(CAST(:ids AS text[]))
-    RETURNING id, model, record_id, origin_id, position
+    UPDATE sync_queue AS s
+    SET status = 'PENDING', retries = 0, available_at = now(), processed_at = NULL,
+        position = greatest(s.position, (
+            SELECT max(e.position) || '.000000' FROM sync_queue AS e
+            WHERE e.model = s.model AND e.record_id = s.record_id
+              AND e.origin_id < s.origin_id AND e.status IN ('PENDING', 'PROCESSING')))
+    WHERE s.status = 'FAILED' AND s.id = ANY(CAST(:ids AS text[]))
+    RETURNING s.id, s.model, s.record_id, s.origin_id, s.position
 """)
 
 # Delete dead letters for good (operators, after confirmation). ix_sync_queue_failed.

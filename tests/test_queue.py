@@ -395,3 +395,19 @@ def test_a_replayed_copy_can_be_parked_and_retried_again_and_again() -> None:
         assert queue.retry_failed() >= 1
     applied = [i.payload["v"] for i in queue.dequeue(50)]
     assert applied[0] == 1 and applied[-1] == 2
+
+
+def test_a_retried_copy_goes_after_older_changes_still_waiting_and_takes_its_versions_along() -> None:
+    late1, late2, parked, newest = _ids(4)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=parked, max_retries=1)
+    queue.mark_complete_many(queue.dequeue())
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late1)  # copies v=3 after it
+    first, copy = queue.dequeue(10)
+    queue.mark_complete(first)
+    assert queue.mark_failed(copy, "sheet rejected it") == "FAILED"  # v=3's copy is parked
+    queue.enqueue("UPDATE", "Request", "a", {"v": 4}, item_id=newest)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=late2)  # v=3 copied again, v=4 moved
+    assert queue.retry_failed([copy.id]) == 1
+    applied = [i.payload["v"] for i in queue.dequeue(20)]
+    last = {v: n for n, v in enumerate(applied)}
+    assert applied[-1] == 4 and last[2] < last[3], applied
