@@ -247,7 +247,7 @@ class Soak:
             "duplicates_across_time": acc.duplicates,
             "repeats_in_one_write": acc.repeats_in_one_write,
             "records_with_stale_final_write": len(acc.stale_final),
-            "records_with_first_writes_out_of_order": len(acc.order),
+            "records_with_last_writes_out_of_order": len(acc.order),
             "latency_end_to_end_max_s": summary_acc["latency_max"],
             "latency_end_to_end_p99_s": summary_acc["latency_p99"],
             "store_delay_p99_s": summary_acc["store_delay_p99"],
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"logs and data kept in {workdir}")
     broken = report["lost"] or report["duplicates_in_flight"]
     broken = broken or report["records_with_stale_final_write"]
-    broken = broken or report["records_with_first_writes_out_of_order"]
+    broken = broken or report["records_with_last_writes_out_of_order"]
     left = {s: n for s, n in report["rows_per_status"].items() if s != "COMPLETED" and n}
     return 1 if broken or left else 0
 
