@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from syncqueue_tasks.errors import ValidationError
 from syncqueue_tasks.ids import is_valid_id
@@ -18,6 +18,7 @@ _MAX_DEPTH = 64
 # JSONB keeps numbers as numeric and prints 1e+16 and up without exponent or fraction, so such
 # a float would come back as an int (and 1e23 as 10**23, a different number): refuse it.
 _FLOAT_EXACT_LIMIT = 1e16
+_PLAIN_INT = 2**63  # ints this small need no size check (see _check_json)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,16 +209,36 @@ def _check_json(value: object, path: str, depth: int) -> None:
         return
     if isinstance(value, list):
         for i, element in enumerate(value):
-            _check_json(element, f"{path}[{i}]", depth + 1)
+            if not _plain(element):  # a container, or a scalar to look at closely
+                _check_json(element, f"{path}[{i}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, element in value.items():
             if not isinstance(key, str):
                 raise ValidationError("payload", f"{path} has a non-string key of {_kind(key)}")
-            _check_json(key, f"{path} key", depth + 1)
-            _check_json(element, f"{path}.{key:.40}", depth + 1)
+            if not _plain(key):
+                _check_json(key, f"{path} key", depth + 1)
+            if not _plain(element):
+                _check_json(element, f"{path}.{key:.40}", depth + 1)
         return
     raise ValidationError("payload", f"{path} is a {_kind(value)}, which is not JSON-serializable")
+
+
+def _plain(value: object) -> bool:
+    """A scalar ``_check_json`` would accept, recognized cheaply (most payload values are).
+
+    False means "look closer", not "refused": containers, non-ASCII text (checked for lone
+    surrogates), subclasses of the JSON types and anything out of range go to ``_check_json``.
+    """
+    kind = type(value)
+    if kind is str:
+        text = cast(str, value)
+        return text.isascii() and "\x00" not in text
+    if kind is int:
+        return -_PLAIN_INT <= cast(int, value) <= _PLAIN_INT
+    if kind is float:
+        return -_FLOAT_EXACT_LIMIT < cast(float, value) < _FLOAT_EXACT_LIMIT
+    return value is None or kind is bool
 
 
 def _serialize(payload: dict[str, Any]) -> str:
