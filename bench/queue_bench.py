@@ -137,6 +137,9 @@ COMPLETE = bare_sql(sql.COMPLETE)
 # Where sql.py has LOCK_RECORDS, queue stores run it first, in the same transaction (a
 # per-record advisory lock against concurrent claims): the bare store does the same.
 LOCK_RECORDS = bare_sql(sql.LOCK_RECORDS) if hasattr(sql, "LOCK_RECORDS") else None
+# Where sql.py has LOCK_CLAIMED_RECORDS, mark_complete_many runs it before COMPLETE, in the
+# same transaction (marks and stores serialize per record): the bare completion does the same.
+LOCK_CLAIMED = bare_sql(sql.LOCK_CLAIMED_RECORDS) if hasattr(sql, "LOCK_CLAIMED_RECORDS") else None
 # Where sql.py has RELEASE_OVERTAKEN, dequeue runs it after CLAIM, in the same transaction (the
 # recheck against stores that committed during the claim): the bare claim does the same.
 RELEASE_OVERTAKEN = bare_sql(sql.RELEASE_OVERTAKEN) if hasattr(sql, "RELEASE_OVERTAKEN") else None
@@ -184,6 +187,16 @@ def bare_claim(cur: psycopg.Cursor[Any], prepare: bool | None = None) -> dict[st
         keep = [n for n, i in enumerate(params["ids"]) if i not in released]
         params = {k: [v[n] for n in keep] for k, v in params.items()}
     return params
+
+
+def bare_complete(cur: psycopg.Cursor[Any], params: dict[str, list[Any]]) -> int:
+    """The statements of one bare completion, as queue.mark_complete_many runs them (caller
+    commits); return how many rows it completed."""
+    if LOCK_CLAIMED is not None:
+        cur.execute(LOCK_CLAIMED, {"ids": params["ids"]})
+        cur.fetchall()
+    cur.execute(COMPLETE, params)
+    return len(cur.fetchall())
 
 
 def store(
@@ -411,15 +424,13 @@ def _drain_ops(impl: str, url: str) -> tuple[Callable[[], tuple[int, int]], Call
         conn.commit()
         if not params["ids"]:
             return 0, 0
-        cur.execute(COMPLETE, params)
-        completed = len(cur.fetchall())
+        completed = bare_complete(cur, params)
         conn.commit()
         return len(params["ids"]), completed
 
     def bare_warm() -> None:
         bare_step()
-        cur.execute(COMPLETE, {"ids": [new_id()], "tokens": [uuid.uuid4()]})
-        cur.fetchall()
+        bare_complete(cur, {"ids": [new_id()], "tokens": [uuid.uuid4()]})
         conn.commit()
 
     return bare_step, bare_warm
@@ -587,7 +598,7 @@ def bench_claim_latency(db: Bench, sizes: Sizes) -> dict[str, dict[str, float]]:
         seconds = time.perf_counter() - start
         count = len(params["ids"])
         check(count == CLAIM_BATCH, f"claimed {count}, expected {CLAIM_BATCH}")
-        cur.execute(COMPLETE, params)
+        bare_complete(cur, params)
         conn.commit()
         return seconds
 

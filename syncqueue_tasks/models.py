@@ -96,6 +96,13 @@ class SyncQueue(Base):
             "record_id",
             postgresql_where=text("status = 'PROCESSING'"),
         ),
+        # Claim: "which records wait out a backoff?" Only PENDING rows sent back with a delay
+        # (a failed attempt, Retry-After) have available_at after created_at; usually few.
+        Index(
+            "ix_sync_queue_backoff",
+            "available_at",
+            postgresql_where=text("status = 'PENDING' AND available_at > created_at"),
+        ),
         # cleanup_completed and "completed in the last hour".
         Index(
             "ix_sync_queue_completed",

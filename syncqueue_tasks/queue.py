@@ -104,8 +104,8 @@ def enqueue_many(
 def dequeue(batch_size: int = 25) -> list[QueueItem]:
     """Claim up to ``batch_size`` PENDING items; return them oldest first.
 
-    Per-record order: a record's oldest PENDING change is claimable once its backoff has
-    passed and no change of that record is PROCESSING; it comes with the record's later
+    Per-record order: a record's oldest PENDING change is claimable once no change of that
+    record is PROCESSING or waiting out a backoff; it comes with the record's later
     PENDING changes (in order, within ``batch_size``), so a record is only ever in one claim.
     A caller that gets several changes of one record must not complete a later one while an
     earlier one goes back to PENDING (``batch.process`` retries them together). The claim is
@@ -146,11 +146,10 @@ def mark_complete_many(items: Iterable[QueueItem | Claim]) -> int:
     claims = [_claim(i) for i in items]
     if not claims:
         return 0
+    ids = [c.id for c in claims]
     with get_engine().begin() as conn:
-        result = conn.execute(
-            sql.COMPLETE,
-            {"ids": [c.id for c in claims], "tokens": [c.claim_token for c in claims]},
-        )
+        conn.execute(sql.LOCK_CLAIMED_RECORDS, {"ids": ids})
+        result = conn.execute(sql.COMPLETE, {"ids": ids, "tokens": [c.claim_token for c in claims]})
         return len(result.all())
 
 
@@ -191,6 +190,7 @@ def mark_failed_many(failures: Iterable[Failure]) -> dict[str, QueueStatus]:
         "backoff_max": settings.backoff_max_seconds,
     }
     with get_engine().begin() as conn:
+        conn.execute(sql.LOCK_CLAIMED_RECORDS, {"ids": params["ids"]})
         rows = conn.execute(sql.FAIL, params).all()
     return {r.id: QueueStatus(r.status) for r in rows}
 
@@ -203,10 +203,14 @@ def reset_stuck(older_than_minutes: float = 10) -> int:
     """
     older_than_minutes = validate_age("older_than_minutes", older_than_minutes)
     reason = f"reset_stuck: claim older than {older_than_minutes:g} minutes, returned to PENDING"
+    seconds = older_than_minutes * 60
     with get_engine().begin() as conn:
-        rows = conn.execute(
-            sql.RESET_STUCK, {"seconds": older_than_minutes * 60, "reason": reason}
-        ).all()
+        ids = list(conn.execute(sql.STUCK, {"seconds": seconds}).scalars())
+        if not ids:
+            return 0
+        conn.execute(sql.LOCK_CLAIMED_RECORDS, {"ids": ids})
+        params = {"ids": ids, "seconds": seconds, "reason": reason}
+        rows = conn.execute(sql.RESET_STUCK, params).all()
     if rows:
         log.warning("reset_stuck returned %d item(s) to PENDING", len(rows))
     return len(rows)

@@ -94,12 +94,14 @@ COPY_LATER = text("""
 """)
 
 # Claim a batch. One statement: pick, lock and mark in the same snapshot.
-# - heads: the oldest PENDING change of each record that has no change in flight (PROCESSING)
-#   and whose backoff has passed, walked in position (= enqueue) order on
-#   ix_sync_queue_pending (partial: only PENDING rows, so the cost follows the backlog, not
-#   the history). The min() is a scalar subquery, probed once per candidate on
-#   ix_sync_queue_record_pending whatever the statistics say; the in-flight check reads
-#   ix_sync_queue_processing, which holds only claimed rows. FAILED changes do not block.
+# - blocked: records that cannot give a change now: one is in flight (PROCESSING, read from
+#   ix_sync_queue_processing) or waits out a backoff (ix_sync_queue_backoff holds only PENDING
+#   rows sent back with a delay). Computed once, then probed as a hash per candidate, so the
+#   changes queued behind such records cost a hash lookup each instead of index probes.
+# - heads: the oldest PENDING change of each record that is not blocked, walked in position
+#   (= enqueue) order on ix_sync_queue_pending (partial: only PENDING rows, so the cost follows
+#   the backlog, not the history). The min() is a scalar subquery, probed once per candidate
+#   on ix_sync_queue_record_pending whatever the statistics say. FAILED changes do not block.
 # - The CASE makes sure the record's shared advisory lock (see LOCK_RECORDS) is only tried
 #   for real heads: a record whose changes are being stored right now is skipped.
 # - FOR UPDATE SKIP LOCKED: concurrent claimers skip heads another claimer is taking instead of
@@ -107,22 +109,27 @@ COPY_LATER = text("""
 # - batch: each head with the PENDING changes of its record that follow it, oldest first, up
 #   to :batch_size rows, so one writer gets a record's queued changes together (and merges
 #   them). No other claimer can take those followers: while the head is PENDING it is the
-#   record's oldest change, and once it is PROCESSING the record is in flight.
+#   record's oldest change, and once it is PROCESSING the record is in flight. LATERAL: at
+#   most :batch_size rows per head, read on ix_sync_queue_record_pending (a plain join let
+#   the planner walk the whole backlog when one record held most of it).
 CLAIM = text("""
-    WITH heads AS (
+    WITH blocked AS MATERIALIZED (
+        SELECT p.model, p.record_id FROM sync_queue AS p WHERE p.status = 'PROCESSING'
+        UNION
+        SELECT b.model, b.record_id FROM sync_queue AS b
+        WHERE b.status = 'PENDING' AND b.available_at > b.created_at AND b.available_at > now()
+    ),
+    heads AS (
         SELECT q.id, q.model, q.record_id, q.position
         FROM sync_queue AS q
         WHERE q.status = 'PENDING'
           AND q.available_at <= now()
+          AND (q.model, q.record_id) NOT IN (SELECT x.model, x.record_id FROM blocked AS x)
           AND CASE
               WHEN q.position = (
                        SELECT min(e.position) FROM sync_queue AS e
                        WHERE e.model = q.model AND e.record_id = q.record_id
                          AND e.status = 'PENDING')
-                   AND NOT EXISTS (
-                       SELECT 1 FROM sync_queue AS p
-                       WHERE p.model = q.model AND p.record_id = q.record_id
-                         AND p.status = 'PROCESSING')
               THEN pg_try_advisory_xact_lock_shared(
                        hashtextextended(q.model || '/' || q.record_id, 0) & 1023)
               ELSE false
@@ -134,9 +141,13 @@ CLAIM = text("""
     batch AS (
         SELECT f.id
         FROM heads AS h
-        JOIN sync_queue AS f
-          ON f.model = h.model AND f.record_id = h.record_id
-         AND f.status = 'PENDING' AND f.position >= h.position
+        CROSS JOIN LATERAL (
+            SELECT e.id, e.position FROM sync_queue AS e
+            WHERE e.model = h.model AND e.record_id = h.record_id
+              AND e.status = 'PENDING' AND e.position >= h.position
+            ORDER BY e.position
+            LIMIT :batch_size
+        ) AS f
         ORDER BY f.position
         LIMIT :batch_size
     )
@@ -164,6 +175,17 @@ RELEASE_OVERTAKEN = text("""
           SELECT min(e.position) FROM sync_queue AS e
           WHERE e.model = s.model AND e.record_id = s.record_id AND e.status = 'PENDING')
     RETURNING s.id
+""")
+
+# Completing, failing or resetting claimed rows first takes their records' shared advisory
+# locks (see LOCK_RECORDS), in key order, waiting. A store that replays a record moves that
+# record's claimed rows too (queue._replay); without this, a store and a mark updating claimed
+# rows of two records in opposite orders deadlock. Shared: marks do not wait for each other.
+LOCK_CLAIMED_RECORDS = text("""
+    SELECT pg_advisory_xact_lock_shared(key)
+    FROM (SELECT DISTINCT hashtextextended(model || '/' || record_id, 0) & 1023 AS key
+          FROM sync_queue WHERE id = ANY(CAST(:ids AS text[]))
+          ORDER BY key) AS keys
 """)
 
 # PROCESSING -> COMPLETED, compare-and-set on (id, claim_token): a worker whose claim was
@@ -203,13 +225,20 @@ FAIL = text("""
     RETURNING q.id, q.status
 """)
 
-# Claims older than the threshold go back to PENDING (their worker died or hung). Measures
-# time since the claim (claimed_at), not the item's age. Reads ix_sync_queue_processing.
+# Claims older than the threshold (their worker died or hung): chosen first, so that their
+# records can be locked (LOCK_CLAIMED_RECORDS), then returned to PENDING by RESET_STUCK.
+# Measures time since the claim (claimed_at), not the item's age. ix_sync_queue_processing.
+STUCK = text("""
+    SELECT id FROM sync_queue
+    WHERE status = 'PROCESSING' AND claimed_at < now() - make_interval(secs => :seconds)
+""")
+
 RESET_STUCK = text("""
     UPDATE sync_queue
     SET status = 'PENDING', claim_token = NULL, claimed_at = NULL, available_at = now(),
         last_error = :reason
-    WHERE status = 'PROCESSING' AND claimed_at < now() - make_interval(secs => :seconds)
+    WHERE id = ANY(CAST(:ids AS text[])) AND status = 'PROCESSING'
+      AND claimed_at < now() - make_interval(secs => :seconds)
     RETURNING id
 """)
 

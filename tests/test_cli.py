@@ -230,14 +230,14 @@ def _row(item_id: str) -> list[tuple[object, ...]]:
 def test_migrate_from_empty_and_without_alembic_ini(
     db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert "already at head (0002)" in cli("migrate").stdout
+    assert "already at head (0003)" in cli("migrate").stdout
 
     original = os.environ["DATABASE_URL"]
     name = f"sq_cli_migrate_{os.getpid()}"
     use_database(create_database(name))
     try:
-        assert "empty -> 0002" in cli("migrate").stdout
-        assert "OK    migrations: at head 0002" in cli("doctor").stdout
+        assert "empty -> 0003" in cli("migrate").stdout
+        assert "OK    migrations: at head 0003" in cli("doctor").stdout
     finally:
         use_database(original)
         drop_database(name)
@@ -246,7 +246,7 @@ def test_migrate_from_empty_and_without_alembic_ini(
     (tmp_path / "migrations").symlink_to(ROOT / "migrations")
     monkeypatch.setattr(schema, "REPO_ROOT", tmp_path)
     assert schema.alembic_config().config_file_name is None
-    assert "already at head (0002)" in cli("migrate").stdout
+    assert "already at head (0003)" in cli("migrate").stdout
     (tmp_path / "migrations").unlink()
     assert "migrations are not installed" in assert_one_line_error(cli("migrate"))
 

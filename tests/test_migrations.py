@@ -39,6 +39,10 @@ PARTIAL_INDEXES = {
     ),
     "ix_sync_queue_completed": ("(processed_at)", "WHERE (status = 'COMPLETED'::queue_status)"),
     "ix_sync_queue_failed": ("(model, id)", "WHERE (status = 'FAILED'::queue_status)"),
+    "ix_sync_queue_backoff": (
+        "(available_at)",
+        "WHERE ((status = 'PENDING'::queue_status) AND (available_at > created_at))",
+    ),
 }
 ENUMS = {
     "sync_action": ["CREATE", "UPDATE", "DELETE"],

@@ -397,7 +397,7 @@ def test_a_replayed_copy_can_be_parked_and_retried_again_and_again() -> None:
     assert applied[0] == 1 and applied[-1] == 2
 
 
-def test_a_retried_copy_goes_after_older_changes_still_waiting_and_takes_its_versions_along() -> None:
+def test_a_retried_copy_goes_after_older_waiting_changes_and_takes_its_versions_along() -> None:
     late1, late2, parked, newest = _ids(4)
     queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=parked, max_retries=1)
     queue.mark_complete_many(queue.dequeue())
@@ -411,3 +411,17 @@ def test_a_retried_copy_goes_after_older_changes_still_waiting_and_takes_its_ver
     applied = [i.payload["v"] for i in queue.dequeue(20)]
     last = {v: n for n, v in enumerate(applied)}
     assert applied[-1] == 4 and last[2] < last[3], applied
+
+
+def test_a_record_waiting_out_a_backoff_gives_nothing_not_even_a_late_earlier_change() -> None:
+    late, retried = _ids(2)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=retried)
+    queue.enqueue("UPDATE", "Request", "b", {"v": 1})
+    [first, other] = queue.dequeue()
+    queue.mark_complete(other)
+    assert queue.mark_failed(first, "429", retry_after=3600) == "PENDING"
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late)  # now the record's head
+    queue.enqueue("UPDATE", "Request", "c", {"v": 1})
+    assert [i.record_id for i in queue.dequeue(10)] == ["c"]  # "a" waits for its backoff
+    _exec("UPDATE sync_queue SET available_at = now() WHERE id = :i", i=retried)
+    assert [i.payload["v"] for i in queue.dequeue(10)] == [1, 2]

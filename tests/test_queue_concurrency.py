@@ -13,7 +13,7 @@ import pytest
 from dbutil import count_rows
 from sqlalchemy import text
 
-from syncqueue_tasks import queue
+from syncqueue_tasks import queue, sql
 from syncqueue_tasks.db import get_engine
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -260,10 +260,11 @@ def test_late_arrivals_and_retries_leave_every_record_in_enqueue_order() -> None
 def test_a_claim_gives_back_what_a_store_committed_during_it_overtook() -> None:
     """A claim's snapshot predates a store that commits before the claim reaches its record.
 
-    The claim walks past 50,000 PENDING changes of a record that is in flight (none is a
-    head), which keeps it busy long enough for a late change of another record to be stored
-    and committed in between. Without the recheck, the claim took that record's later change
-    and it was written before the late one, and never again after it.
+    The claim walks past 50,000 PENDING changes queued behind a record's head that another
+    transaction holds locked (SKIP LOCKED skips it; none of the others is a head), which keeps
+    it busy long enough for a late change of another record to be stored and committed in
+    between. Without the recheck, the claim took that record's later change and it was
+    written before the late one, and never again after it.
     """
     from syncqueue_tasks.ids import new_id
 
@@ -273,11 +274,13 @@ def test_a_claim_gives_back_what_a_store_committed_during_it_overtook() -> None:
             INSERT INTO sync_queue (id, origin_id, position, action, model, record_id, payload,
                                     status)
             SELECT lpad(n::text, 26, '0'), lpad(n::text, 26, '0'), lpad(n::text, 26, '0'),
-                   'UPDATE', 'Busy', 'z', '{}', CASE WHEN n = 1 THEN 'PROCESSING'
-                                                     ELSE 'PENDING' END::queue_status
+                   'UPDATE', 'Busy', 'z', '{}', 'PENDING'
             FROM generate_series(1, 50000) AS n
         """)
         )
+    holder = get_engine().connect()  # holds the busy record's head: claims skip it
+    holder.begin()
+    holder.execute(text("SELECT 1 FROM sync_queue WHERE id = :i FOR UPDATE"), {"i": "0" * 25 + "1"})
     late, later = new_id(), new_id()
     queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=later)
     claim: dict[str, object] = {}
@@ -306,4 +309,34 @@ def test_a_claim_gives_back_what_a_store_committed_during_it_overtook() -> None:
     while items := [i for i in queue.dequeue(5) if i.record_id == "a"]:
         applied += [i.payload["v"] for i in items]
         queue.mark_complete_many(items)
+    holder.rollback()
+    holder.close()
     assert applied[-1] == 2 and 1 in applied  # v=1 was written, then v=2 after it
+
+
+@pytest.mark.parametrize("mark", ["complete", "fail", "reset_stuck"])
+def test_a_mark_waits_for_a_store_replaying_its_record(mark: str) -> None:
+    """A store replaying a record moves its claimed rows: a mark of those rows waits for it
+    (shared advisory lock against the store's exclusive one) instead of interleaving row locks
+    with it, which deadlocked a store and a mark working on two records in opposite orders."""
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1})
+    [item] = queue.dequeue()
+    if mark == "reset_stuck":
+        with get_engine().begin() as conn:
+            conn.execute(text("UPDATE sync_queue SET claimed_at = now() - interval '1 hour'"))
+    calls = {
+        "complete": lambda: queue.mark_complete(item),
+        "fail": lambda: queue.mark_failed(item, "x", retry_after=0),
+        "reset_stuck": lambda: queue.reset_stuck(older_than_minutes=1),
+    }
+    outcome: list[object] = []
+    with get_engine().connect() as store:
+        store.begin()
+        store.execute(sql.LOCK_RECORDS, {"models": ["Request"], "record_ids": ["a"]})
+        thread = threading.Thread(target=lambda: outcome.append(calls[mark]()))
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive() and not outcome  # waiting for the store
+        store.commit()
+    thread.join(10)
+    assert outcome and outcome[0] in (True, "PENDING", 1)

@@ -114,7 +114,7 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         seen.update(pids)
         assert set(pids) == {"postgres", "redis", "worker", "beat", "flower"}
         assert all(runstate.pid_alive(p) for p in pids.values())
-        assert "migrated the database: empty -> 0002" in run.output()
+        assert "migrated the database: empty -> 0003" in run.output()
         assert state.env["DATABASE_URL"].startswith("postgresql+psycopg://postgres@/syncqueue?")
         assert _get(f"http://127.0.0.1:{flower}/healthcheck") == "OK"
 
