@@ -73,16 +73,18 @@ LATER_CHANGES = text("""
     ORDER BY l.anchor_id, s.origin_id, s.position
 """)
 
-# Replay, part 1: later changes still PENDING move to the positions right after the late one
-# (a late id X gives X.000001, X.000002, ...: after X, before any other id).
+# Replay, part 1: the rows LATER_CHANGES found PENDING or claimed move to the positions right
+# after the anchor (an anchor at position X gives X.000001, X.000002, ...: after X, before
+# anything that followed X). The caller holds the records' exclusive locks; marks of claimed
+# rows wait for them (LOCK_CLAIMED_RECORDS).
 REPOSITION_LATER = text("""
     UPDATE sync_queue AS s SET position = r.position
     FROM unnest(CAST(:ids AS text[]), CAST(:positions AS text[])) AS r(id, position)
     WHERE s.id = r.id
 """)
 
-# Replay, part 2: later changes already claimed or written are written again after the late
-# one, as new PENDING copies (origin_id names the change they apply).
+# Replay, part 2: a later change with no PENDING row (being or already written) is written
+# again after the anchor, as a new PENDING copy (origin_id names the change it applies).
 COPY_LATER = text("""
     INSERT INTO sync_queue (id, origin_id, position, action, model, record_id,
                             sheet_row_index, payload, max_retries)
