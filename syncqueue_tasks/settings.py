@@ -86,7 +86,9 @@ class Settings:
     cleanup_chunk_size: int
     batch_time_budget: float
     enqueue_mode: str
+    enqueue_timeout_ms: int
     kick_delay: float
+    claim_max_changes: int
     writer: str
     jsonl_path: str
     data_dir: Path
@@ -127,7 +129,9 @@ class Settings:
             cleanup_chunk_size=_int("SYNCQUEUE_CLEANUP_CHUNK_SIZE", 5000, 1, 100000),
             batch_time_budget=_float("SYNCQUEUE_BATCH_TIME_BUDGET", 60.0, 0.0, 3600.0),
             enqueue_mode=_choice("SYNCQUEUE_ENQUEUE_MODE", "direct", ("direct", "broker")),
+            enqueue_timeout_ms=_int("SYNCQUEUE_ENQUEUE_TIMEOUT_MS", 200, 10, 60_000),
             kick_delay=_float("SYNCQUEUE_KICK_DELAY", 0.2, 0.0, 60.0),
+            claim_max_changes=_int("SYNCQUEUE_CLAIM_MAX_CHANGES", 1000, 1, 100_000),
             writer=env("SYNCQUEUE_WRITER", "").strip(),
             jsonl_path=env("SYNCQUEUE_JSONL_PATH", "").strip(),
             data_dir=data_dir,

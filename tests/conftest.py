@@ -77,6 +77,6 @@ def db() -> Iterator[None]:
     """An empty ``sync_queue`` and default settings for one test."""
     get_settings.cache_clear()
     with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE sync_queue"))
+        conn.execute(text("TRUNCATE sync_queue, sync_record"))
     yield
     get_settings.cache_clear()
