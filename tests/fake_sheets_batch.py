@@ -54,12 +54,7 @@ def apply(env: Env, book: Book, requests: list[Any]) -> list[Reply]:
         if handler is None or not isinstance(spec, Mapping):
             raise ApiError(400, f"Invalid requests[{i}]: unsupported request {kind}")
         replies.append(handler(env, book, spec, where))
-    if book.cells() > options.max_cells:
-        raise ApiError(
-            400,
-            "This action would increase the number of cells in the workbook above the limit "
-            f"of {options.max_cells} cells.",
-        )
+    book.check_cells(options.max_cells)
     md.check_limits(book, options, "Invalid requests")
     return replies
 

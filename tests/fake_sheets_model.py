@@ -140,6 +140,15 @@ class Book:
     def cells(self) -> int:
         return sum(t.row_count * t.col_count for t in self.tabs.values())
 
+    def check_cells(self, limit: int, extra: int = 0) -> None:
+        """Refuse (400) a grid that would hold more than ``limit`` cells."""
+        if self.cells() + extra > limit:
+            raise ApiError(
+                400,
+                "This action would increase the number of cells in the workbook above the limit "
+                f"of {limit} cells.",
+            )
+
 
 @dataclass
 class Range:

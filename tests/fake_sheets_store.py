@@ -289,6 +289,8 @@ class Store:
         )
         start = max(last + 1, rng.r1 or 1)
         n = len(values)
+        grown = max(0, start + n - 1 - tab.row_count) if insert != "INSERT_ROWS" else n
+        self.book(sid).check_cells(self.options.max_cells, grown * tab.col_count)
         if insert == "INSERT_ROWS":  # rows (and their metadata) below move down
             self.apply_batch(
                 sid,
