@@ -103,6 +103,10 @@ class Settings:
     delete_mode: str
     sheets_writes_per_minute: int
     sheets_max_request_bytes: int
+    sheets_read_quota: int
+    sheets_write_quota: int
+    sheets_quota_margin: float
+    sheets_quota_burst: int
     redis_url: str
     redis_prefix: str
 
@@ -155,6 +159,12 @@ class Settings:
             sheets_max_request_bytes=_int(
                 "SYNCQUEUE_SHEETS_MAX_REQUEST_BYTES", 2_000_000, 10_000, 10_000_000
             ),
+            # Google's per-user quota per minute (a service account is one user), per kind.
+            sheets_read_quota=_int("SYNCQUEUE_SHEETS_READ_QUOTA", 60, 1, 100_000),
+            sheets_write_quota=_int("SYNCQUEUE_SHEETS_WRITE_QUOTA", 60, 1, 100_000),
+            # Seconds added to the 60 s window when pacing (covers network jitter).
+            sheets_quota_margin=_float("SYNCQUEUE_SHEETS_QUOTA_MARGIN", 2.0, 0.0, 60.0),
+            sheets_quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", 2, 1, 60),
             redis_url=(
                 env("SYNCQUEUE_REDIS_URL", "")
                 or env("CELERY_BROKER_URL", "")
