@@ -46,6 +46,12 @@ def use_database(url: str) -> None:
     dispose_engine()
 
 
+def truncate() -> None:
+    """Empty the queue's tables."""
+    with get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE sync_queue, sync_record"))
+
+
 def count_rows(where: str = "true", **params: object) -> int:
     """Rows of ``sync_queue`` matching a SQL condition."""
     with get_engine().connect() as conn:
@@ -86,4 +92,3 @@ def assert_records_consistent() -> None:
         ).scalar_one()
     assert not wrong, f"records out of step with their changes: {wrong[:5]}"
     assert orphans == 0, f"{orphans} change(s) without a record row"
-
