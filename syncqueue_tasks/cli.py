@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -142,8 +143,8 @@ def migrate(yes: bool) -> None:
         _confirm_or_fail(
             f"Create or upgrade the sync_queue tables in the default database "
             f"{DEFAULT_DATABASE_URL}?",
-            f"not migrated: start `{cli} run` (its database is found by every command run "
-            f"here) or set DATABASE_URL; to migrate the default database: `{cli} migrate --yes`",
+            f"not migrated: start `{cli} run` (every command finds its database) or set "
+            f"DATABASE_URL; to migrate the default database: `{cli} migrate --yes`",
         )
     before, after = upgrade_head()
     if before == after:
@@ -401,7 +402,7 @@ def _wait_for_signal() -> None:
 def _payload_text(raw: str) -> str:
     """``--payload``: the JSON itself, ``@path`` (that file's text) or ``-`` (standard input)."""
     if raw == "-":
-        return click.get_text_stream("stdin").read()
+        return sys.stdin.read()
     if not raw.startswith("@"):
         return raw
     path = Path(raw[1:])
