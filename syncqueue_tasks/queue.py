@@ -38,7 +38,7 @@ from syncqueue_tasks.validation import (
     validate_age,
     validate_batch_size,
     validate_change,
-    validate_change_mapping,
+    validate_changes,
     validate_item_id,
     validate_limit,
 )
@@ -155,9 +155,10 @@ def enqueue_many(
     """Validate all ``changes`` first, then store them in one statement; all or nothing.
 
     Each change is a mapping (or object) with ``enqueue``'s keys: ``action``, ``model``,
-    ``record_id``, ``payload`` and optionally ``sheet_row_index``, ``max_retries``.
+    ``record_id``, ``payload`` and optionally ``sheet_row_index``, ``max_retries``. An error
+    names the element: ``changes[3].payload: ...``.
     """
-    validated = [validate_change_mapping(c) for c in changes]
+    validated = validate_changes(changes)
     ids = assign_ids(len(validated), item_ids)
     if validated:
         store(validated, ids, session=session)
