@@ -22,11 +22,11 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from syncqueue_tasks import sql
-from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.db import get_engine, get_enqueue_engine, is_disconnect
 from syncqueue_tasks.errors import ValidationError, sanitize_error
 from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.models import QueueItem, QueueStatus, SyncAction
@@ -181,11 +181,16 @@ def store(
     *,
     session: Session | None = None,
     connection: Connection | None = None,
+    fail_fast: bool = False,
 ) -> int:
     """Store validated changes in one statement (``sql.ENQUEUE``); return how many were new.
 
     In ``session``'s or ``connection``'s transaction when given; otherwise in a transaction
-    of its own, committed before this returns.
+    of its own, committed before this returns. ``fail_fast`` (``.delay()``'s direct store,
+    which has the broker to fall back on): one round trip on the enqueue engine, whose
+    ``lock_timeout`` and ``statement_timeout`` make a record held by an open transaction, or a
+    slow database, raise within ``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``; a connection that died is
+    retried once on a fresh one.
     """
     params = {
         "ids": list(ids),
@@ -200,6 +205,15 @@ def store(
         return int(session.execute(sql.ENQUEUE, params).scalar_one())
     if connection is not None:
         return int(connection.execute(sql.ENQUEUE, params).scalar_one())
+    if fail_fast:
+        try:
+            with get_enqueue_engine().connect() as conn:
+                return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+        except DBAPIError as exc:
+            if not is_disconnect(exc):
+                raise
+        with get_enqueue_engine().connect() as conn:  # the pool dropped the dead connections
+            return int(conn.execute(sql.ENQUEUE, params).scalar_one())
     with get_engine().begin() as conn:
         return int(conn.execute(sql.ENQUEUE, params).scalar_one())
 
