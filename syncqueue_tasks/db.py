@@ -56,10 +56,9 @@ def _get(kind: str) -> Engine:
                 engine.dispose(close=False)  # the parent's connections are the parent's
             _engines.clear()
             _engines_pid = os.getpid()
-        engine = _engines.get(kind)
-        if engine is None:
-            engine = _engines[kind] = _create(get_settings(), kind)
-        return engine
+        if kind not in _engines:
+            _engines[kind] = _create(get_settings(), kind)
+        return _engines[kind]
 
 
 def get_engine() -> Engine:
