@@ -99,8 +99,9 @@ def _stop_and_check(run: Run, data: Path, pids: dict[str, int]) -> None:
 
 def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    flower, metrics = free_port(), free_port()
+    flower, metrics, dashboard = free_port(), free_port(), str(free_port())
     env = _env(data, SYNCQUEUE_FLOWER_PORT=str(flower), SYNCQUEUE_METRICS_PORT=str(metrics))
+    env["SYNCQUEUE_DASHBOARD_PORT"] = dashboard
     seen: dict[str, int] = {}
     runs: list[Run] = []
     try:
@@ -112,7 +113,7 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert state is not None and state.pid == run.proc.pid and state.ready
         pids = state.processes
         seen.update(pids)
-        assert set(pids) == {"postgres", "redis", "worker", "beat", "flower"}
+        assert set(pids) == {"postgres", "redis", "worker", "beat", "flower", "dashboard"}
         assert all(runstate.pid_alive(p) for p in pids.values())
         assert "migrated the database: empty -> 0003" in run.output()
         assert state.env["DATABASE_URL"].startswith("postgresql+psycopg://postgres@/syncqueue?")
@@ -169,7 +170,8 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         _stop_and_check(run, data, pids)
 
         # Second run: same data, nothing to migrate, the completed changes are still there.
-        run = Run(tmp_path, _env(data, SYNCQUEUE_FLOWER_PORT=str(flower)), tmp_path / "run2.log")
+        env2 = _env(data, SYNCQUEUE_FLOWER_PORT=str(flower), SYNCQUEUE_DASHBOARD_PORT=dashboard)
+        run = Run(tmp_path, env2, tmp_path / "run2.log")
         runs.append(run)
         run.wait_ready()
         state = runstate.read_live(data)

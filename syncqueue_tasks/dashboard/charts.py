@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 WIDTH, HEIGHT = 720, 220
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 12, 28
+Y_STEPS = 4  # grid lines above zero, at whole numbers
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,10 @@ class LineChart:
     empty: bool
 
 
-def nice_ceiling(value: float) -> int:
-    """The smallest of 1, 2, 5 x 10^k that is at least ``value`` (at least 5)."""
-    if value <= 5:
-        return 5
+def nice_step(value: float) -> int:
+    """The smallest of 1, 2, 5 x 10^k that is at least ``value`` (at least 1)."""
+    if value <= 1:
+        return 1
     power = 10 ** math.floor(math.log10(value))
     return next(int(m * power) for m in (1, 2, 5, 10) if m * power >= value)
 
@@ -63,7 +64,8 @@ def line_chart(
     """
     count = max((len(v) for v in series.values()), default=0)
     known = [v for values in series.values() for v in values if v is not None]
-    top_value = nice_ceiling(max(known, default=0))
+    step_value = nice_step(max(known, default=0) / Y_STEPS)
+    top_value = step_value * Y_STEPS
     right, bottom = WIDTH - RIGHT, HEIGHT - BOTTOM
     step = (right - LEFT) / max(count - 1, 1)
 
@@ -96,7 +98,7 @@ def line_chart(
         top=TOP,
         bottom=bottom,
         lines=lines,
-        y_ticks=[Tick(y(top_value * f / 4), f"{top_value * f / 4:g}") for f in range(5)],
+        y_ticks=[Tick(y(step_value * n), str(step_value * n)) for n in range(Y_STEPS + 1)],
         x_ticks=[Tick(x(i), label) for i, label in sorted(x_labels.items())],
         empty=not known,
     )

@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -56,9 +57,8 @@ def sample(now: float) -> None:
 @dataclass(frozen=True)
 class Rates:
     """Per counter, its count in each of the last ``WINDOW_MINUTES`` whole minutes, oldest
-    first (None: no rate known for that minute), and the first of those minutes."""
+    first (None: no rate known for that minute)."""
 
-    first_minute: int
     per_minute: dict[str, list[int | None]]
 
     def last_hour(self, name: str) -> int | None:
@@ -70,17 +70,16 @@ class Rates:
 def rates(now: float) -> Rates:
     """Per-minute rates over the last ``WINDOW_MINUTES`` whole minutes before ``now``."""
     current = int(now // 60)
-    first = current - WINDOW_MINUTES
     try:
-        raw: Mapping[bytes, bytes] = get_redis().hgetall(samples_key())
+        raw: Mapping[Any, Any] = get_redis().hgetall(samples_key())
     except RedisError as exc:
         log.debug("counter samples unreadable: %s", type(exc).__name__)
         raw = {}
     samples = {int(minute): json.loads(totals) for minute, totals in raw.items()}
     per_minute: dict[str, list[int | None]] = {name: [] for name in COUNTERS}
-    for minute in range(first, current):
-        start, end = samples.get(minute), samples.get(minute + 1)
+    for minute in range(current - WINDOW_MINUTES, current):
+        start, end = samples.get(minute, {}), samples.get(minute + 1, {})
         for name, values in per_minute.items():
-            delta = None if start is None or end is None else end[name] - start[name]
-            values.append(delta if delta is not None and delta >= 0 else None)
-    return Rates(first_minute=first, per_minute=per_minute)
+            delta = end[name] - start[name] if name in start and name in end else None
+            values.append(delta if delta is not None and delta >= 0 else None)  # < 0: a reset
+    return Rates(per_minute)
