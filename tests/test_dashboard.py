@@ -361,6 +361,7 @@ def test_overview_counts_backoff_and_counters(web: TestClient) -> None:
     ]
     assert re.search(r'id="oldest-pending">1\.[5-9] min<', page)
     assert re.search(r'id="backoff-records">1<', page)
+    assert re.search(r"next retry in (9\.\d|10\.0) min", page)
     assert re.search(r'id="writer-requests">12<', page)
     assert re.search(r'id="writer-throttled">3<', page)
     assert "no samples yet" in page

@@ -9,9 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 import httpx2
@@ -180,3 +182,19 @@ def test_syncqueue_run_serves_the_dashboard_behind_a_login(db: None, tmp_path: P
                     os.killpg(pid, signal.SIGKILL)
         run.proc.wait(10)
     assert not group_members(children["dashboard"])
+
+
+def test_every_asset_ships_in_the_wheel_and_nothing_loads_from_elsewhere() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package = ROOT / "syncqueue_tasks" / "dashboard"
+    for folder in ("templates", "static"):
+        name = f"syncqueue_tasks.dashboard.{folder}"
+        assert name in config["packages"]
+        patterns = config["package-data"][name]
+        assets = [p.name for p in (package / folder).iterdir() if p.name != "__pycache__"]
+        assert all(any(fnmatch(a, pattern) for pattern in patterns) for a in assets), assets
+    assert {"htmx.min.js", "htmx.LICENSE"} <= {p.name for p in (package / "static").iterdir()}
+    for template in (package / "templates").glob("*.html"):
+        links = re.findall(r'(?:src|href|action)="([^"]*)"', template.read_text())
+        assert all(link.startswith("/") for link in links), (template.name, links)
+    assert (package / "static" / "htmx.min.js").read_text().startswith("/*! htmx 2.0.11")
