@@ -22,6 +22,7 @@ from processes import ROOT, child_env
 from test_run import Run
 
 from syncqueue_tasks import runstate
+from syncqueue_tasks.dashboard.auth import LOGIN_FAILURES_ALLOWED
 from syncqueue_tasks.embedded import free_port
 from syncqueue_tasks.supervise import group_members
 
@@ -121,6 +122,17 @@ def test_dashboard_command_with_a_set_password_prints_none(db: None, tmp_path: P
         with browser_like(dashboard.url) as web:
             assert http_login(web, "s3t-by-me") == 303
         assert "Password" not in dashboard.output() and "s3t-by-me" not in dashboard.output()
+
+
+def test_a_forged_x_forwarded_for_does_not_escape_the_login_limit(db: None, tmp_path: Path) -> None:
+    with dashboard_process(tmp_path, {"SYNCQUEUE_DASHBOARD_PASSWORD": "pw"}) as dashboard:
+        for n in range(LOGIN_FAILURES_ALLOWED):
+            with browser_like(dashboard.url) as web:
+                web.headers["X-Forwarded-For"] = f"203.0.113.{n}"
+                assert http_login(web, "guess") == 401
+        with browser_like(dashboard.url) as web:
+            web.headers["X-Forwarded-For"] = "198.51.100.1"
+            assert http_login(web, "pw") == 429
 
 
 def test_dashboard_command_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:

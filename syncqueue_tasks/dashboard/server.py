@@ -51,5 +51,9 @@ def serve(sock: socket.socket, echo: Callable[[str], None] = print) -> None:
     # Logins and retries/discards are logged by the dashboard itself; no access log (the
     # record page's query string holds record ids).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = uvicorn.Config(app, access_log=False, log_level="warning", server_header=False)
+    # No proxy headers: a client could name any address in X-Forwarded-For and escape the
+    # per-address login limit (behind a proxy, all clients then share one limit).
+    config = uvicorn.Config(
+        app, access_log=False, log_level="warning", server_header=False, proxy_headers=False
+    )
     uvicorn.Server(config).run(sockets=[sock])
