@@ -336,12 +336,18 @@ def test_overview_counts_backoff_and_counters(web: TestClient) -> None:
             {"action": "CREATE", "model": "Request", "record_id": "1", "payload": {}},
             {"action": "CREATE", "model": "Request", "record_id": "2", "payload": {}},
             {"action": "CREATE", "model": "Operator", "record_id": "3", "payload": {}},
+            {"action": "CREATE", "model": "Operator", "record_id": "4", "payload": {}},
         ]
     )
-    [claimed] = queue.dequeue(1)
-    queue.mark_failed(claimed, "boom", retry_after=600)  # its record waits out a backoff
+    first, second = queue.dequeue(2)
+    queue.mark_failed(first, "boom", retry_after=600)  # its record waits out a backoff
+    queue.mark_complete(second)
     with get_engine().begin() as conn:
         conn.execute(text("UPDATE sync_queue SET created_at = now() - interval '90 seconds'"))
+        conn.execute(
+            text("UPDATE sync_queue SET created_at = now() - interval '5 minutes' "
+                 "WHERE model = 'Operator' AND status = 'PENDING'")
+        )  # fmt: skip
     metrics.count("writer_requests", 12)
     metrics.count("writer_throttled", 3)
     page = web.get("/").text
@@ -352,14 +358,16 @@ def test_overview_counts_backoff_and_counters(web: TestClient) -> None:
         re.sub(r"<[^>]+>", "", c).strip()
         for c in re.findall(r"<td[^>]*>(.*?)</td>", table.group(1), re.S)
     ]
-    # model, PENDING, PROCESSING, FAILED, COMPLETED in the last hour
+    # model, PENDING, PROCESSING, FAILED, how long its oldest PENDING item has waited
     by_model = [cells[i : i + 5] for i in range(0, len(cells), 5)]
     assert by_model == [
-        ["Operator", "1", "0", "0", "0"],
-        ["Request", "2", "0", "0", "0"],  # one of them is back from a failed attempt
-        ["Revenue", "0", "0", "1", "0"],
+        ["Operator", "2", "0", "0", "5.0 min"],
+        ["Request", "1", "0", "0", "1.5 min"],  # back from a failed attempt; the other written
+        ["Revenue", "0", "0", "1", "-"],
     ]
-    assert re.search(r'id="oldest-pending">1\.[5-9] min<', page)
+    assert re.search(r'id="count-pending">3<', page) and re.search(r'id="count-failed">.*>1<', page)
+    assert re.search(r'id="oldest-pending">5\.0 min<', page)
+    assert re.search(r'id="count-completed">1<', page)
     assert re.search(r'id="backoff-records">1<', page)
     assert re.search(r"next retry in (9\.\d|10\.0) min", page)
     assert re.search(r'id="writer-requests">12<', page)

@@ -17,7 +17,6 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from syncqueue_tasks import queue
 from syncqueue_tasks.dashboard import charts, queries, rates
 from syncqueue_tasks.dashboard.auth import password_matches
 from syncqueue_tasks.dashboard.guard import form_text
@@ -109,12 +108,14 @@ async def logout(request: Request, form: FormData) -> Response:
 def _overview(request: Request) -> dict[str, Any]:
     now = time.time()
     recent = rates.rates(now)
+    by_model = queries.items_by_model()
+    oldest = min((m.oldest_pending_at for m in by_model if m.oldest_pending_at), default=None)
     return {
         "now": datetime.fromtimestamp(now, UTC),
         "refresh": request.app.state.config.refresh_seconds,
-        "stats": queue.get_queue_stats(),
-        "by_model": queries.items_by_model(),
-        "backoff": queries.records_in_backoff(),
+        "by_model": by_model,
+        "oldest_pending_at": oldest,
+        "activity": queries.activity(),
         "counters": read_counters(),
         "last_hour": {name: recent.last_hour(name) for name in recent.per_minute},
         "chart": charts.line_chart(
