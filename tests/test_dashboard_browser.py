@@ -106,19 +106,20 @@ def test_operator_retries_a_failed_item_and_watches_it_complete(
         assert "SheetError: column 'status' is protected" in row.inner_text()
         page.screenshot(path=screenshots / "failed.png", full_page=True)
         row.locator("button[value=retry]").click()
-        assert page.inner_text("h1") == "Retry 1 FAILED item(s)?"
+        sync_api.expect(page.locator("h1")).to_have_text("Retry 1 FAILED item(s)?")
         page.screenshot(path=screenshots / "confirm.png", full_page=True)
         page.click("#confirm")
-        assert "1 FAILED item(s) back to PENDING." in page.inner_text(".notice")
+        sync_api.expect(page.locator(".notice")).to_have_text("1 FAILED item(s) back to PENDING.")
 
         page.click("nav >> text=Record")
+        page.wait_for_url(f"{dashboard}record")
         page.fill("#model", "Request")
         page.fill("#record_id", "42")
         page.click("button:has-text('Find')")
-        assert "/record?model=Request&record_id=42" in page.url
+        page.wait_for_url(f"{dashboard}record?model=Request&record_id=42")
 
         def written() -> bool:
-            page.reload()
+            page.goto(f"{dashboard}record?model=Request&record_id=42")  # waits for the load
             return page.inner_text("#history tbody tr .status") == "COMPLETED"
 
         wait_until("the retried change to be written", written)
@@ -161,7 +162,7 @@ def test_posts_without_the_token_or_from_another_site_are_refused(
     # A form whose CSRF token was removed: refused, nothing done.
     page.locator(f"#item-{item} input[name=csrf_token]").evaluate("input => input.remove()")
     page.locator(f"#item-{item} button[value=retry]").click()
-    assert "Refused: missing or wrong CSRF token" in page.inner_text("body")
+    sync_api.expect(page.locator("body")).to_contain_text("Refused: missing or wrong CSRF token")
     page.screenshot(path=screenshots / "csrf-refused.png")
     assert statuses([item]) == ["FAILED"]
 
@@ -173,7 +174,7 @@ def test_posts_without_the_token_or_from_another_site_are_refused(
         page.goto(f"http://127.0.0.1:{attacker.server_port}/")
         page.click("button")
         page.wait_for_url(f"{dashboard}failed/confirm")
-        assert "Refused: cross-site request" in page.inner_text("body")
+        sync_api.expect(page.locator("body")).to_contain_text("Refused: cross-site request")
     finally:
         attacker.shutdown()
         attacker.server_close()
