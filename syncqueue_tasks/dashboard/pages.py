@@ -46,11 +46,12 @@ def record(request: Request) -> Response:
     model = request.query_params.get("model", "").strip()
     record_id = request.query_params.get("record_id", "")
     error, history = None, None
+    longest = get_settings().max_record_id_length
     if model or record_id:
         if not model or len(model) > MAX_MODEL_LENGTH:
             error = f"model: give a model name of at most {MAX_MODEL_LENGTH} characters"
-        elif not record_id.strip() or len(record_id) > get_settings().max_record_id_length:
-            error = "record id: give the record's id (at most 255 characters)"
+        elif not record_id.strip() or len(record_id) > longest:
+            error = f"record id: give the record's id (at most {longest} characters)"
         else:
             history = queries.record_history(model, record_id, HISTORY_LIMIT)
     return render(
