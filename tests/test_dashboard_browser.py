@@ -85,7 +85,7 @@ def wait_until(what: str, check: object, timeout: float = 45) -> None:
 
 
 def test_operator_retries_a_failed_item_and_watches_it_complete(
-    dashboard: str, browser: sync_api.Browser, screenshots: Path, tmp_path: Path
+    browser: sync_api.Browser, dashboard: str, screenshots: Path, tmp_path: Path
 ) -> None:
     [item] = park_failed(("Request", "42"), error="SheetError: column 'status' is protected")
     queue.enqueue("CREATE", "Operator", "op-7", {"name": "Bo"})
@@ -153,7 +153,7 @@ class _AttackerPage(BaseHTTPRequestHandler):
 
 
 def test_posts_without_the_token_or_from_another_site_are_refused(
-    dashboard: str, browser: sync_api.Browser, screenshots: Path
+    browser: sync_api.Browser, dashboard: str, screenshots: Path
 ) -> None:
     [item] = park_failed(("Request", "1"))
     page = browser.new_page()
