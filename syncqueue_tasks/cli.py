@@ -446,5 +446,7 @@ def _revs(revisions: tuple[str, ...]) -> str:
     return ", ".join(revisions) or "empty"
 
 
+main.add_command(__import__("syncqueue_tasks.dashboard.command", fromlist=["_"]).dashboard)
+
 if __name__ == "__main__":
     main(prog_name="syncqueue")

@@ -156,8 +156,9 @@ def _stop_and_check(run: Run, data: Path, pids: dict[str, int]) -> None:
 
 def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    flower, metrics = free_port(), free_port()
+    flower, metrics, dashboard = free_port(), free_port(), str(free_port())
     env = _env(data, SYNCQUEUE_FLOWER_PORT=str(flower), SYNCQUEUE_METRICS_PORT=str(metrics))
+    env["SYNCQUEUE_DASHBOARD_PORT"] = dashboard
     seen: dict[str, int] = {}
     runs: list[Run] = []
     try:
@@ -169,7 +170,7 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert state is not None and state.pid == run.proc.pid and state.ready
         pids = state.processes
         seen.update(pids)
-        assert set(pids) == {"postgres", "redis", "worker", "beat", "flower"}
+        assert set(pids) == {"postgres", "redis", "worker", "beat", "flower", "dashboard"}
         assert all(runstate.pid_alive(p) for p in pids.values())
         output = run.output()
         steps = [
@@ -250,7 +251,12 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         # Second run: same data, nothing to migrate, the completed changes are still there;
         # the broker kept its data (append-only file); Flower takes the login it is given.
         given = "ops:given-secret"
-        env2 = _env(data, SYNCQUEUE_FLOWER_PORT=str(flower), FLOWER_BASIC_AUTH=given)
+        env2 = _env(
+            data,
+            SYNCQUEUE_FLOWER_PORT=str(flower),
+            FLOWER_BASIC_AUTH=given,
+            SYNCQUEUE_DASHBOARD_PORT=dashboard,
+        )
         run = Run(tmp_path, env2, tmp_path / "run2.log")
         runs.append(run)
         run.wait_ready()
