@@ -322,8 +322,16 @@ def test_record_page_shows_every_change_in_order_without_payload_values(web: Tes
     assert first in rows[0][1] and "status, title" in rows[0][1] and "UTC" in rows[0][1]
     assert second in rows[1][1] and "1 / 3" in rows[1][1] and "HTTPError: 500" in rows[1][1]
     assert "other record" not in page
+    state = re.search(r'<dl class="state" id="state">(.*?)</dl>', page, re.S)
+    assert (
+        state
+        and "present" in state.group(1)
+        and "waiting changes</dt><dd>1, in backoff" in state.group(1)
+    )
+    fields = re.findall(r"<tr><td>(\w+)</td><td><code>(\w+)</code></td></tr>", page)
+    assert fields == [("status", first), ("title", first)]  # written by the first change
     none = web.get("/record", params={"model": "Request", "record_id": "nope"}).text
-    assert "No changes of Request nope" in none
+    assert "The queue never had a change of Request nope" in none
     assert web.get("/record", params={"model": "Request", "record_id": ""}).status_code == 400
 
 

@@ -17,6 +17,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from syncqueue_tasks import queue
 from syncqueue_tasks.dashboard import charts, queries, rates
 from syncqueue_tasks.dashboard.auth import password_matches
 from syncqueue_tasks.dashboard.guard import form_text
@@ -45,7 +46,7 @@ def record(request: Request) -> Response:
     """Search by model and record id (query string: identifiers only), and the history."""
     model = request.query_params.get("model", "").strip()
     record_id = request.query_params.get("record_id", "")
-    error, history = None, None
+    error, record, changes = None, None, None
     longest = get_settings().max_record_id_length
     if model or record_id:
         if not model or len(model) > MAX_MODEL_LENGTH:
@@ -53,7 +54,8 @@ def record(request: Request) -> Response:
         elif not record_id.strip() or len(record_id) > longest:
             error = f"record id: give the record's id (at most {longest} characters)"
         else:
-            history = queries.record_history(model, record_id, HISTORY_LIMIT)
+            record = queue.get_record(model, record_id, limit=HISTORY_LIMIT)
+            changes = [] if record is None else [queries.change_view(c) for c in record.changes]
     return render(
         request,
         "record.html",
@@ -61,7 +63,10 @@ def record(request: Request) -> Response:
         models=sorted(get_settings().models),
         model=model,
         record_id=record_id,
-        history=history,
+        record=record,
+        changes=changes,
+        limit=HISTORY_LIMIT,
+        now=datetime.now(UTC),
         error=error,
     )
 

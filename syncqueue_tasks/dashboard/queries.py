@@ -16,35 +16,41 @@ from sqlalchemy import text
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import sanitize_error
 
-# Items of each model that are waiting, in flight or dead, and the oldest waiting one. Each
-# status is read on its partial index, so the cost follows the backlog, never the COMPLETED
-# history (counting a million COMPLETED rows by model took 0.5 s; this runs every few seconds).
+# Per model: waiting changes (sync_record.pending, on ix_sync_record_pending) and when its
+# oldest waiting change was stored (each waiting record's oldest change, by primary key);
+# changes in flight (claimed records' PROCESSING rows, on ix_sync_record_claimed); dead
+# letters (ix_sync_queue_failed). Never the COMPLETED history: this runs every few seconds.
 ITEMS_BY_MODEL = text("""
-    SELECT model,
-           count(*) FILTER (WHERE status = 'PENDING') AS pending,
-           count(*) FILTER (WHERE status = 'PROCESSING') AS processing,
-           count(*) FILTER (WHERE status = 'FAILED') AS failed,
-           min(created_at) FILTER (WHERE status = 'PENDING') AS oldest_pending_at
+    SELECT model, sum(pending)::integer AS pending, sum(processing)::integer AS processing,
+           sum(failed)::integer AS failed, min(stored_at) AS oldest_pending_at
     FROM (
-        SELECT model, status, created_at FROM sync_queue WHERE status = 'PENDING'
-        UNION ALL SELECT model, status, created_at FROM sync_queue WHERE status = 'PROCESSING'
-        UNION ALL SELECT model, status, created_at FROM sync_queue WHERE status = 'FAILED'
+        SELECT r.model, r.pending, 0 AS processing, 0 AS failed, q.created_at AS stored_at
+        FROM sync_record AS r LEFT JOIN sync_queue AS q ON q.id = r.waiting_id
+        WHERE r.pending > 0
+        UNION ALL
+        SELECT q.model, 0, 1, 0, NULL
+        FROM sync_record AS r
+        JOIN sync_queue AS q
+          ON q.model = r.model AND q.record_id = r.record_id AND q.status = 'PROCESSING'
+        WHERE r.claim_token IS NOT NULL
+        UNION ALL
+        SELECT model, 0, 0, 1, NULL FROM sync_queue WHERE status = 'FAILED'
     ) AS live
     GROUP BY model
     ORDER BY model
 """)
 
 # Items written in the last hour (a range of ix_sync_queue_completed), and the records waiting
-# out a backoff: a PENDING change sent back with a delay that has not passed (the test the
-# claim uses to skip a record; ix_sync_queue_backoff).
+# out a backoff: waiting records not claimable before a time still to come
+# (ix_sync_record_pending).
 ACTIVITY = text("""
     SELECT (SELECT count(*) FROM sync_queue
              WHERE status = 'COMPLETED' AND processed_at > now() - interval '1 hour')
              AS completed_last_hour,
-           count(DISTINCT (model, record_id)) AS records_in_backoff,
+           count(*) AS records_in_backoff,
            min(available_at) AS next_retry_at
-    FROM sync_queue
-    WHERE status = 'PENDING' AND available_at > created_at AND available_at > now()
+    FROM sync_record
+    WHERE pending > 0 AND available_at > now()
 """)
 
 # The FAILED items an operator picked (ids and/or model; NULL = any), oldest first, with how
@@ -55,18 +61,6 @@ FAILED_CHOICE = text("""
     WHERE status = 'FAILED'
       AND (CAST(:ids AS text[]) IS NULL OR id = ANY(CAST(:ids AS text[])))
       AND (CAST(:model AS text) IS NULL OR model = CAST(:model AS text))
-    ORDER BY id
-    LIMIT :limit
-""")
-
-# Every change of one record in the order it was stored (ids are time-ordered), with the
-# names of the fields each one set (not their values). ix_sync_queue_record.
-RECORD_HISTORY = text("""
-    SELECT id, action, status, retries, max_retries, last_error, created_at, claimed_at,
-           processed_at, count(*) OVER () AS total,
-           ARRAY(SELECT jsonb_object_keys(payload) ORDER BY 1) AS fields
-    FROM sync_queue
-    WHERE model = :model AND record_id = :record_id
     ORDER BY id
     LIMIT :limit
 """)
@@ -126,14 +120,6 @@ class Change:
     fields: list[str]
 
 
-@dataclass(frozen=True)
-class History:
-    """A record's changes, oldest first (at most the limit asked for), and how many exist."""
-
-    changes: list[Change]
-    total: int
-
-
 def items_by_model() -> list[ModelCounts]:
     """Per model: PENDING, PROCESSING and FAILED items, and when its oldest PENDING one was
     stored (models with none of these are left out)."""
@@ -158,17 +144,10 @@ def choose_failed(ids: list[str] | None, model: str | None, limit: int) -> Choic
     )
 
 
-def record_history(model: str, record_id: str, limit: int) -> History:
-    """The changes of one record, oldest first, errors sanitized again for display."""
-    params = {"model": model, "record_id": record_id, "limit": limit}
-    with get_engine().connect() as conn:
-        rows = conn.execute(RECORD_HISTORY, params).mappings().all()
-    changes = [_change(row) for row in rows]
-    return History(changes=changes, total=rows[0]["total"] if rows else 0)
-
-
-def _change(row: Any) -> Change:
-    values = {k: row[k] for k in Change.__dataclass_fields__}
-    values["last_error"] = sanitize_error(row["last_error"]) if row["last_error"] else None
-    values["fields"] = list(row["fields"])
-    return Change(**values)
+def change_view(change: dict[str, Any]) -> Change:
+    """A change as ``queue.get_record`` gives it, for display: the names of the fields it
+    set instead of their values, and its error sanitized again."""
+    values = {k: change[k] for k in Change.__dataclass_fields__ if k != "fields"}
+    error = change["last_error"]
+    values["last_error"] = sanitize_error(error) if error else None
+    return Change(**values, fields=sorted(change["payload"]))
