@@ -479,3 +479,17 @@ def test_without_a_running_stack_or_database_url_the_cli_says_so_and_migrate_ask
         monkeypatch.undo()
         get_settings.cache_clear()
         dispose_engine()
+
+
+def test_record_shows_the_synced_state_and_the_changes(db: None) -> None:
+    queue.enqueue("CREATE", "Request", "r9", {"name": "Ann", "phone": "555"})
+    queue.mark_complete_many(queue.dequeue())
+    queue.enqueue("UPDATE", "Request", "r9", {"name": "Bo"})
+    out = cli("record", "Request", "r9").stdout
+    assert "Request r9: live; fields name, phone" in out and "waiting 1" in out
+    assert "COMPLETED" in out and "PENDING" in out and "555" not in out and "Bo" not in out
+    as_json = json.loads(cli("record", "Request", "r9", "--json").stdout)
+    assert as_json["fields"] == {"name": "Ann", "phone": "555"} and as_json["pending"] == 1
+    assert [c["status"] for c in as_json["changes"]] == ["COMPLETED", "PENDING"]
+    missing = cli("record", "Request", "nope")
+    assert missing.exit_code == 1 and "never had a change" in missing.output
