@@ -53,7 +53,16 @@ for extra in (ROOT, ROOT / "tests", ROOT / "bench"):
         sys.path.insert(0, str(extra))
 
 import psycopg  # noqa: E402
-from contenders import CLAIM, CONTENDERS, HOT, NEEDS, Contender, changes, clean_redis  # noqa: E402
+from contenders import (  # noqa: E402
+    CLAIM,
+    CONTENDERS,
+    HOT,
+    NEEDS,
+    Contender,
+    changes,
+    clean_redis,
+    take_all,
+)
 
 ADMIN_URL = os.environ.get(
     "SYNCQUEUE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -142,6 +151,7 @@ OPS: dict[str, Callable[..., Any]] = {
     "supply": _supply,
     "claims": _claims,
     "counts": lambda c: c.counts(),
+    "take_all": take_all,
     "add_history": lambda c, n: c.add_history(n),
     "hold_hot": lambda c, n: c.hold_hot(n),
 }
@@ -407,6 +417,7 @@ def latency_work(
     for phase in range(2):
         if phase == 1:
             for t in teams:
+                t.lead.call("take_all")  # claims cut short by the budget left some
                 t.lead.call(op, n=n)
         warm = 3
         for t in teams:
@@ -477,7 +488,8 @@ def render(rows: list[Row], names: list[str]) -> list[str]:
             if isinstance(c, str) and c
         }
     )
-    return lines + ([""] + [f"n/a: {r}" for r in reasons] if reasons else [])
+    notes = [f"{CONTENDERS[n].title}: {CONTENDERS[n].note}" for n in names]
+    return lines + [""] + notes + [f"n/a: {r}" for r in reasons]
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -544,14 +556,16 @@ def run(sizes: Sizes, names: list[str], run_id: str, log: Callable[[str], None])
         for p in (1, 4):
             title = f"drain, claim {CLAIM} + complete, {p} process{'es' * (p > 1)}"
             add(f"drain{p}", title, work(f"drain{p}", title, drains(p), every))
-        for key, op, n, what in (
-            ("history", "add_history", sizes.history, f"+ {sizes.history:,} completed rows"),
-            ("hot", "hold_hot", sizes.hot, f"hot record, {sizes.hot:,} pending behind"),
-        ):
+        for key, op, n, before, what in (
+            ("history", "add_history", sizes.history, "no completed rows",
+             f"+ {sizes.history:,} completed rows"),
+            ("hot", "hold_hot", sizes.hot, "no hot record",
+             f"hot record: 1 in flight, {sizes.hot:,} pending behind"),
+        ):  # fmt: skip
             why = {t: getattr(CONTENDERS[t], key) for t in teams if getattr(CONTENDERS[t], key)}
             chosen = [t for t in every if t.name not in why]
             without, with_ = work(key, f"claim latency, {what}", latencies(op, n), chosen)
-            add(f"{key}0", f"claim latency, queue without ({key})", {**why, **without})
+            add(f"{key}0", f"claim latency, {before}", {**why, **without})
             add(key, f"claim latency, {what}", {**why, **with_}, base=f"{key}0")
     finally:
         for t in every:
