@@ -159,8 +159,9 @@ def profile(admin_url: str, n: int) -> int:
         rest = r["wall_ms"] - r["client_cpu_ms"] - (r["server_cpu_ms"] or 0.0)
         statements = ", ".join(f"{tag} {count:g}" for tag, count in r["statements"].items())
         print(f"\n{title}")
-        print(f"  wall {r['wall_ms']:.3f} ms = client CPU {r['client_cpu_ms']:.3f}"
-              f" + server CPU {server} + waiting/other {rest:.3f}")  # fmt: skip
-        print(f"  round trips {r['round_trips']:g}, waiting for answers {r['answer_wait_ms']:.3f}"
-              f" ms (traced run), statements: {statements}")  # fmt: skip
+        wall, client, waited = r["wall_ms"], r["client_cpu_ms"], r["answer_wait_ms"]
+        print(f"  wall {wall:.3f} ms = client CPU {client:.3f} + server CPU {server}", end="")
+        print(f" + waiting/other {rest:.3f}")
+        print(f"  round trips {r['round_trips']:g}, waiting for answers {waited:.3f} ms", end="")
+        print(f" (traced run; includes the server's CPU), statements: {statements}")
     return 0

@@ -44,6 +44,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,8 @@ from contenders import (  # noqa: E402
 ADMIN_URL = os.environ.get(
     "SYNCQUEUE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+PROCESSES = (1, 4)  # the drains' process counts
+WARM_CLAIMS = 6  # untimed claims per latency phase: past psycopg's prepare threshold (5)
 CALL_TIMEOUT = 3600.0  # seconds an agent may take for one call (the 1,000,000-row fill)
 
 
@@ -100,10 +103,19 @@ class Sizes:
         )
 
 
-FULL = Sizes(each=2000, batched=20_000, drain=20_000, history=1_000_000, hot=100_000,
-             samples=40, reps=5)  # fmt: skip
-QUICK = Sizes(each=300, batched=5000, drain=3000, history=30_000, hot=5000, samples=12, reps=3,
-              latency_budget=5.0)  # fmt: skip
+FULL = Sizes(
+    each=2000, batched=20_000, drain=20_000, history=1_000_000, hot=100_000, samples=40, reps=5
+)
+QUICK = Sizes(
+    each=200,
+    batched=4000,
+    drain=2000,
+    history=20_000,
+    hot=5000,
+    samples=9,
+    reps=3,
+    latency_budget=3.0,
+)
 
 
 # --- agents: one process per contender and worker -----------------------------------------
@@ -143,6 +155,7 @@ def _claims(c: Contender, k: int, budget: float) -> list[float]:
 
 
 OPS: dict[str, Callable[..., Any]] = {
+    "ping": lambda c: None,
     "install": lambda c, dsn: c.install(dsn),
     "open": lambda c, dsn: c.open(dsn),
     "close": lambda c: c.close(),
@@ -213,43 +226,40 @@ class Agent:
 
 
 class Team:
-    """A contender's agents, all on its current work database; grown on demand."""
+    """A contender's agent processes (as many as the largest drain), all started up front so
+    that no interpreter starts while something is timed; ``open`` puts the first ``count``
+    of them on a work database."""
 
-    def __init__(self, ctx: Any, name: str, env: dict[str, str]) -> None:
-        self.ctx, self.name, self.env = ctx, name, env
+    def __init__(self, ctx: Any, name: str, env: dict[str, str], processes: int) -> None:
+        self.name = name
         self.kind = CONTENDERS[name]
         self.go = ctx.Event()
-        self.agents: list[Agent] = []
+        self.agents = [Agent(ctx, name, self.go, env) for _ in range(processes)]
+        self.opened: list[Agent] = []
         self.dsn: str | None = None
         self.next_id = 0  # numbers the changes a team enqueues, so ids never repeat
+
+    def ready(self) -> None:
+        for agent in self.agents:
+            agent.call("ping")
 
     def numbers(self, n: int) -> int:
         start, self.next_id = self.next_id, self.next_id + n
         return start
 
-    def grow(self, count: int) -> list[Agent]:
-        while len(self.agents) < count:
-            agent = Agent(self.ctx, self.name, self.go, self.env)
-            if self.dsn is not None:
-                agent.call("open", dsn=self.dsn)
-            self.agents.append(agent)
-        return self.agents[:count]
-
     @property
     def lead(self) -> Agent:
-        return self.grow(1)[0]
+        return self.agents[0]
 
-    def open(self, dsn: str) -> None:
-        self.dsn = dsn
-        for agent in self.grow(1):
-            agent.call("open", dsn=dsn)
-        for agent in self.agents[1:]:
+    def open(self, dsn: str, count: int = 1) -> None:
+        self.dsn, self.opened = dsn, self.agents[:count]
+        for agent in self.opened:
             agent.call("open", dsn=dsn)
 
     def close(self) -> None:
-        for agent in self.agents:
+        for agent in self.opened:
             agent.call("close")
-        self.dsn = None
+        self.dsn, self.opened = None, []
 
     def stop(self) -> None:
         for agent in self.agents:
@@ -294,10 +304,19 @@ class Databases:
         return str(row[0]).split()[0]
 
 
+USER_TABLES = """
+SELECT string_agg(format('%I.%I', schemaname, tablename), ', ') FROM pg_tables
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+"""
+
+
 def settle(dsn: str) -> None:
-    """VACUUM ANALYZE the whole work database (untimed; the same for every contender)."""
+    """VACUUM ANALYZE every table of the work database but the catalogs (untimed; the same
+    for every contender)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE")
+        row = conn.execute(USER_TABLES).fetchone()
+        if row and row[0]:
+            conn.execute(f"VACUUM ANALYZE {row[0]}")  # type: ignore[arg-type]
 
 
 # --- the works -------------------------------------------------------------------------------
@@ -364,7 +383,8 @@ def drain_once(team: Team, n: int, processes: int) -> tuple[float, dict[str, int
     lead.call("fill", start=team.numbers(n), n=n, records=max(1, n // 10))
     assert team.dsn is not None
     settle(team.dsn)
-    agents = team.grow(processes)
+    agents = team.opened[:processes]
+    check(len(agents) == processes, f"{team.name}: {len(agents)} agents open, {processes} wanted")
     for agent in agents:
         agent.send("drain")
     for agent in agents:
@@ -419,13 +439,12 @@ def latency_work(
             for t in teams:
                 t.lead.call("take_all")  # claims cut short by the budget left some
                 t.lead.call(op, n=n)
-        warm = 3
         for t in teams:
-            want = (sizes.samples + warm) * t.kind.claim_size
+            want = (sizes.samples + WARM_CLAIMS) * t.kind.claim_size
             t.lead.call("supply", start=t.numbers(want), n=want)
             assert t.dsn is not None
             settle(t.dsn)
-            t.lead.call("claims", k=warm, budget=sizes.latency_budget)
+            t.lead.call("claims", k=WARM_CLAIMS, budget=sizes.latency_budget)
         times: dict[str, list[float]] = {t.name: [] for t in teams}
         per_rep = max(1, sizes.samples // sizes.reps)
         for rep in range(sizes.reps):
@@ -504,17 +523,24 @@ def run(sizes: Sizes, names: list[str], run_id: str, log: Callable[[str], None])
     ctx = mp.get_context("spawn")
     dbs = Databases(run_id)
     env = {"CELERY_QUEUE": f"bench_{run_id}", "SYNCQUEUE_ENQUEUE_MODE": "direct"}
-    teams = {n: Team(ctx, n, env) for n in names}
+    teams = {n: Team(ctx, n, env, max(PROCESSES)) for n in names}
+    every = list(teams.values())
     missing = {n: "not installed (pip install -e '.[bench]')" for n in CONTENDERS if n not in names}
     rows: list[Row] = []
     started = time.perf_counter()
 
-    def work(key: str, title: str, body: Callable[[list[Team]], Any], chosen: list[Team]) -> Any:
+    def work(
+        key: str,
+        title: str,
+        body: Callable[[list[Team]], Any],
+        chosen: list[Team],
+        processes: int = 1,
+    ) -> Any:
         """Run ``body`` with each chosen team on a fresh copy of its template database."""
         load = os.getloadavg()[0]
         log(f"{title} ... ({time.perf_counter() - started:.0f} s, load {load:.2f})")
         for t in chosen:
-            t.open(dbs.create(f"{t.name}_{key}", template=f"{t.name}_tpl"))
+            t.open(dbs.create(f"{t.name}_{key}", template=f"{t.name}_tpl"), processes)
         try:
             return body(chosen)
         finally:
@@ -527,46 +553,46 @@ def run(sizes: Sizes, names: list[str], run_id: str, log: Callable[[str], None])
     def add(key: str, title: str, cells: dict[str, Any], base: str | None = None) -> None:
         rows.append(Row(key, title, {**missing, **cells}, os.getloadavg()[0], base))
 
-    def rates(op: str, n: int, records: int) -> Callable[[list[Team]], Any]:
-        return lambda ts: rate_work(ts, op, n, sizes, records)
+    def enqueue(key: str, title: str, op: str, n: int, chosen: list[Team]) -> None:
+        records = max(1, n // 5)
+        body = partial(rate_work, op=op, n=n, sizes=sizes, records=records)
+        add(key, title, work(key, f"{title}: {n:,} changes", body, chosen))
 
-    def drains(p: int) -> Callable[[list[Team]], Any]:
-        return lambda ts: drain_work(ts, p, sizes)
+    def latency(key: str, op: str, n: int, before: str, after: str) -> None:
+        why = {t: getattr(CONTENDERS[t], key) for t in teams if getattr(CONTENDERS[t], key)}
+        chosen = [t for t in every if t.name not in why]
+        body = partial(latency_work, op=op, n=n, sizes=sizes)
+        without, with_ = work(key, f"claim latency, {after}", body, chosen)
+        add(f"{key}0", f"claim latency, {before}", {**why, **without})
+        add(key, f"claim latency, {after}", {**why, **with_}, base=f"{key}0")
 
-    def latencies(op: str, n: int) -> Callable[[list[Team]], Any]:
-        return lambda ts: latency_work(ts, op, n, sizes)
-
-    every = list(teams.values())
-    each, batched = sizes.each, sizes.batched
     try:
         for t in every:
+            t.ready()
             t.lead.call("install", dsn=dbs.create(f"{t.name}_tpl"))
-        title = f"enqueue {each:,}, one commit each"
-        add("each", "enqueue, one commit each",
-            work("each", title, rates("enqueue_each", each, max(1, each // 5)), every))  # fmt: skip
+        enqueue("each", "enqueue, one commit each", "enqueue_each", sizes.each, every)
         if "ours" in teams:
-            title = f"enqueue {each:,} through .delay()"
-            add("delay", "enqueue via .delay() (direct mode)",
-                work("delay", title, rates("enqueue_delay", each, max(1, each // 5)),
-                     [teams["ours"]]))  # fmt: skip
-        title = f"enqueue {batched:,} in batches of 1,000"
-        add("batched", "enqueue batched x1,000",
-            work("batched", title, rates("enqueue_batched", batched, max(1, batched // 10)),
-                 every))  # fmt: skip
-        for p in (1, 4):
+            title = "enqueue via .delay() (direct mode)"
+            enqueue("delay", title, "enqueue_delay", sizes.each, [teams["ours"]])
+        enqueue("batched", "enqueue batched x1,000", "enqueue_batched", sizes.batched, every)
+        for p in PROCESSES:
             title = f"drain, claim {CLAIM} + complete, {p} process{'es' * (p > 1)}"
-            add(f"drain{p}", title, work(f"drain{p}", title, drains(p), every))
-        for key, op, n, before, what in (
-            ("history", "add_history", sizes.history, "no completed rows",
-             f"+ {sizes.history:,} completed rows"),
-            ("hot", "hold_hot", sizes.hot, "no hot record",
-             f"hot record: 1 in flight, {sizes.hot:,} pending behind"),
-        ):  # fmt: skip
-            why = {t: getattr(CONTENDERS[t], key) for t in teams if getattr(CONTENDERS[t], key)}
-            chosen = [t for t in every if t.name not in why]
-            without, with_ = work(key, f"claim latency, {what}", latencies(op, n), chosen)
-            add(f"{key}0", f"claim latency, {before}", {**why, **without})
-            add(key, f"claim latency, {what}", {**why, **with_}, base=f"{key}0")
+            body = partial(drain_work, processes=p, sizes=sizes)
+            add(f"drain{p}", title, work(f"drain{p}", title, body, every, p))
+        latency(
+            "history",
+            "add_history",
+            sizes.history,
+            "no completed rows",
+            f"+ {sizes.history:,} completed rows",
+        )
+        latency(
+            "hot",
+            "hold_hot",
+            sizes.hot,
+            "no hot record",
+            f"hot record: 1 in flight, {sizes.hot:,} pending behind",
+        )
     finally:
         for t in every:
             t.stop()
