@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import json
 import logging
@@ -601,6 +602,16 @@ def run(sizes: Sizes, names: list[str], run_id: str, log: Callable[[str], None])
     return rows
 
 
+def code_under_test() -> str:
+    """Where the measured package comes from, and a digest of its sources and migrations
+    (others may edit them during a run)."""
+    files = sorted(
+        [*(ROOT / "syncqueue_tasks").rglob("*.py"), *(ROOT / "migrations").rglob("*.py")]
+    )
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+    return f"{ROOT} (sources sha256 {digest})"
+
+
 def environment(server: str) -> str:
     import sqlalchemy
 
@@ -648,7 +659,9 @@ def main(argv: list[str] | None = None) -> int:
         assert row is not None
         env = environment(str(row[0]).split()[0])
     load_start = os.getloadavg()
+    code = code_under_test()
     print(f"peers benchmark ({'quick' if args.quick else 'full'}), run {run_id}; {env}")
+    print(f"code under test: {code}")
     print(f"sizes: {sizes}")
     began = time.perf_counter()
     rows = run(sizes, names, run_id, lambda s: print(s, flush=True))
@@ -666,6 +679,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "environment": env,
+                    "code": code,
                     "sizes": asdict(sizes),
                     "load_start": load_start,
                     "load_end": load_end,
@@ -674,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
                 indent=1,
             )
         )
+    if code_under_test() != code:
+        print(f"WARNING: the sources changed during the run; now {code_under_test()}")
+        return 1
     return 0
 
 
