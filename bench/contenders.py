@@ -25,6 +25,7 @@ MODEL = "Request"
 BATCH = 1000  # enqueue batched: changes per statement
 CLAIM = 100  # drain: changes per claim
 HOT = "hot"  # the record id of the hot record in the backlog work
+HOT_LOCK = f"{MODEL}:{HOT}0"  # procrastinate: the hot record's lock (its per-record order)
 QUEUE = "bench"  # the queue name the peers' jobs go to
 
 
@@ -61,6 +62,14 @@ class Contender:
 
     def install(self, dsn: str) -> None:
         """Create the contender's schema in the (template) database ``dsn``."""
+        self.open(dsn)
+        try:
+            self.create_schema()
+        finally:
+            self.close()
+
+    def create_schema(self) -> None:
+        """Create the schema on the open connection(s)."""
         raise NotImplementedError
 
     def open(self, dsn: str) -> None:
@@ -103,9 +112,13 @@ class Contender:
         """Add ``n`` completed jobs (the history work)."""
         raise NotImplementedError
 
-    def hold_hot(self, n: int) -> None:
-        """Put one change of record ``HOT`` in flight, then ``n`` more of it PENDING behind."""
+    def hold_hot(self) -> None:
+        """Put one change of record ``HOT`` in flight (claimed, never completed)."""
         raise NotImplementedError
+
+    def add_hot(self, items: list[dict[str, Any]]) -> None:
+        """Enqueue changes of record ``HOT`` (they wait behind the one in flight)."""
+        self.enqueue_batched(items)
 
 
 def take_all(c: Contender) -> None:
@@ -174,9 +187,8 @@ class Plain(Contender):
         " claim: UPDATE ... WHERE id IN (SELECT ... LIMIT 100 FOR UPDATE SKIP LOCKED)"
     )
 
-    def install(self, dsn: str) -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(PLAIN_SCHEMA)
+    def create_schema(self) -> None:
+        self.conn.execute(PLAIN_SCHEMA)
 
     def open(self, dsn: str) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True, application_name="bench-plain")
@@ -241,13 +253,11 @@ class Ours(Contender):
         " dequeue(100) + mark_complete_many"
     )
 
-    def install(self, dsn: str) -> None:
+    def create_schema(self) -> None:
         from alembic import command
         from dbutil import alembic_config
 
-        self.open(dsn)
         command.upgrade(alembic_config(), "head")
-        self.close()
 
     def open(self, dsn: str) -> None:
         from dbutil import use_database
@@ -319,15 +329,13 @@ class Ours(Contender):
         while items := queue.dequeue(1000):
             queue.mark_complete_many(items)
 
-    def hold_hot(self, n: int) -> None:
+    def hold_hot(self) -> None:
         from syncqueue_tasks import queue
 
         queue.enqueue_many(changes(0, 1, 1, HOT))
         held = queue.dequeue(1)
         if [i.record_id for i in held] != [f"{HOT}0"]:
             raise RuntimeError(f"expected to claim the hot record's change, got {len(held)}")
-        for start in range(1, n + 1, BATCH):
-            queue.enqueue_many(changes(start, min(BATCH, n + 1 - start), 1, HOT))
 
 
 # --- the asyncio peers --------------------------------------------------------------------
@@ -362,10 +370,8 @@ class PgQueuer(AsyncContender):
         " QueueManager.run(batch_size=100, mode=drain), no-op entrypoint"
     )
 
-    def install(self, dsn: str) -> None:
-        self.open(dsn)
+    def create_schema(self) -> None:
         self.run(self.queries.install())
-        self.close()
 
     def open(self, dsn: str) -> None:
         import asyncpg
@@ -449,10 +455,8 @@ class Procrastinate(AsyncContender):
         " latency rows time one fetch; the hot record is its lock; drains 1/10 of the items"
     )
 
-    def install(self, dsn: str) -> None:
-        self.open(dsn)
+    def create_schema(self) -> None:
         self.run(self.app.schema_manager.apply_schema_async())
-        self.close()
 
     def open(self, dsn: str) -> None:
         import procrastinate
@@ -535,16 +539,18 @@ class Procrastinate(AsyncContender):
             )
         )
 
-    def hold_hot(self, n: int) -> None:
-        hot = self.task.configure(lock=f"{MODEL}:{HOT}0")
-        self.run(hot.defer_async(**change(0, 1, HOT)))
+    def hold_hot(self) -> None:
+        self.run(self.task.configure(lock=HOT_LOCK).defer_async(**change(0, 1, HOT)))
         _, records = self.claim()
         if records != [f"{HOT}0"]:
             raise RuntimeError("expected to claim the hot record's job")
 
+    def add_hot(self, items: list[dict[str, Any]]) -> None:
+        hot = self.task.configure(lock=HOT_LOCK)
+
         async def go() -> None:
-            for start in range(1, n + 1, BATCH):
-                await hot.batch_defer_async(*changes(start, min(BATCH, n + 1 - start), 1, HOT))
+            for batch in batches(items):
+                await hot.batch_defer_async(*batch)
 
         self.run(go())
 

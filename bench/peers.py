@@ -70,6 +70,7 @@ ADMIN_URL = os.environ.get(
     "SYNCQUEUE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 PROCESSES = (1, 4)  # the drains' process counts
+FILL_STEPS = 10  # the latency works' big fills come in this many parts, each then settled
 WARM_CLAIMS = 6  # untimed claims per latency phase: past psycopg's prepare threshold (5)
 CALL_TIMEOUT = 3600.0  # seconds an agent may take for one call (the 1,000,000-row fill)
 
@@ -166,8 +167,9 @@ OPS: dict[str, Callable[..., Any]] = {
     "claims": _claims,
     "counts": lambda c: c.counts(),
     "take_all": take_all,
-    "add_history": lambda c, n: c.add_history(n),
-    "hold_hot": lambda c, n: c.hold_hot(n),
+    "add_history": lambda c, start, n: c.add_history(n),
+    "hold_hot": lambda c: c.hold_hot(),
+    "add_hot": lambda c, start, n: c.add_hot(changes(start, n, 1, HOT)),
 }
 
 
@@ -429,17 +431,32 @@ def drain_work(teams: list[Team], processes: int, sizes: Sizes) -> dict[str, Cel
     return {t.name: Cell("/s", rates[t.name], checks=totals[t.name]) for t in teams}
 
 
+def grow(team: Team, op: str, n: int) -> None:
+    """``op`` (add_history, add_hot) for ``n`` rows in tenths, each followed by ``settle``:
+    plans cached while the table was small (a foreign key's check, say) would otherwise scan
+    it whole for every row added (untimed, but it made procrastinate's fill take 25 minutes)."""
+    assert team.dsn is not None
+    step = max(1, -(-n // FILL_STEPS))
+    for done in range(0, n, step):
+        chunk = min(step, n - done)
+        team.lead.call(op, start=team.numbers(chunk), n=chunk)
+        settle(team.dsn)
+
+
 def latency_work(
-    teams: list[Team], op: str, n: int, sizes: Sizes
+    teams: list[Team], op: str, n: int, sizes: Sizes, hold: bool
 ) -> tuple[dict[str, Cell], dict[str, Cell]]:
     """Milliseconds of one claim, on the queue as it is, then after ``op`` (add_history or
-    hold_hot) with ``n``. Claimable changes (one record each) are added before each phase."""
+    add_hot; with ``hold``, the hot record's change is put in flight first) for ``n`` rows.
+    Claimable changes (one record each) are added before each phase."""
     phases: list[dict[str, Cell]] = []
     for phase in range(2):
         if phase == 1:
             for t in teams:
                 t.lead.call("take_all")  # claims cut short by the budget left some
-                t.lead.call(op, n=n)
+                if hold:
+                    t.lead.call("hold_hot")
+                grow(t, op, n)
         for t in teams:
             want = (sizes.samples + WARM_CLAIMS) * t.kind.claim_size
             t.lead.call("supply", start=t.numbers(want), n=want)
@@ -559,10 +576,10 @@ def run(sizes: Sizes, names: list[str], run_id: str, log: Callable[[str], None])
         body = partial(rate_work, op=op, n=n, sizes=sizes, records=records)
         add(key, title, work(key, f"{title}: {n:,} changes", body, chosen))
 
-    def latency(key: str, op: str, n: int, before: str, after: str) -> None:
+    def latency(key: str, op: str, n: int, before: str, after: str, hold: bool) -> None:
         why = {t: getattr(CONTENDERS[t], key) for t in teams if getattr(CONTENDERS[t], key)}
         chosen = [t for t in every if t.name not in why]
-        body = partial(latency_work, op=op, n=n, sizes=sizes)
+        body = partial(latency_work, op=op, n=n, sizes=sizes, hold=hold)
         without, with_ = work(key, f"claim latency, {after}", body, chosen)
         add(f"{key}0", f"claim latency, {before}", {**why, **without})
         add(key, f"claim latency, {after}", {**why, **with_}, base=f"{key}0")
@@ -586,13 +603,15 @@ def run(sizes: Sizes, names: list[str], run_id: str, log: Callable[[str], None])
             sizes.history,
             "no completed rows",
             f"+ {sizes.history:,} completed rows",
+            hold=False,
         )
         latency(
             "hot",
-            "hold_hot",
+            "add_hot",
             sizes.hot,
             "no hot record",
             f"hot record: 1 in flight, {sizes.hot:,} pending behind",
+            hold=True,
         )
     finally:
         for t in every:
