@@ -301,11 +301,6 @@ class Databases:
             self.drop(self.url(name))
         self.admin.close()
 
-    def server(self) -> str:
-        row = self.admin.execute("SHOW server_version").fetchone()
-        assert row is not None
-        return str(row[0]).split()[0]
-
 
 USER_TABLES = """
 SELECT string_agg(format('%I.%I', schemaname, tablename), ', ') FROM pg_tables
