@@ -103,12 +103,25 @@ def measure(subject: Subject, n: int) -> dict[str, Any]:
     }
 
 
-def ours_subjects() -> list[Subject]:
-    """``queue.enqueue`` and ``.delay`` on this process's engine, connections recorded."""
-    from sqlalchemy import event
+def record_connections(into: list[psycopg.Connection[Any]]) -> None:
+    """From now on, every psycopg connection this process opens is appended to ``into``,
+    whichever pool (SQLAlchemy's, psycopg_pool) opens it: the package's own code is not
+    looked at."""
+    opened = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
 
+    def connect(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = opened(cls, *args, **kwargs)
+        into.append(conn)
+        return conn
+
+    psycopg.Connection.connect = classmethod(connect)  # type: ignore[method-assign,assignment]
+    psycopg.connect = psycopg.Connection.connect  # the module's alias, bound at import
+
+
+def ours_subjects() -> list[Subject]:
+    """``queue.enqueue`` and ``.delay`` (one process, so the connections they open are
+    shared); call before either has connected."""
     from syncqueue_tasks import queue
-    from syncqueue_tasks.db import get_engine
     from syncqueue_tasks.tasks import enqueue_change
 
     direct = Subject("syncqueue-tasks queue.enqueue", lambda c: queue.enqueue(**c))
@@ -116,12 +129,8 @@ def ours_subjects() -> list[Subject]:
         "syncqueue-tasks enqueue_change.delay (direct mode)",
         lambda c: enqueue_change.delay(c["action"], c["model"], c["record_id"], c["payload"]),
     )
-
-    def connected(dbapi_connection: Any, _record: Any) -> None:
-        direct.connections.append(dbapi_connection)
-
-    event.listen(get_engine(), "connect", connected)
-    delay.connections = direct.connections  # the same pool
+    record_connections(direct.connections)
+    delay.connections = direct.connections
     return [direct, delay]
 
 
@@ -144,7 +153,7 @@ def profile(admin_url: str, n: int) -> int:
         plain.open(f"{base}/{names[1]}")
         reference = Subject("plain SQL INSERT (autocommit)", lambda c: plain.enqueue_each([c]))
         reference.connections = [plain.conn]
-        for subject in [*ours_subjects(), reference]:
+        for subject in [reference, *ours_subjects()]:
             results.append((subject.title, measure(subject, n)))
     finally:
         ours.close()
