@@ -63,3 +63,18 @@ def test_quick_run_drains_exactly_what_each_contender_enqueued(tmp_path: Path) -
     assert delay["left"] == delay["enqueued"] > 0
     for key in ("history0", "history", "hot0", "hot"):
         assert rows[key]["ours"]["samples"], key  # ours measured its claims
+
+
+def test_profile_counts_round_trips_of_one_enqueue() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/peers.py", "--profile", "--profile-n", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sections = done.stdout.split("\n\n")[1:]
+    trips = {s.splitlines()[0]: s.split("round trips ")[1].split(",")[0] for s in sections}
+    assert trips["plain SQL INSERT (autocommit)"] == "1"  # one autocommit INSERT: one turn
+    assert float(trips["syncqueue-tasks queue.enqueue"]) >= 1  # ours was traced too
