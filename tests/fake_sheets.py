@@ -655,5 +655,5 @@ class FakeSheets:
         if kind == "values.append":
             return store.append(sid, target or "", query, body)
         if kind == "spreadsheets.batchUpdate":
-            return store.batch_update(sid, body)
+            return store.batch_update(sid, body, _q(query, "fields"))
         raise ApiError(404, "Not found")
