@@ -29,6 +29,8 @@ COUNTERS = {
     "failed": "Items parked as FAILED (dead letters)",
     "writer_requests": "Requests the writer sent to its destination (e.g. Sheets API calls)",
     "writer_throttled": "Answers that asked the writer to slow down (HTTP 429)",
+    "writer_conflicts": "Owned cells a person edited since the writer last wrote them",
+    "writer_astray": "Writes that met rows or columns moved by a person, repaired at once",
 }
 
 

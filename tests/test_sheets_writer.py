@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from fake_sheets import READ_KINDS, WRITE_KINDS, FakeSheets, Formula
 from items import item
-from sheets_support import SID, MakeWriter, all_done, kinds, seed, write_until_done
+from sheets_helpers import SID, MakeWriter, all_done, kinds, seed, write_until_done
 
 from syncqueue_tasks import metrics
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.base import OutcomeKind, Writer
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning, create_writer
 
-pytest_plugins = ["sheets_support"]
+pytest_plugins = ["sheets_fixtures"]
 
 # ----------------------------------------------------------------------------- request budget
 

@@ -274,7 +274,7 @@ class TabPlan:
             return False  # a blank needs no column of its own
         title = self.layout.info.title
         had = job.write.base.fields.get(name) is not None  # its row had a cell there
-        if (name in self.known or had) and not job.verify:
+        if (name in self.known or had) and not (job.verify or self.layout.created):
             raise Reject(
                 f"tab {title!r} has no column {name!r} any more (renamed, deleted or blanked "
                 f"in the sheet?): name a column {name!r} again, or run "
@@ -407,6 +407,8 @@ class TabPlan:
         """The subrequests, in an order where each position is still right when applied:
         new tab, new columns (after the header), updates, new rows (after the last record),
         deletions (highest first)."""
+        if not self._plans and not self._restores:
+            return []
         info, cols = self.layout.info, self._columns()
         sid = info.sheet_id
         out: list[dict[str, Any]] = []
@@ -486,35 +488,44 @@ class TabPlan:
     ) -> tuple[bool, list[tuple[int, str | None, list[str]]], list[str]]:
         """Compare the tab right after the write (``header``, ``ids``) with what it must be.
 
-        Every column written must still be under the meant header, and every existing row
-        written must still hold the meant id (the request does not write those id cells).
-        When rows were removed or lost their id, the ids left must be the ones meant to be.
-        Returns (whether a write went astray, the rows written that hold another id than meant
-        as (row after the write, the id it holds, the columns written), ids that vanished).
+        Every cell written must be under the meant header, in a row holding the meant id (the
+        request does not write the id cells of existing rows, so they still say whose row was
+        written). When rows were removed or lost their id, the ids left must be the ones meant.
+
+        Returns (whether a write went astray; the cells that did, per row: (row after the
+        write, the id it holds, the headers now above those cells); ids that vanished).
         """
+        cols = self._columns()
         hits = []
         for row, (owner, cells) in self._updates().items():
             if owner is None:
                 continue
             at = self.after(row)
             holder = ids[at] if at < len(ids) else None
-            if holder != owner:
-                hits.append((at, holder, list(cells)))
+            under = {
+                n: header[cols[n]] if cols[n] < len(header) else "" for n in cells if n in cols
+            }
+            astray = [u for n, u in under.items() if holder != owner or u != n]
+            if astray:
+                hits.append((at, holder, astray))
         vanished: list[str] = []
+        moved = any(
+            c >= len(header) or header[c] != n for c, n in enumerate(self.expected_header())
+        )
         if any(p.removes or p.detach for p in self._plans.values()):
             left = Counter(i for i in ids if i is not None)
             meant = Counter(i for i in self.expected_ids() if i is not None)
             vanished = sorted((meant - left).elements())
-            if left != meant:
-                return True, hits, vanished
-        return bool(hits or self.header_moved(header)), hits, vanished
+            moved = moved or left != meant
+        return bool(hits or moved), hits, vanished
 
-    def header_moved(self, header: Sequence[str]) -> bool:
-        """Whether a column of the request is no longer under its header right after it."""
-        actual = list(header)
-        return any(
-            c >= len(actual) or actual[c] != name for c, name in enumerate(self.expected_header())
-        )
+    def answer_readable(self, header: Sequence[str]) -> bool:
+        """Whether the columns the answer was asked for (ids, tombstones) are still those."""
+        wanted = [(self.id_column_after(), self.policy.id_column)]
+        deleted = self.deleted_column_after()
+        if deleted is not None:
+            wanted.append((deleted, DELETED_COLUMN))
+        return all(c < len(header) and header[c] == name for c, name in wanted)
 
     def size(self) -> int:
         """Bytes of the subrequests as JSON."""

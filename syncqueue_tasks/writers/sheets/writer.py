@@ -538,8 +538,8 @@ class GoogleSheetsWriter:
             for model, plan in plans.items():
                 bad, hits, vanished = plan.check(after[model].header, after[model].ids)
                 if bad:
-                    if plan.header_moved(after[model].header):
-                        raise _Retry("columns moved while the batch was written")
+                    if not plan.answer_readable(after[model].header):
+                        raise _Retry("the id column moved while the batch was written")
                     astray[model] = (hits, vanished)
             if not astray:
                 return
@@ -582,20 +582,22 @@ class GoogleSheetsWriter:
                 log.warning("Sheets: synced states not available: %s", sanitize_error(exc))
         for job in plan.jobs.values():
             repair.add(replace(job, checks=False, keep=plan.kept_fields(job.index)))
+        owned = set(self.tabs.columns(model)) | {DELETED_COLUMN}
         for row, holder, names in hits:
-            if holder is None:
+            state = states.get(holder) if holder is not None else None
+            if state is None:
                 log.warning(
-                    "Sheets: tab %r row %d (no id) got cells meant for a record",
+                    "Sheets: tab %r row %d (%s) got cells meant for another row",
                     layout.info.title,
                     row + 1,
+                    "no id" if holder is None else "not a known record",
                 )
                 continue
-            state = states.get(holder)
-            if state is not None:
-                values = {n: state.fields.get(n) for n in names if n != DELETED_COLUMN}
-                if DELETED_COLUMN in names:
-                    values[DELETED_COLUMN] = None if state.live else True
-                repair.restore(row, holder, values)
+            values = {n: state.fields.get(n) for n in names if n in owned or n in state.fields}
+            if DELETED_COLUMN in names:
+                values[DELETED_COLUMN] = None if state.live else True
+            values.pop(self.policy.id_column, None)
+            repair.restore(row, holder, values)
         for record_id in vanished:
             if record_id in states and not any(
                 j.write.record_id == record_id for j in plan.jobs.values()

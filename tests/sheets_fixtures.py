@@ -1,34 +1,28 @@
-"""Fixtures and helpers shared by the Sheets writer tests (import the fixtures by name).
+"""Fixtures of the Sheets writer tests (``pytest_plugins = ["sheets_fixtures"]``).
 
 ``fake``: a started fake Sheets server with a spreadsheet ``SID`` (tabs ``Requests`` with
 ``id, name, status`` and ``Operators`` with ``id``); ``env``: the settings pointing at it, with
 quotas high enough to never wait; ``make_writer(**tuning)``: a ``GoogleSheetsWriter`` driven
 through ``items.Feeder`` (so ``writer.write(items)`` feeds record writes like
-``process_batch``), closed afterwards, with Redis keys of the test's own.
+``process_batch``; the writer's synced states are the feeder's), closed afterwards, with Redis
+keys of the test's own.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 from fake_sheets import FakeSheets
 from items import Feeder
 from redis import Redis
+from sheets_helpers import HEADER, REDIS_URL, SID, MakeWriter
 
-from syncqueue_tasks.models import QueueItem
-from syncqueue_tasks.outcomes import Outcome, OutcomeKind
 from syncqueue_tasks.records import RecordKey
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-SID = "sheet-test"
-HEADER = ["id", "name", "status"]
-
-MakeWriter = Callable[..., Any]
 
 
 @pytest.fixture
@@ -88,31 +82,3 @@ def make_writer(env: pytest.MonkeyPatch, prefix: str) -> Iterator[MakeWriter]:
     yield make
     for writer in writers:
         writer.close()
-
-
-def seed(fake: FakeSheets, n: int, tab: str = "Requests") -> None:
-    """Rows r0..r{n-1} with name n<i>."""
-    fake.set_rows(SID, tab, [list(HEADER)] + [[f"r{i}", f"n{i}", ""] for i in range(n)])
-
-
-def kinds(outcomes: Any) -> dict[str, OutcomeKind]:
-    return {k: o.kind for k, o in outcomes.items()}
-
-
-def all_done(outcomes: Any) -> bool:
-    return set(kinds(outcomes).values()) == {OutcomeKind.DONE}
-
-
-def write_until_done(writer: Any, items: Sequence[QueueItem], rounds: int = 50) -> list[Outcome]:
-    """Resubmit retried items (as the queue would) until all are done; return every retry."""
-    retries: list[Outcome] = []
-    pending = list(items)
-    for _ in range(rounds):
-        outcomes = writer.write(pending)
-        assert set(outcomes) == {i.id for i in pending}
-        retries += [o for o in outcomes.values() if o.kind is OutcomeKind.RETRY]
-        assert not [o for o in outcomes.values() if o.kind is OutcomeKind.FAIL], outcomes
-        pending = [i for i in pending if outcomes[i.id].kind is not OutcomeKind.DONE]
-        if not pending:
-            return retries
-    raise AssertionError(f"{len(pending)} items still pending")
