@@ -446,5 +446,7 @@ def _revs(revisions: tuple[str, ...]) -> str:
     return ", ".join(revisions) or "empty"
 
 
+from syncqueue_tasks import verify_cli  # noqa: E402, F401  (registers `syncqueue verify`)
+
 if __name__ == "__main__":
     main(prog_name="syncqueue")

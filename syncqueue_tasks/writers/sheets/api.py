@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -95,10 +96,12 @@ class SheetsApi:
     def __init__(self, http: HTTPClient, spreadsheet_id: str) -> None:
         self.http = http
         self.spreadsheet_id = spreadsheet_id
+        self.sent: Counter[str] = Counter()  # requests sent, per quota kind (read / write)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API request, counted in the queue's metrics (and its 429 answers)."""
         metrics.count("writer_requests")
+        self.sent["read" if method == "get" or "batchGet" in path else "write"] += 1
         url = f"{GOOGLE_SHEETS_URL}/v4/spreadsheets/{quote(self.spreadsheet_id, safe='')}{path}"
         try:
             return self.http.request(method, url, **kwargs).json()

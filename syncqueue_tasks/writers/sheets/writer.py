@@ -39,6 +39,8 @@ from syncqueue_tasks.models import SyncAction
 from syncqueue_tasks.outcomes import Outcome, OutcomeKind
 from syncqueue_tasks.records import RecordKey, RecordState, RecordWrite
 from syncqueue_tasks.settings import Settings, get_settings
+from syncqueue_tasks.synced import SyncedRecord
+from syncqueue_tasks.verify_compare import ModelReport
 from syncqueue_tasks.writers.flow import AccountLimiter, SpreadsheetLock
 from syncqueue_tasks.writers.rules import DELETED_COLUMN
 from syncqueue_tasks.writers.sheets.api import (
@@ -75,6 +77,7 @@ class SheetsTuning:
     key_prefix: str = "syncqueue:sheets"
     lock_ttl: float = 120.0
     lock_wait: float = 5.0  # a second worker waits this long for the spreadsheet, then hands back
+    verify_lock_wait: float = 60.0  # verify waits this long for the writers to pause
     limiter_wait: float = 10.0  # longest wait for a round's request slots before handing back
     max_rounds: int = 3  # read + write rounds per batch (a failed or lost request re-reads)
     max_repairs: int = 3  # repair writes after a write went astray, per round
@@ -139,8 +142,9 @@ class Batch:
         return {w.key: self.outcomes[i] for i, w in enumerate(self.writes)}
 
 
-def restore_write(key: RecordKey, state: RecordState) -> RecordWrite:
-    """A write that brings a record's row to ``state`` whole (repairs and ``verify``)."""
+def restore_write(key: RecordKey, state: RecordState, blanks: Sequence[str] = ()) -> RecordWrite:
+    """A write that brings a record's row to ``state`` whole (repairs and ``verify``); a
+    deleted record's row gets the ``blanks`` columns emptied."""
     action = (
         SyncAction.DELETE
         if not state.live
@@ -148,7 +152,7 @@ def restore_write(key: RecordKey, state: RecordState) -> RecordWrite:
         if state.created_live
         else SyncAction.UPDATE
     )
-    cells = dict(state.fields) if state.live else {}
+    cells = dict(state.fields) if state.live else dict.fromkeys(blanks)
     return RecordWrite(key, action, cells, state, state, ())
 
 
@@ -225,6 +229,15 @@ class GoogleSheetsWriter:
     def tab_for(self, model: str) -> str:
         """The title a model's tab is found by, or made with."""
         return self.tabs.title(model)
+
+    def verify_model(
+        self, model: str, load: Callable[[], Mapping[str, SyncedRecord]], *, repair: bool
+    ) -> ModelReport:
+        """Compare the model's tab with the synced states (``load``), repairing if asked;
+        see ``writers.sheets.verify``."""
+        from syncqueue_tasks.writers.sheets.verify import verify_tab
+
+        return verify_tab(self, model, load, repair=repair)
 
     # ------------------------------------------------------------------ budget and lock
 
@@ -330,7 +343,7 @@ class GoogleSheetsWriter:
         """Read, plan, write and check once (see the module docstring)."""
         if self.tabs.stale:
             self._reserve({"read": 1}, lock)
-            self.tabs.load(self._call(self.api.metadata, lock))
+            self.load_tabs(lock)
         models = sorted({j.write.model for j in jobs})
         infos = {m: self.tabs.find(m) for m in models}
         existing = {m: i for m, i in infos.items() if i is not None}
@@ -357,6 +370,16 @@ class GoogleSheetsWriter:
         for plan in plans.values():
             for index in plan.indexes:
                 batch.resolve(index, Outcome.done())
+
+    def load_tabs(self, lock: SpreadsheetLock) -> None:
+        """Read the tabs' properties (one read; its slot already reserved)."""
+        self.tabs.load(self._call(self.api.metadata, lock))
+        self._note_usage()
+
+    def _note_usage(self) -> None:
+        metrics.record_sheet_usage(
+            self.settings.sheets_spreadsheet_id, self.tabs.cells, self.settings.sheets_max_cells
+        )
 
     def _read(self, infos: Mapping[str, Any], lock: SpreadsheetLock) -> dict[str, Layout]:
         """Header, id column and ``_deleted`` column of each tab: one read (a second one when
@@ -512,6 +535,7 @@ class GoogleSheetsWriter:
             for s in answer.get("updatedSpreadsheet", {}).get("sheets", [])
         }
         self.tabs.update(parse_info(s["properties"]) for s in sheets.values())
+        self._note_usage()
         out = {}
         for model, plan in plans.items():
             sheet = sheets.get(plan.layout.info.sheet_id)
