@@ -130,7 +130,7 @@ class TabPlan:
         self._known_order = list(known)
         self._plans: dict[int, _JobPlan] = {}
         self.jobs: dict[int, Job] = {}
-        self._restores: dict[int, tuple[str, dict[str, Cell]]] = {}
+        self._restores: dict[int, tuple[str | None, dict[str, Cell]]] = {}
         self.conflicts: list[Conflict] = []
 
     # ------------------------------------------------------------------ adding records
@@ -153,9 +153,9 @@ class TabPlan:
         self.jobs[job.index] = job
         return None
 
-    def restore(self, row: int, record_id: str, values: Mapping[str, Any]) -> None:
+    def restore(self, row: int, record_id: str | None, values: Mapping[str, Any]) -> None:
         """Put ``values`` back into ``row``, which must still hold ``record_id`` (cells of a
-        record that a misplaced write overwrote)."""
+        record that a misplaced write overwrote; None: blanks on a row without an id)."""
         cells = {}
         for name, value in values.items():
             try:

@@ -609,13 +609,14 @@ class GoogleSheetsWriter:
         owned = set(self.tabs.columns(model)) | {DELETED_COLUMN}
         for row, holder, names in hits:
             state = states.get(holder) if holder is not None else None
-            if state is None:
+            if state is None:  # a row of no known record: take the package's values out
                 log.warning(
-                    "Sheets: tab %r row %d (%s) got cells meant for another row",
+                    "Sheets: tab %r row %d (%s) got cells meant for another row; blanked",
                     layout.info.title,
                     row + 1,
                     "no id" if holder is None else "not a known record",
                 )
+                repair.restore(row, holder, dict.fromkeys(names))
                 continue
             values = {n: state.fields.get(n) for n in names if n in owned or n in state.fields}
             if DELETED_COLUMN in names:
