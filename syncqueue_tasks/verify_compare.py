@@ -137,8 +137,8 @@ def compare(
     if len(id_cols) != 1:
         return [Finding(Kind.COLUMN, name=id_column)], 0
     rows_of: dict[str, list[int]] = {}
-    for n, row in enumerate(grid.rows):
-        key = cells.id_key(_at(row, id_cols[0]))
+    for n, values in enumerate(grid.rows):
+        key = cells.id_key(_at(values, id_cols[0]))
         if key is not None:
             rows_of.setdefault(key, []).append(n)
     deleted = columns.get(DELETED_COLUMN, [])

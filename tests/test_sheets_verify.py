@@ -166,9 +166,61 @@ def test_the_cli_reports_and_repairs(
         built = loading._cached
         if built is not None:
             built[2].close()  # type: ignore[attr-defined]
-        redis = Redis.from_url(REDIS_URL)
-        keys = list(redis.scan_iter("syncqueue:sheets:*sheet-test*"))
-        keys += list(redis.scan_iter("syncqueue:sheets:quota:anonymous*"))
-        if keys:
-            redis.delete(*keys)
-        redis.close()
+        _forget_default_keys()
+
+
+def _forget_default_keys() -> None:
+    """Remove the keys a writer with the default tuning made for this spreadsheet."""
+    redis = Redis.from_url(REDIS_URL)
+    keys = list(redis.scan_iter("syncqueue:sheets:*sheet-test*"))
+    keys += list(redis.scan_iter("syncqueue:sheets:quota:anonymous*"))
+    if keys:
+        redis.delete(*keys)
+    redis.close()
+
+
+def test_doctor_reports_how_full_the_spreadsheet_is(
+    fake: FakeSheets, env: pytest.MonkeyPatch
+) -> None:
+    from syncqueue_tasks.doctor import check_sheet
+
+    try:
+        check = check_sheet()
+        assert check.ok, check
+        assert check.detail == "52,000 of 10,000,000 cells in use (1%) in 2 tab(s)"
+        env.setenv("SYNCQUEUE_SHEETS_MAX_CELLS", "55000")
+        get_settings.cache_clear()
+        check = check_sheet()
+        assert not check.ok and "new rows will soon be refused" in check.detail
+        assert fake.count({"spreadsheets.get"}) == 2
+        usage = metrics.read_sheet_usage()
+        assert usage[SID] == (52_000, 55_000)
+    finally:
+        _forget_default_keys()
+
+
+def test_a_beat_entry_runs_verify_only_when_configured() -> None:
+    import subprocess
+    import sys
+
+    from processes import child_env
+
+    script = (
+        "import json, celeryconfig as c; e = c.beat_schedule.get('verify'); "
+        "print(json.dumps(e and [e['task'], e['schedule'], e['kwargs']]))"
+    )
+
+    def entry(**env: str) -> Any:
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=child_env(env), capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert entry() is None  # off by default
+    assert entry(SYNCQUEUE_VERIFY_EVERY="3600") == ["syncqueue.verify", 3600.0, {"repair": False}]
+    assert entry(SYNCQUEUE_VERIFY_EVERY="60", SYNCQUEUE_VERIFY_REPAIR="true")[2] == {"repair": True}
+    from syncqueue_tasks.celery_app import app
+
+    app.loader.import_default_modules()
+    assert "syncqueue.verify" in app.tasks

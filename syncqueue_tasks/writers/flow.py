@@ -305,7 +305,7 @@ class SpreadsheetLock:
         """As the holder: publish that the lock should be free in ``seconds``."""
         if not self.held:
             return False
-        args = [self.token, max(0.0, seconds), self.ttl_ms]
+        args: list[str | float] = [self.token, max(0.0, seconds), self.ttl_ms]
         return bool(self._expect(keys=[self.key, self.eta_key], args=args))
 
     def expected_wait(self) -> float:

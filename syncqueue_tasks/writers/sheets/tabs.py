@@ -71,6 +71,11 @@ class Tabs:
             self._infos.update((i.sheet_id, i) for i in infos)
 
     @property
+    def count(self) -> int:
+        """Tabs in the spreadsheet as last seen."""
+        return len(self._infos or {})
+
+    @property
     def cells(self) -> int:
         """Cells in the spreadsheet's grids (all tabs) as last seen."""
         return sum(i.row_count * i.col_count for i in (self._infos or {}).values())

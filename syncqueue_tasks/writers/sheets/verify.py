@@ -136,8 +136,9 @@ def _repair(
         sheets_writer.restore_write(RecordKey(model, k), records[k].state, blanks) for k in ids
     ]
     batch = sheets_writer.Batch(writes)
-    budget, chunk, used = writer.settings.sheets_max_request_bytes, [], 0
-    chunks = []
+    budget, used = writer.settings.sheets_max_request_bytes, 0
+    chunk: list[Job] = []
+    chunks: list[list[Job]] = []
     for index, write in enumerate(writes):
         size = record_size(write)
         if chunk and used + size > budget:

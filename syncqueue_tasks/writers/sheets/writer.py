@@ -34,7 +34,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from syncqueue_tasks import metrics
-from syncqueue_tasks.errors import ConfigurationError, sanitize_error
+from syncqueue_tasks.errors import ConfigurationError, SyncQueueError, sanitize_error
 from syncqueue_tasks.models import SyncAction
 from syncqueue_tasks.outcomes import Outcome, OutcomeKind
 from syncqueue_tasks.records import RecordKey, RecordState, RecordWrite
@@ -230,6 +230,17 @@ class GoogleSheetsWriter:
         """The title a model's tab is found by, or made with."""
         return self.tabs.title(model)
 
+    def usage(self) -> tuple[int, int, int]:
+        """(cells in use, the cell limit, tabs) as the spreadsheet says now (one read)."""
+        wait = self.limiter.wait_for(
+            "read", self.tuning.limiter_wait, self.settings.sheets_spreadsheet_id
+        )
+        if wait:
+            raise SyncQueueError(f"the account's read quota is spent for {wait:.0f}s")
+        self.tabs.load(self.api.metadata())
+        self._note_usage()
+        return self.tabs.cells, self.settings.sheets_max_cells, self.tabs.count
+
     def verify_model(
         self, model: str, load: Callable[[], Mapping[str, SyncedRecord]], *, repair: bool
     ) -> ModelReport:
@@ -245,7 +256,8 @@ class GoogleSheetsWriter:
         """The records that fit one request's byte budget; the rest are handed back at once
         (no attempt used), and the next claim is sized to what fits."""
         budget = self.settings.sheets_max_request_bytes
-        jobs, used = [], 0
+        jobs: list[Job] = []
+        used = 0
         for index, write in enumerate(batch.writes):
             size = record_size(write)
             if jobs and used + size > budget:
