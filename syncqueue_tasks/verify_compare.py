@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from syncqueue_tasks.models import SyncAction
+from syncqueue_tasks.records import RecordKey, RecordState, RecordWrite
 from syncqueue_tasks.synced import SyncedRecord
 from syncqueue_tasks.writers.rules import DELETED_COLUMN, DeleteMode
 
@@ -183,6 +185,23 @@ def compare(
     return findings, in_flight
 
 
+def blank(value: Any) -> bool:
+    """Whether a read value is an empty cell."""
+    return value is None or value == ""
+
+
+def same(read: Any, expected: Any) -> bool:
+    """Whether a read value is the expected one (typed: ``"12"`` is not ``12``, ``true`` is
+    not ``"TRUE"``; numbers compare as doubles)."""
+    if blank(read) or blank(expected):
+        return blank(read) and blank(expected)
+    if isinstance(read, bool) or isinstance(expected, bool):
+        return isinstance(read, bool) and isinstance(expected, bool) and read == expected
+    if isinstance(read, int | float) and isinstance(expected, int | float):
+        return float(read) == float(expected)
+    return type(read) is type(expected) and read == expected
+
+
 def _at(row: Sequence[Any], col: int) -> Any:
     return row[col] if col < len(row) else None
 
@@ -190,3 +209,16 @@ def _at(row: Sequence[Any], col: int) -> Any:
 def _sheet_rows(rows: Sequence[int]) -> tuple[int, ...]:
     """Data row indexes as 1-based sheet rows (the header is row 1)."""
     return tuple(r + 2 for r in rows)
+
+
+def restore_write(key: RecordKey, state: RecordState, blanks: Sequence[str] = ()) -> RecordWrite:
+    """A write that brings a record's row to ``state`` whole (a repair); a deleted record's
+    row gets the ``blanks`` columns emptied. Its base is ``state``: nothing to compare."""
+    if not state.live:
+        action = SyncAction.DELETE
+    elif state.created_live:
+        action = SyncAction.CREATE
+    else:
+        action = SyncAction.UPDATE
+    cells = dict(state.fields) if state.live else dict.fromkeys(blanks)
+    return RecordWrite(key, action, cells, state, state, ())

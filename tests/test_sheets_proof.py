@@ -20,8 +20,9 @@ from syncqueue_tasks import batch, queue
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.synced import synced_states
 from syncqueue_tasks.verify import verify
+from syncqueue_tasks.verify_compare import same
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
-from syncqueue_tasks.writers.sheets.cells import encode, id_key, same
+from syncqueue_tasks.writers.sheets.cells import encode, id_key
 
 pytest_plugins = ["sheets_fixtures"]
 pytestmark = pytest.mark.usefixtures("db")

@@ -84,27 +84,10 @@ def _text(value: str, truncate: bool) -> Cell:
     return text(value)
 
 
-def blank(value: Any) -> bool:
-    """Whether a read value is an empty cell."""
-    return value is None or value == ""
-
-
-def same(read: Any, expected: Any) -> bool:
-    """Whether a read value is the expected one (typed: ``"12"`` is not ``12``, ``true`` is
-    not ``"TRUE"``; numbers compare as doubles)."""
-    if blank(read) or blank(expected):
-        return blank(read) and blank(expected)
-    if isinstance(read, bool) or isinstance(expected, bool):
-        return isinstance(read, bool) and isinstance(expected, bool) and read == expected
-    if isinstance(read, int | float) and isinstance(expected, int | float):
-        return float(read) == float(expected)
-    return type(read) is type(expected) and read == expected
-
-
 def id_key(value: Any) -> str | None:
     """The record id a cell holds, exactly (no trimming: ``" 42"`` is not ``"42"``); a typed
     number ``42`` reads as ``"42"``; a blank or boolean cell holds none."""
-    if blank(value) or isinstance(value, bool):
+    if value is None or value == "" or isinstance(value, bool):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)

@@ -24,6 +24,7 @@ from typing import Any
 from syncqueue_tasks.models import SyncAction
 from syncqueue_tasks.records import RecordWrite
 from syncqueue_tasks.settings import Settings
+from syncqueue_tasks.verify_compare import same
 from syncqueue_tasks.writers.rules import (
     DELETED_COLUMN,
     DeleteMode,
@@ -32,7 +33,7 @@ from syncqueue_tasks.writers.rules import (
     UpdateMissing,
     plan_row,
 )
-from syncqueue_tasks.writers.sheets.cells import BLANK, Cell, CellTooLong, encode, same, text
+from syncqueue_tasks.writers.sheets.cells import BLANK, Cell, CellTooLong, encode, text
 from syncqueue_tasks.writers.sheets.layout import (
     Layout,
     col_letters,

@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 from syncqueue_tasks.errors import SyncQueueError
 from syncqueue_tasks.records import RecordKey
 from syncqueue_tasks.synced import SyncedRecord
-from syncqueue_tasks.verify_compare import REPAIRABLE, Cells, Grid, Kind, ModelReport, compare
+from syncqueue_tasks.verify_compare import (
+    REPAIRABLE,
+    Cells,
+    Grid,
+    Kind,
+    ModelReport,
+    compare,
+    restore_write,
+    same,
+)
 from syncqueue_tasks.writers.flow import SpreadsheetLock
 from syncqueue_tasks.writers.sheets.cells import (
     CellTooLong,
@@ -30,7 +39,6 @@ from syncqueue_tasks.writers.sheets.cells import (
     header_name,
     id_key,
     is_tombstone,
-    same,
 )
 from syncqueue_tasks.writers.sheets.layout import grid
 from syncqueue_tasks.writers.sheets.plan import Job, record_size
@@ -132,9 +140,7 @@ def _repair(
     if not ids:
         return
     blanks = writer.tabs.columns(model)
-    writes = [
-        sheets_writer.restore_write(RecordKey(model, k), records[k].state, blanks) for k in ids
-    ]
+    writes = [restore_write(RecordKey(model, k), records[k].state, blanks) for k in ids]
     batch = sheets_writer.Batch(writes)
     budget, used = writer.settings.sheets_max_request_bytes, 0
     chunk: list[Job] = []

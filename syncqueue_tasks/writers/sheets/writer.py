@@ -35,12 +35,11 @@ from redis.exceptions import RedisError
 
 from syncqueue_tasks import metrics
 from syncqueue_tasks.errors import ConfigurationError, SyncQueueError, sanitize_error
-from syncqueue_tasks.models import SyncAction
 from syncqueue_tasks.outcomes import Outcome, OutcomeKind
 from syncqueue_tasks.records import RecordKey, RecordState, RecordWrite
 from syncqueue_tasks.settings import Settings, get_settings
 from syncqueue_tasks.synced import SyncedRecord
-from syncqueue_tasks.verify_compare import ModelReport
+from syncqueue_tasks.verify_compare import ModelReport, restore_write
 from syncqueue_tasks.writers.flow import AccountLimiter, SpreadsheetLock
 from syncqueue_tasks.writers.rules import DELETED_COLUMN
 from syncqueue_tasks.writers.sheets.api import (
@@ -140,20 +139,6 @@ class Batch:
         """One outcome per record."""
         self.fill(Outcome.retry("not written"))
         return {w.key: self.outcomes[i] for i, w in enumerate(self.writes)}
-
-
-def restore_write(key: RecordKey, state: RecordState, blanks: Sequence[str] = ()) -> RecordWrite:
-    """A write that brings a record's row to ``state`` whole (repairs and ``verify``); a
-    deleted record's row gets the ``blanks`` columns emptied."""
-    action = (
-        SyncAction.DELETE
-        if not state.live
-        else SyncAction.CREATE
-        if state.created_live
-        else SyncAction.UPDATE
-    )
-    cells = dict(state.fields) if state.live else dict.fromkeys(blanks)
-    return RecordWrite(key, action, cells, state, state, ())
 
 
 def _synced_from_database(model: str, record_ids: Sequence[str]) -> Mapping[str, RecordState]:
