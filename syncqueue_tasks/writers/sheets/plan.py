@@ -480,9 +480,10 @@ class TabPlan:
             del ids[row]
         return trim(ids)
 
-    def after(self, row: int) -> int:
-        """Where an existing row is right after the write (rows above it may be deleted)."""
-        return row - sum(1 for r in self._removes() if r < row)
+    def after(self, row: int, removes: Sequence[int] = ()) -> int:
+        """Where an existing row is right after the write, ``removes`` (this request's row
+        deletions, highest first) taken out above it."""
+        return row - sum(1 for r in removes if r < row)
 
     def check(
         self, header: Sequence[str], ids: Sequence[str | None]
@@ -496,12 +497,12 @@ class TabPlan:
         Returns (whether a write went astray; the cells that did, per row: (row after the
         write, the id it holds, the headers now above those cells); ids that vanished).
         """
-        cols = self._columns()
+        cols, removes = self._columns(), self._removes()
         hits = []
         for row, (owner, cells) in self._updates().items():
             if owner is None:
                 continue
-            at = self.after(row)
+            at = self.after(row, removes)
             holder = ids[at] if at < len(ids) else None
             under = {
                 n: header[cols[n]] if cols[n] < len(header) else "" for n in cells if n in cols
@@ -558,6 +559,8 @@ def _cells(sheet_id: int, row: int, col: int, rows: list[list[Cell]]) -> dict[st
 
 
 def record_size(write: RecordWrite) -> int:
-    """A rough number of request bytes one record costs (before any read)."""
-    values = write.state.fields if write.action is not SyncAction.DELETE else write.cells
+    """About the request bytes one record costs (before any read): its changed cells when
+    its row was written before, else its whole state; plus a subrequest's framing."""
+    new_row = write.base.touched is None or write.restarted
+    values = write.state.fields if new_row and write.state.live else write.cells
     return 160 + sum(len(json.dumps(v, default=str)) + 40 for v in values.values())
