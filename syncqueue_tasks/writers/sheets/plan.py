@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncqueue_tasks.models import SyncAction
 from syncqueue_tasks.records import RecordWrite
 from syncqueue_tasks.settings import Settings
 from syncqueue_tasks.verify_compare import same
