@@ -8,7 +8,6 @@
   wait and reserves nothing. Fairness: a spreadsheet holds at most one future slot per kind, so
   busy spreadsheets of one account take turns (round robin), while a lone busy spreadsheet still
   gets the whole budget.
-- :class:`RateLimiter`: a sliding-window log: at most ``limit`` grants in any ``window`` seconds.
 - :class:`SpreadsheetLock`: at most one holder at a time (``SET NX PX`` with a random token;
   refreshed and released only by compare-and-set scripts, so an expired holder can't free
   someone else's lock). The holder may publish when it expects to finish (:meth:`expect`); a
@@ -31,20 +30,6 @@ from redis import Redis
 from syncqueue_tasks.settings import Settings
 
 KINDS = ("read", "write")
-
-_SLIDING_WINDOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-  return 0
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
-"""
 
 # GCRA with reservations, for one or more kinds at once. KEYS: per kind, its theoretical
 # arrival time (us) and the hash of each spreadsheet's last reserved slot. ARGV: the longest
@@ -230,38 +215,6 @@ class AccountLimiter:
             if -wait > remaining:
                 return -wait
             self._sleep(-wait)  # this spreadsheet's own slot comes first: queue behind it
-
-
-class RateLimiter:
-    """At most ``limit`` grants per sliding ``window`` seconds, shared through ``key``."""
-
-    def __init__(self, redis: Redis, key: str, limit: int, window: float = 60.0) -> None:
-        if limit < 1 or window <= 0:
-            raise ValueError("limit must be >= 1 and window > 0")
-        self.key = key
-        self.limit = limit
-        self.window = window
-        self._script = redis.register_script(_SLIDING_WINDOW)
-
-    def try_acquire(self) -> float:
-        """Take a slot if one is free: return 0.0, else the seconds until one frees up."""
-        wait_us = self._script(
-            keys=[self.key],
-            args=[self.limit, int(self.window * 1_000_000), uuid.uuid4().hex],
-        )
-        return int(wait_us) / 1_000_000
-
-    def acquire(self, max_wait: float) -> float:
-        """Wait up to ``max_wait`` seconds for a slot: 0.0 when granted, else a retry-after hint."""
-        deadline = time.monotonic() + max_wait
-        while True:
-            wait = self.try_acquire()
-            if wait == 0.0:
-                return 0.0
-            remaining = deadline - time.monotonic()
-            if wait > remaining:
-                return wait
-            time.sleep(wait + random.uniform(0.0, 0.01))  # jitter: don't stampede together
 
 
 class SpreadsheetLock:
