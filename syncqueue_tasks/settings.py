@@ -191,7 +191,8 @@ class Settings:
             sheets_write_quota=_int("SYNCQUEUE_SHEETS_WRITE_QUOTA", 60, 1, 100_000),
             # Seconds added to the 60 s window when pacing (covers network jitter).
             sheets_quota_margin=_float("SYNCQUEUE_SHEETS_QUOTA_MARGIN", 2.0, 0.0, 60.0),
-            sheets_quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", 2, 1, 60),
+            # Requests that may go at once: a round's tabs read, ids read and rows read.
+            sheets_quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", 3, 1, 60),
             redis_url=(
                 env("SYNCQUEUE_REDIS_URL", "")
                 or env("CELERY_BROKER_URL", "")

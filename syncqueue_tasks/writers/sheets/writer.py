@@ -338,15 +338,22 @@ class GoogleSheetsWriter:
 
     def _round(self, batch: Batch, jobs: list[Job], lock: SpreadsheetLock) -> None:
         """Read, plan, write and check once (see the module docstring)."""
-        if self.tabs.stale:
+        stale = self.tabs.stale
+        models = sorted({j.write.model for j in jobs})
+        infos = {m: None if stale else self.tabs.find(m) for m in models}
+        some = stale or any(infos.values())  # a tab to read (assumed while the tabs are stale)
+        checks = some and any(j.write.base.fields for j in jobs)
+        reads = [stale, some, checks]
+        burst = self.limiter.budgets["read"].burst
+        if sum(reads) > burst:  # the tabs' read cannot go with the others: it goes first
             self._reserve({"read": 1}, lock)
             self.load_tabs(lock)
-        models = sorted({j.write.model for j in jobs})
+            reads[0] = stale = False
+        self._reserve({"write": 1} | ({"read": sum(reads)} if any(reads) else {}), lock)
+        if stale:
+            self.load_tabs(lock)
         infos = {m: self.tabs.find(m) for m in models}
         existing = {m: i for m, i in infos.items() if i is not None}
-        checks = existing and any(j.write.base.fields for j in jobs)
-        reads = (1 if existing else 0) + (1 if checks else 0)
-        self._reserve({"write": 1} | ({"read": reads} if reads else {}), lock)
         layouts = self._read(existing, lock)
         for model, info in infos.items():
             if info is None:
