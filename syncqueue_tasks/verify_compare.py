@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from syncqueue_tasks.models import SyncAction
-from syncqueue_tasks.records import RecordKey, RecordState, RecordWrite
+from syncqueue_tasks.records import RecordKey, RecordState, RecordWrite, record_write
 from syncqueue_tasks.synced import SyncedRecord
 from syncqueue_tasks.writers.rules import DELETED_COLUMN, DeleteMode
 
@@ -214,11 +213,5 @@ def _sheet_rows(rows: Sequence[int]) -> tuple[int, ...]:
 def restore_write(key: RecordKey, state: RecordState, blanks: Sequence[str] = ()) -> RecordWrite:
     """A write that brings a record's row to ``state`` whole (a repair); a deleted record's
     row gets the ``blanks`` columns emptied. Its base is ``state``: nothing to compare."""
-    if not state.live:
-        action = SyncAction.DELETE
-    elif state.created_live:
-        action = SyncAction.CREATE
-    else:
-        action = SyncAction.UPDATE
     cells = dict(state.fields) if state.live else dict.fromkeys(blanks)
-    return RecordWrite(key, action, cells, state, state, ())
+    return replace(record_write(key, state, ()), cells=cells)
