@@ -136,7 +136,7 @@ def _verify_gauges() -> Iterator[Any]:
 
     result = last_result()
     findings = GaugeMetricFamily(
-        "syncqueue_verify_findings",
+        "syncqueue_verify_last_findings",
         "Differences the latest verify found, per model and kind",
         labels=["model", "kind"],
     )
@@ -146,7 +146,7 @@ def _verify_gauges() -> Iterator[Any]:
     yield findings
     if result:
         yield GaugeMetricFamily(
-            "syncqueue_verify_finished_timestamp_seconds",
+            "syncqueue_verify_last_finished_timestamp_seconds",
             "When the latest verify finished (Unix time)",
             value=result["finished_at"],
         )

@@ -138,7 +138,10 @@ def test_the_result_is_stored_for_the_metrics(fake: FakeSheets, writer: GoogleSh
     stored = last_result()
     assert stored is not None and stored["models"][0]["counts"]["differs"] == 1
     text = metrics.render().decode()
-    assert 'syncqueue_verify_findings{kind="differs",model="Request"} 1.0' in text
+    assert 'syncqueue_verify_last_findings{kind="differs",model="Request"} 1.0' in text
+    assert "syncqueue_verify_findings_total" in text  # the counter: every run adds its findings
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
+    assert len(families) == len(set(families))
     assert 'syncqueue_sheets_cells{spreadsheet="sheet-test"}' in text
 
 
