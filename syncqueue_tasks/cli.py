@@ -446,7 +446,7 @@ def _revs(revisions: tuple[str, ...]) -> str:
     return ", ".join(revisions) or "empty"
 
 
-from syncqueue_tasks import verify_cli  # noqa: E402, F401  (registers `syncqueue verify`)
+main.add_command(__import__("syncqueue_tasks.verify_cli", fromlist=["_"]).verify)
 
 if __name__ == "__main__":
     main(prog_name="syncqueue")

@@ -1,4 +1,4 @@
-"""``syncqueue verify [--model M] [--repair] [--json]`` (registered by ``cli``)."""
+"""``syncqueue verify [--model M] [--repair] [--json]`` (``cli`` registers it)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import json
 
 import click
 
-from syncqueue_tasks.cli import OneLineError, main
+from syncqueue_tasks.cli import OneLineError
 from syncqueue_tasks.verify import verify as run_verify
 
 _SHOWN = 20  # findings listed per model
 
 
-@main.command()
+@click.command()
 @click.option("--model", help="only this model (default: every SYNCQUEUE_MODELS)")
 @click.option("--repair", is_flag=True, help="rewrite what differs (within the quota)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object, for scripts")
