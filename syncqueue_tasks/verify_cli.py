@@ -6,7 +6,6 @@ import json
 
 import click
 
-from syncqueue_tasks.cli import OneLineError
 from syncqueue_tasks.verify import verify as run_verify
 
 _SHOWN = 20  # findings listed per model
@@ -43,4 +42,4 @@ def verify(model: str | None, repair: bool, as_json: bool) -> None:
                 click.echo(f"    ... and {len(report.findings) - _SHOWN} more (--json lists all)")
     if result.unresolved:
         hint = "" if repair else "; run with --repair to rewrite them"
-        raise OneLineError(f"{result.unresolved} difference(s) left{hint}")
+        raise click.ClickException(f"{result.unresolved} difference(s) left{hint}")
