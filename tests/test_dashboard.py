@@ -404,3 +404,31 @@ def test_chart_shows_per_minute_rates_from_the_sampled_counters(web: TestClient)
     page = web.get("/").text
     assert '<polyline class="line completed"' in page and "no samples yet" not in page
     assert "0 in the sampled last hour" in page  # writer requests: sampled, none counted
+
+
+def test_sheet_page_shows_the_latest_verify_without_values(
+    web: TestClient, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Sheet page: the latest verify report (here of the local workbook), counts per
+    kind and the findings by record id and field, never a value."""
+    from openpyxl import load_workbook
+
+    from syncqueue_tasks import batch
+    from syncqueue_tasks.verify import verify
+    from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
+
+    get_redis().delete(key("verify"))  # no result left by another test
+    assert "No verify has run yet" in web.get("/sheet").text
+    path = tmp_path / "book.xlsx"
+    writer = LocalWorkbookWriter(path)
+    queue.enqueue("CREATE", "Request", "1", {"title": SECRET_VALUE})
+    queue.enqueue("CREATE", "Request", "2", {"title": "b"})
+    batch.process(writer, batch_size=10, time_budget=5)
+    book = load_workbook(path)
+    book["Request"]["B3"] = "edited by a person"  # record 2's title
+    book.save(path)
+    verify("Request", writer=writer)
+    page = web.get("/sheet").text
+    assert "1 finding(s)" in page and SECRET_VALUE not in page and "edited" not in page
+    row = re.search(r"<td>differs</td><td>2</td><td>title</td>", page)
+    assert row, page

@@ -52,6 +52,7 @@ def create_app(config: DashboardConfig) -> Starlette:
             Route("/failed/confirm", csrf_protected(failed.confirm), methods=["POST"]),
             Route("/failed/apply", csrf_protected(failed.apply), methods=["POST"]),
             Route("/record", pages.record),
+            Route("/sheet", pages.sheet),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[Middleware(Guard, sessions=sessions, secure_cookies=config.secure_cookies)],

@@ -24,12 +24,15 @@ from syncqueue_tasks.dashboard.guard import form_text
 from syncqueue_tasks.dashboard.templating import render
 from syncqueue_tasks.metrics import read_counters
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.verify import last_result
+from syncqueue_tasks.verify_compare import Kind
 
 log = logging.getLogger(__name__)
 
 CHART_SERIES = ("completed", "retried", "failed")
 HISTORY_LIMIT = 1000
 MAX_MODEL_LENGTH = 64
+SHEET_FINDINGS_SHOWN = 50  # findings listed per model on the Sheet page
 
 
 def overview(request: Request) -> Response:
@@ -68,6 +71,24 @@ def record(request: Request) -> Response:
         limit=HISTORY_LIMIT,
         now=datetime.now(UTC),
         error=error,
+    )
+
+
+def sheet(request: Request) -> Response:
+    """The latest verify report (``syncqueue verify``, or beat's): per model the rows and
+    records compared, the findings per kind and the first findings (ids and field names,
+    never values)."""
+    result = last_result()
+    finished = None
+    if result is not None and result.get("finished_at"):
+        finished = datetime.fromtimestamp(float(result["finished_at"]), UTC)
+    return render(
+        request,
+        "sheet.html",
+        result=result,
+        finished=finished,
+        shown=SHEET_FINDINGS_SHOWN,
+        kinds=[kind.value for kind in Kind],
     )
 
 
