@@ -1,0 +1,24 @@
+"""Change capture: changes of tracked tables reach the queue without hand-written enqueues.
+
+- ``track(OrmClass, model=..., fields=..., key=...)``: every flush and every bulk statement
+  of the class enqueues its changes in the same transaction (``orm``, ``bulk``).
+- ``suppressed(session)``: nothing written inside the block is enqueued (``suppress``).
+- ``backfill(bind, source)``: enqueue the current state of every row (``backfill``).
+- ``tracked_fields(model)``: the fields in declared order; ``values``: the JSON table.
+"""
+
+from syncqueue_tasks.capture import bulk as _bulk  # noqa: F401  (installs do_orm_execute)
+from syncqueue_tasks.capture.errors import CaptureError
+from syncqueue_tasks.capture.orm import track, untrack
+from syncqueue_tasks.capture.registry import Tracked, tracked_fields
+from syncqueue_tasks.capture.suppress import GUC, suppressed
+
+__all__ = [
+    "GUC",
+    "CaptureError",
+    "Tracked",
+    "suppressed",
+    "track",
+    "tracked_fields",
+    "untrack",
+]

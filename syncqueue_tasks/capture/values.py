@@ -1,0 +1,159 @@
+"""Column values as JSON payload values: the one conversion table of change capture.
+
+| Python value (column type)                 | JSON value                                      |
+|--------------------------------------------|-------------------------------------------------|
+| ``None``                                   | ``null``                                        |
+| ``bool``                                   | ``true`` / ``false``                            |
+| ``int`` within +-(2**53 - 1)               | number                                          |
+| ``int`` beyond that (``BIGINT`` ids, ...)   | string of its digits (a sheet keeps numbers as  |
+|                                            | doubles, which would round it)                  |
+| ``float`` (``REAL``, ``DOUBLE PRECISION``)  | number; NaN and infinities as the strings       |
+|                                            | ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; a   |
+|                                            | magnitude of 1e16 or more as ``repr`` text      |
+| ``Decimal`` (``NUMERIC``)                  | string, exactly as PostgreSQL prints it         |
+|                                            | (``"12.30"``: digits and scale kept, never an   |
+|                                            | exponent); ``"NaN"``, ``"Infinity"``            |
+| ``str`` (``TEXT``, ``VARCHAR``)            | string (a NUL character is refused)             |
+| ``datetime`` aware (``TIMESTAMPTZ``)       | ISO 8601 in UTC: ``"2026-11-30T12:00:00+00:00"``|
+|                                            | (microseconds only when not zero)               |
+| ``datetime`` naive (``TIMESTAMP``)         | ISO 8601 without offset, as stored: wall-clock  |
+|                                            | time, no time zone assumed                      |
+| ``date``                                   | ``"2026-11-30"``                                |
+| ``time``                                   | ``"12:00:00"``; an aware time keeps its offset  |
+| ``enum.Enum``                              | its ``.value``, converted by this table         |
+| ``uuid.UUID``                              | ``"0f8e...-..."`` (lower-case, hyphenated)      |
+| ``list`` / ``tuple`` (``ARRAY``, ``JSON``) | array, each element converted by this table     |
+| ``dict`` (``JSON``, ``JSONB``)             | object with string keys, values converted       |
+| ``bytes`` (``BYTEA``)                      | refused: a sheet cell cannot show or edit       |
+|                                            | binary data; leave the column out (``fields=``) |
+| anything else (``timedelta``, ...)         | refused                                         |
+
+A refusal raises ``ValidationError`` naming ``Model.field``. ``check_python_type`` applies the
+same table to a column's declared Python type, so ``track`` refuses an unfit column before
+any row is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import math
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from syncqueue_tasks.errors import ValidationError
+
+MAX_EXACT_INT = 2**53 - 1  # the largest integer a double (a sheet's number) holds exactly
+_FLOAT_EXACT_LIMIT = 1e16  # the queue refuses floats this large (JSONB would print them as ints)
+_ACCEPTED_TYPES: tuple[type, ...] = (
+    type(None),
+    bool,
+    int,
+    float,
+    decimal.Decimal,
+    str,
+    dt.date,  # datetime too
+    dt.time,
+    enum.Enum,
+    uuid.UUID,
+    list,
+    tuple,
+    dict,
+)
+
+
+def to_json(model: str, field: str, value: Any) -> Any:
+    """Convert one column value by the table above; ``ValidationError`` names ``model.field``."""
+    try:
+        return _convert(value)
+    except _Refused as exc:
+        raise ValidationError(f"{model}.{field}", str(exc)) from None
+
+
+def check_python_type(model: str, field: str, python_type: type) -> None:
+    """Refuse a column whose declared Python type the table cannot convert (``object``, a
+    JSON column's, can hold anything: its values are checked one by one)."""
+    if python_type is object:
+        return
+    if issubclass(python_type, bytes | bytearray | memoryview):
+        raise ValidationError(f"{model}.{field}", _BYTES)
+    if not issubclass(python_type, _ACCEPTED_TYPES):
+        raise ValidationError(f"{model}.{field}", _unsupported(python_type))
+
+
+class _Refused(Exception):
+    """A value the table does not convert (the message says why)."""
+
+
+_BYTES = "binary values (bytes) are not written to a sheet; leave the column out with fields=[...]"
+
+
+def _unsupported(kind: type) -> str:
+    return (
+        f"values of type {kind.__name__} have no JSON form in the capture table; "
+        "leave the column out with fields=[...] or convert it in the database"
+    )
+
+
+def _convert(value: Any) -> Any:
+    kind = type(value)
+    if value is None or kind is bool or (kind is str and "\x00" not in value):
+        return value
+    if isinstance(value, enum.Enum):  # before int and str: IntEnum, StrEnum
+        return _convert(value.value)
+    if isinstance(value, int):
+        return int(value) if -MAX_EXACT_INT <= value <= MAX_EXACT_INT else str(int(value))
+    if isinstance(value, float):
+        return _float(float(value))
+    if isinstance(value, decimal.Decimal):
+        return _decimal(value)
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _Refused("contains a NUL character, which PostgreSQL JSON cannot hold")
+        return str(value)
+    if isinstance(value, dt.datetime):  # before date: a datetime is a date
+        return _datetime(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_convert(v) for v in value]
+    if isinstance(value, Mapping):
+        return _mapping(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise _Refused(_BYTES)
+    raise _Refused(_unsupported(kind))
+
+
+def _float(value: float) -> float | str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value if abs(value) < _FLOAT_EXACT_LIMIT else repr(value)
+
+
+def _decimal(value: decimal.Decimal) -> str:
+    if value.is_nan():
+        return "NaN"
+    if value.is_infinite():
+        return "Infinity" if value > 0 else "-Infinity"
+    return format(value, "f")
+
+
+def _datetime(value: dt.datetime) -> str:
+    if value.utcoffset() is None:
+        return value.isoformat()
+    return value.astimezone(dt.UTC).isoformat()
+
+
+def _mapping(value: Mapping[Any, Any]) -> dict[str, Any]:
+    result = {}
+    for key, element in value.items():
+        if not isinstance(key, str):
+            raise _Refused(f"has a key of type {type(key).__name__}; JSON keys are strings")
+        result[key] = _convert(element)
+    return result

@@ -1,0 +1,186 @@
+"""The application schema the capture tests write to, and how they read the sheet back.
+
+Two tables: ``capture_request`` (autoincrement integer key, tracked as ``Request``) and
+``capture_operator`` (text key, tracked as ``Operator``). Their changes are drained through
+the real workbook writer (``tasks.process_batch`` with ``SYNCQUEUE_WRITER`` naming it), and
+the workbook is compared with the tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+from sqlalchemy import (
+    DateTime,
+    Enum,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from syncqueue_tasks import capture, tasks
+from syncqueue_tasks.capture import registry
+from syncqueue_tasks.capture.registry import Tracked
+from syncqueue_tasks.capture.values import to_json
+from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.settings import get_settings
+
+WORKBOOK = "syncqueue_tasks.writers.workbook:create_writer"
+REQUEST_FIELDS = ["title", "status", "amount", "due", "ref", "updated_at"]
+
+
+class AppBase(DeclarativeBase):
+    """The application's declarative base (not the package's)."""
+
+
+class Status(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Request(AppBase):
+    __tablename__ = "capture_request"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    title: Mapped[str] = mapped_column(String(200))
+    status: Mapped[Status] = mapped_column(
+        Enum(Status, name="capture_status", values_callable=lambda e: [m.value for m in e]),
+        default=Status.OPEN,
+    )
+    amount: Mapped[decimal.Decimal | None] = mapped_column(Numeric(12, 2))
+    due: Mapped[dt.date | None]
+    ref: Mapped[uuid.UUID | None]
+    secret: Mapped[bytes | None] = mapped_column(LargeBinary)  # never sent to the sheet
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class Operator(AppBase):
+    __tablename__ = "capture_operator"
+
+    code: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    rate: Mapped[float | None]
+    active: Mapped[bool] = mapped_column(default=True)
+    tags: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+def create_schema() -> None:
+    """Create the application's tables (once per test database)."""
+    AppBase.metadata.create_all(get_engine())
+
+
+def empty_tables() -> None:
+    with get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE capture_request, capture_operator, sync_queue"))
+        conn.execute(text("ALTER SEQUENCE capture_request_id_seq RESTART"))
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Empty tables and queue, both classes tracked, a fresh workbook; yields its path."""
+    book = tmp_path / "book.xlsx"
+    monkeypatch.setenv("SYNCQUEUE_WRITER", WORKBOOK)
+    monkeypatch.setenv("SYNCQUEUE_WORKBOOK_PATH", str(book))
+    monkeypatch.setenv("SYNCQUEUE_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    create_schema()
+    empty_tables()
+    try:
+        capture.track(Request, model="Request", fields=REQUEST_FIELDS)
+        capture.track(Operator)
+        yield book
+    finally:
+        for model in ("Request", "Operator"):
+            if registry.find(model) is not None:
+                capture.untrack(model)
+        get_settings.cache_clear()
+
+
+def session() -> Session:
+    return Session(get_engine())
+
+
+def drain() -> None:
+    """Write everything queued to the workbook through the real ``process_batch``."""
+    report = tasks.process_batch(batch_size=1000)
+    assert "error" not in report, report
+    with get_engine().connect() as conn:
+        left = conn.execute(text("SELECT count(*) FROM sync_queue WHERE status <> 'COMPLETED'"))
+        assert left.scalar_one() == 0
+
+
+def queued(model: str | None = None) -> list[dict[str, Any]]:
+    """The queued changes, in id order."""
+    with get_engine().connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT action, model, record_id, payload FROM sync_queue "
+                "WHERE CAST(:model AS text) IS NULL OR model = :model ORDER BY id"
+            ),
+            {"model": model},
+        )
+        return [dict(r._mapping, action=str(r.action)) for r in rows]
+
+
+def sheet(book: Path, model: str) -> dict[str, dict[str, Any]]:
+    """The live rows of ``model``'s worksheet by id (asserts each id is on one row)."""
+    if not book.exists():
+        return {}
+    workbook = openpyxl.load_workbook(book)
+    if model not in workbook.sheetnames:
+        return {}
+    rows = list(workbook[model].iter_rows(values_only=True))
+    header = [str(h) for h in rows[0]]
+    records = [dict(zip(header, r, strict=False)) for r in rows[1:]]
+    counts = Counter(str(r["id"]) for r in records)
+    assert max(counts.values(), default=1) == 1, counts.most_common(3)
+    return {
+        str(r.pop("id")): {k: v for k, v in r.items() if k != "_deleted"}
+        for r in records
+        if r.get("_deleted") is not True
+    }
+
+
+def table_as_sheet(tracked: Tracked) -> dict[str, dict[str, Any]]:
+    """What the sheet must hold for a tracked table: every row, each field as the table
+    converts it (``None`` is an empty cell)."""
+    columns = [tracked.column(f) for f in tracked.fields]
+    with get_engine().connect() as conn:
+        rows = conn.execute(select(tracked.column(tracked.key_field), *columns)).all()
+    return {
+        str(to_json(tracked.model, tracked.key_field, key)): {
+            f: _cell(to_json(tracked.model, f, v))
+            for f, v in zip(tracked.fields, values, strict=True)
+        }
+        for key, *values in rows
+    }
+
+
+def _cell(value: Any) -> Any:
+    """A payload value as the workbook writer stores it (nested data as JSON text)."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+
+
+def assert_sheet_equals_tables(book: Path) -> None:
+    """Drain the queue, then: the workbook holds exactly the rows of both tables."""
+    drain()
+    for model in ("Request", "Operator"):
+        assert sheet(book, model) == table_as_sheet(registry.get(model)), model
