@@ -72,7 +72,9 @@ def _returning(
 ) -> Result[Any]:
     """Run the statement with RETURNING key + ``fields``; enqueue ``build``'s change per row."""
     statement = state.statement
-    own = len(statement.returning_column_descriptions)  # the caller's RETURNING columns
+    # the caller's own RETURNING entries (an entity is one); returning_column_descriptions
+    # expands entities into columns (and fails on some), so the statement's tuple is read
+    own = len(statement._returning)
     columns = [tracked.column(name) for name in (tracked.key_field, *fields)]
     result = state.invoke_statement(
         statement=statement.returning(*columns), execution_options={_OWN: True}
