@@ -66,11 +66,17 @@ def _switch_off(session: Session, connection: Connection, *, again: bool = False
 def _put_back(session: Session) -> None:
     """Restore the setting on the transaction still open, unless PostgreSQL aborted it."""
     stored = session.info.pop(_SET_ON, None)
-    if stored is None or not session.in_transaction():
+    if stored is None or not _usable(session):
         return
     connection, before = stored
     if session.connection() is connection and not _aborted(connection):
         connection.execute(_PUT_BACK, {"guc": GUC, "value": before or ""})
+
+
+def _usable(session: Session) -> bool:
+    """Whether the session has a transaction that can still run statements."""
+    transaction = session.get_transaction()
+    return transaction is not None and transaction.is_active
 
 
 def _aborted(connection: Connection) -> bool:
@@ -88,6 +94,6 @@ def _on_begin(session: Session, transaction: SessionTransaction, connection: Con
 
 @event.listens_for(Session, "after_transaction_end")
 def _on_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.nested and is_suppressed(session) and session.in_transaction():
+    if transaction.nested and is_suppressed(session) and _usable(session):
         # ROLLBACK TO SAVEPOINT undoes a SET LOCAL made inside the savepoint
         _switch_off(session, session.connection(), again=True)
