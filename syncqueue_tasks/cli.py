@@ -378,5 +378,7 @@ def _revs(revisions: tuple[str, ...]) -> str:
     return ", ".join(revisions) or "empty"
 
 
+main.add_command(__import__("syncqueue_tasks.capture.cli", fromlist=["cli"]).backfill)
+
 if __name__ == "__main__":
     main(prog_name="syncqueue")

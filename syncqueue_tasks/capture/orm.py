@@ -25,10 +25,9 @@ from sqlalchemy.orm.exc import UnmappedColumnError
 
 from syncqueue_tasks.capture import changes, registry
 from syncqueue_tasks.capture.errors import CaptureError
-from syncqueue_tasks.capture.registry import Tracked
+from syncqueue_tasks.capture.registry import Tracked, check_model
 from syncqueue_tasks.capture.suppress import is_suppressed
-from syncqueue_tasks.capture.values import check_python_type
-from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.capture.values import check_column_type
 
 _WRITTEN = "syncqueue.capture.written"  # session.info: {state: (action, tracked)} of a flush
 
@@ -74,9 +73,7 @@ def describe(
     """The ``Tracked`` that ``track`` would register (checked, not registered)."""
     mapper = _mapper(orm_class)
     model = orm_class.__name__ if model is None else model
-    if model not in get_settings().models:
-        known = ", ".join(sorted(get_settings().models))
-        raise CaptureError(f"model {model!r} is not in SYNCQUEUE_MODELS ({known})")
+    check_model(model)
     table = mapper.local_table
     if not isinstance(table, Table):
         raise CaptureError(f"{orm_class.__name__} is not mapped to one table")
@@ -99,7 +96,7 @@ def describe(
         raise CaptureError("fields must name at least one attribute, each once")
     columns = [_column(mapper, table, name) for name in fields]
     for name, column in zip(fields, columns, strict=True):
-        _check_type(model, name, column)
+        check_column_type(model, name, column.type)
     return Tracked(
         model=model,
         table=table,
@@ -144,14 +141,6 @@ def _column(mapper: Mapper[Any], table: Table, name: str) -> Column[Any]:
             f"table {table.fullname!r}"
         )
     return columns[0]
-
-
-def _check_type(model: str, name: str, column: Column[Any]) -> None:
-    try:
-        python_type = column.type.python_type
-    except NotImplementedError:  # a type that does not say: its values are checked one by one
-        return
-    check_python_type(model, name, python_type)
 
 
 def _note(action: str) -> Any:

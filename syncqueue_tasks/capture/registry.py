@@ -14,6 +14,7 @@ from sqlalchemy import Column, Table
 from sqlalchemy.orm import Mapper
 
 from syncqueue_tasks.capture.errors import CaptureError
+from syncqueue_tasks.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,14 @@ def for_table(table: object) -> Tracked | None:
         if tracked.table == table:
             return tracked
     return None
+
+
+def check_model(model: str) -> None:
+    """Refuse a model the queue would refuse (not in ``SYNCQUEUE_MODELS``)."""
+    models = get_settings().models
+    if model not in models:
+        known = ", ".join(sorted(models))
+        raise CaptureError(f"model {model!r} is not in SYNCQUEUE_MODELS ({known})")
 
 
 def tracked_fields(model: str) -> list[str]:

@@ -28,8 +28,8 @@
 |                                            | binary data; leave the column out (``fields=``) |
 | anything else (``timedelta``, ...)         | refused                                         |
 
-A refusal raises ``ValidationError`` naming ``Model.field``. ``check_python_type`` applies the
-same table to a column's declared Python type, so ``track`` refuses an unfit column before
+A refusal raises ``ValidationError`` naming ``Model.field``. ``check_column_type`` applies the
+same table to a column's declared type, so ``track`` refuses an unfit column before
 any row is written.
 """
 
@@ -42,6 +42,8 @@ import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from sqlalchemy.types import TypeEngine
 
 from syncqueue_tasks.errors import ValidationError
 
@@ -72,9 +74,14 @@ def to_json(model: str, field: str, value: Any) -> Any:
         raise ValidationError(f"{model}.{field}", str(exc)) from None
 
 
-def check_python_type(model: str, field: str, python_type: type) -> None:
-    """Refuse a column whose declared Python type the table cannot convert (``object``, a
-    JSON column's, can hold anything: its values are checked one by one)."""
+def check_column_type(model: str, field: str, column_type: TypeEngine[Any]) -> None:
+    """Refuse a column whose declared Python type the table cannot convert (a type that does
+    not say, or ``object`` (a JSON column's), can hold anything: its values are checked one
+    by one)."""
+    try:
+        python_type = column_type.python_type
+    except NotImplementedError:
+        return
     if python_type is object:
         return
     if issubclass(python_type, bytes | bytearray | memoryview):
