@@ -1,0 +1,193 @@
+"""The cost of change capture: ORM writes with and without ``capture.track``; backfill rate.
+
+Run from the repository root (needs the PostgreSQL server of the tests, by default
+``postgresql://postgres@127.0.0.1:5432/postgres``; ``SYNCQUEUE_TEST_ADMIN_URL`` overrides it)::
+
+    .venv/bin/python bench/capture_bench.py            # full run, about a minute
+    .venv/bin/python bench/capture_bench.py --quick    # smaller sizes
+
+The script creates a throwaway database, migrates it, and drops it at the end. Two tables of
+the same shape, one tracked (``Request``) and one not, receive the same ORM statements:
+
+1. single-row INSERT: ``session.add(row)`` and commit, one transaction each;
+2. single-row UPDATE: ``session.get(...)``, change one field, commit, one transaction each;
+   ours and the plain table take turns every ``CHUNK`` transactions, so that a change in the
+   machine's load hits both; the figure is the median per transaction;
+3. backfill of N rows (``capture.backfill``, batches of 1,000) against one plain
+   ``INSERT INTO sync_queue ... SELECT`` of the same rows with a payload built in SQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import decimal
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from alembic import command  # noqa: E402
+from dbutil import alembic_config, create_database, drop_database, use_database  # noqa: E402
+from sqlalchemy import Numeric, String, text  # noqa: E402
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
+
+from syncqueue_tasks import capture  # noqa: E402
+from syncqueue_tasks.db import dispose_engine, get_engine  # noqa: E402
+from syncqueue_tasks.ids import new_id  # noqa: E402
+
+CHUNK = 50
+TARGET = 2.0  # capture: at most 2x the statement without capture (issue 12)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Shape:
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[decimal.Decimal] = mapped_column(Numeric(12, 2))
+
+
+class Tracked(Shape, Base):
+    __tablename__ = "bench_tracked"
+
+
+class Plain(Shape, Base):
+    __tablename__ = "bench_plain"
+
+
+def _insert(cls: type[Shape]) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        with Session(get_engine()) as s, s.begin():
+            s.add(cls(title=f"title {n}", status="open", amount=decimal.Decimal("12.30")))
+
+    return run
+
+
+def _update(cls: type[Shape]) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        with Session(get_engine()) as s, s.begin():
+            row = s.get(cls, n)
+            assert row is not None
+            row.status = f"s{n % 7}"
+
+    return run
+
+
+def _take_turns(ours: Callable[[int], None], plain: Callable[[int], None], count: int) -> tuple:
+    """Median seconds per call of each, alternating every CHUNK calls."""
+    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    for run in (ours, plain):  # warm-up: connections, statement caches
+        for n in range(1, 6):
+            run(n)
+    for start in range(6, count + 6, CHUNK):
+        for name, run in (("ours", ours), ("plain", plain)):
+            for n in range(start, min(start + CHUNK, count + 6)):
+                began = time.perf_counter()
+                run(n)
+                times[name].append(time.perf_counter() - began)
+    return statistics.median(times["ours"]), statistics.median(times["plain"])
+
+
+def _plain_insert_select(rows: int) -> float:
+    """Seconds for one INSERT ... SELECT of the tracked table's rows into sync_queue."""
+    with get_engine().connect() as conn:
+        names = set(
+            conn.execute(
+                text(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'sync_queue'"
+                )
+            ).scalars()
+        )
+    own = [c for c in ("origin_id", "position") if c in names]  # before migration 0004
+    prefix = new_id()[:10]
+    ident = f"'{prefix}' || lpad(t.id::text, 16, '0')"
+    statement = text(
+        f"INSERT INTO sync_queue (id, {''.join(c + ', ' for c in own)}action, model, "
+        f"record_id, payload, max_retries) "
+        f"SELECT {ident}, {''.join(ident + ', ' for _ in own)}'CREATE', 'Request', "
+        "t.id::text, jsonb_build_object('title', t.title, 'status', t.status, "
+        "'amount', t.amount::text), 3 FROM bench_tracked AS t"
+    )
+    with get_engine().begin() as conn:
+        began = time.perf_counter()
+        inserted = conn.execute(statement).rowcount
+        seconds = time.perf_counter() - began
+        assert inserted == rows, inserted
+        conn.execute(text("DELETE FROM sync_queue WHERE id LIKE :p"), {"p": prefix + "%"})
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    args = parser.parse_args()
+    singles, backfill_rows = (300, 20_000) if args.quick else (1_000, 100_000)
+    name = f"syncqueue_capture_bench_{os.getpid()}"
+    use_database(create_database(name))
+    try:
+        command.upgrade(alembic_config(), "head")
+        Base.metadata.create_all(get_engine())
+        capture.track(Tracked, model="Request")
+        print(
+            f"capture bench: {platform.node()}, load {os.getloadavg()[0]:.1f}, "
+            f"{singles} single-row transactions per side, backfill of {backfill_rows:,} rows"
+        )
+        rows = []
+        ours, plain = _take_turns(_insert(Tracked), _insert(Plain), singles)
+        rows.append(("ORM single-row INSERT (add + commit)", ours, plain))
+        ours, plain = _take_turns(_update(Tracked), _update(Plain), singles)
+        rows.append(("ORM single-row UPDATE (get + set + commit)", ours, plain))
+        print(
+            "\n| statement | with capture | without | ratio | target |\n|---|---:|---:|---:|---:|"
+        )
+        for label, ours, plain in rows:
+            print(
+                f"| {label} | {ours * 1000:.2f} ms | {plain * 1000:.2f} ms | "
+                f"{ours / plain:.2f}x | <= {TARGET:.0f}x |"
+            )
+
+        with get_engine().begin() as conn:
+            conn.execute(text("TRUNCATE bench_tracked, sync_queue"))
+            conn.execute(
+                text(
+                    "INSERT INTO bench_tracked (id, title, status, amount) "
+                    "SELECT i, 'title ' || i, 'open', i * 1.5 FROM generate_series(1, :n) AS i"
+                ),
+                {"n": backfill_rows},
+            )
+            conn.execute(text("ANALYZE bench_tracked"))
+        plain_seconds = _plain_insert_select(backfill_rows)
+        report = capture.backfill(
+            get_engine(), "Request", restart=True, state_dir=Path(f"/tmp/{name}")
+        )
+        assert report.enqueued == backfill_rows
+        with get_engine().connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM sync_queue")).scalar() == backfill_rows
+        ours_rate = backfill_rows / report.seconds
+        plain_rate = backfill_rows / plain_seconds
+        print(
+            f"\n| backfill of {backfill_rows:,} rows | rows/s |\n|---|---:|\n"
+            f"| `capture.backfill` (batches of 1,000, FOR SHARE, one enqueue_many each) "
+            f"| {ours_rate:,.0f} |\n"
+            f"| plain `INSERT INTO sync_queue ... SELECT` (one statement) | {plain_rate:,.0f} |\n"
+            f"| ratio | {ours_rate / plain_rate:.2f}x |"
+        )
+    finally:
+        dispose_engine()
+        drop_database(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
