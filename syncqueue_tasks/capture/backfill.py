@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, cast, func, inspect, literal, select, text
-from sqlalchemy.orm import Mapper, Session
+from sqlalchemy import Engine, cast, func, literal, select, text
+from sqlalchemy.orm import Session
 
 from syncqueue_tasks.capture import changes, registry, resume
 from syncqueue_tasks.capture.errors import CaptureError
@@ -119,8 +119,7 @@ def _resolve(source: Tracked | type | str) -> Tracked:
         return source
     if isinstance(source, str):
         return registry.get(source)
-    mapper = inspect(source, raiseerr=False)
-    tracked = registry.for_mapper(mapper) if isinstance(mapper, Mapper) else None
+    tracked = registry.for_class(source)
     if tracked is None:
         raise CaptureError(
             f"{getattr(source, '__name__', source)!r} is not tracked; call capture.track() "
@@ -143,5 +142,7 @@ def _not_yet_synced(
 ) -> list[changes.Change]:
     """Drop the CREATEs whose record was last written with exactly these fields."""
     ids = [c["record_id"] for c in creates]
-    synced = dict(session.execute(_SYNCED, {"model": tracked.model, "record_ids": ids}).all())
+    synced: dict[str, Any] = dict(
+        session.execute(_SYNCED, {"model": tracked.model, "record_ids": ids}).all()
+    )
     return [c for c in creates if synced.get(c["record_id"]) != c["payload"]]

@@ -25,11 +25,12 @@ outside SQLAlchemy's view (``text()``, a raw connection, ``COPY``) are the trigg
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Column, event, select, tuple_
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql.dml import UpdateBase
 
 from syncqueue_tasks.capture import changes, registry
 from syncqueue_tasks.capture.errors import CaptureError
@@ -45,7 +46,7 @@ def _on_execute(state: ORMExecuteState) -> Result[Any] | None:
         return None
     if state.execution_options.get(_OWN) or is_suppressed(state.session):
         return None
-    tracked = registry.for_table(state.statement.table)
+    tracked = registry.for_table(cast(UpdateBase, state.statement).table)
     if tracked is None:
         return None
     many = isinstance(state.parameters, list | tuple)
@@ -71,7 +72,7 @@ def _returning(
     state: ORMExecuteState, tracked: Tracked, fields: Sequence[str], build: Any
 ) -> Result[Any]:
     """Run the statement with RETURNING key + ``fields``; enqueue ``build``'s change per row."""
-    statement = state.statement
+    statement = cast(UpdateBase, state.statement)
     # the caller's own RETURNING entries (an entity is one); returning_column_descriptions
     # expands entities into columns (and fails on some), so the statement's tuple is read
     own = len(statement._returning)

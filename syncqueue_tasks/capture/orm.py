@@ -19,7 +19,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Column, Table, event, inspect
-from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper, Session, UOWTransaction
 from sqlalchemy.orm.exc import UnmappedColumnError
 
@@ -57,7 +56,7 @@ def untrack(orm_class_or_model: type | str) -> None:
     if isinstance(orm_class_or_model, str):
         model = orm_class_or_model
     else:
-        found = registry.for_mapper(_mapper(orm_class_or_model))
+        found = registry.for_class(orm_class_or_model)
         if found is None:
             raise CaptureError(f"{orm_class_or_model.__name__} is not tracked")
         model = found.model
@@ -114,10 +113,7 @@ def describe(
 
 
 def _mapper(orm_class: type) -> Mapper[Any]:
-    try:
-        mapper = inspect(orm_class)
-    except NoInspectionAvailable:
-        mapper = None
+    mapper: object = inspect(orm_class, raiseerr=False)
     if not isinstance(mapper, Mapper):
         raise CaptureError(f"{getattr(orm_class, '__name__', orm_class)!r} is not a mapped class")
     return mapper

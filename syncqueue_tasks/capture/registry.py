@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from sqlalchemy import Column, Table
+from sqlalchemy import Column, Table, inspect
 from sqlalchemy.orm import Mapper
 
 from syncqueue_tasks.capture.errors import CaptureError
@@ -93,6 +93,12 @@ def for_mapper(mapper: Mapper[object]) -> Tracked | None:
                 return tracked
         current = current.inherits
     return None
+
+
+def for_class(orm_class: object) -> Tracked | None:
+    """The ``Tracked`` of a mapped class (or of a class it inherits from), or None."""
+    mapper = inspect(orm_class, raiseerr=False)
+    return for_mapper(mapper) if isinstance(mapper, Mapper) else None
 
 
 def for_table(table: object) -> Tracked | None:
