@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from capture_app import (
     assert_sheet_equals_tables,
     drain,
     queued,
+    session,
     sheet,
     table_as_sheet,
 )
@@ -101,6 +103,51 @@ def test_an_interrupted_backfill_resumes_after_the_last_batch_it_committed(
     assert_sheet_equals_tables(app)
     report = capture.backfill(get_engine(), "Request", batch_size=2)
     assert (report.rows, report.resumed) == (10, False)  # finished: the next run starts over
+
+
+def test_backfill_waits_for_a_row_being_changed_and_sends_its_committed_value() -> None:
+    _existing_rows(requests=0, operators=2)
+    finished: list[capture.BackfillReport] = []
+    with session() as s:
+        s.begin()
+        operator = s.get(Operator, "op00")
+        assert operator is not None
+        operator.name = "changed"
+        s.flush()  # the UPDATE ran and was captured; the row stays locked until commit
+        worker = threading.Thread(
+            target=lambda: finished.append(capture.backfill(get_engine(), "Operator"))
+        )
+        worker.start()
+        try:
+            _wait_until_a_backfill_waits_for_a_row_lock()
+            assert not finished
+        finally:
+            s.commit()
+            worker.join(30)
+    assert finished and finished[0].rows == 2
+    changes = [(c["action"], c["record_id"], c["payload"]["name"]) for c in queued("Operator")]
+    assert changes == [
+        ("UPDATE", "op00", "changed"),
+        ("CREATE", "op00", "changed"),
+        ("CREATE", "op01", "n1"),
+    ]
+
+
+def _wait_until_a_backfill_waits_for_a_row_lock() -> None:
+    deadline = time.monotonic() + 10
+    with get_engine().connect() as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE '%FOR SHARE%' AND datname = current_database()"
+                )
+            ).scalar_one()
+            if waiting:
+                return
+            conn.rollback()
+            time.sleep(0.02)
+    raise AssertionError("the backfill never waited for the row being changed")
 
 
 def test_a_resume_file_for_another_table_is_refused_until_restart(tmp_path: Path) -> None:
