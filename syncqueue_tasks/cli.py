@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -30,7 +31,7 @@ from syncqueue_tasks.errors import (
     sanitize_error,
 )
 from syncqueue_tasks.redis_client import get_redis
-from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.settings import DEFAULT_DATABASE_URL, get_settings
 from syncqueue_tasks.validation import validate_item_id
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, OperationalError | InterfaceError):
         return f"database unavailable: {detail}; {_database_hint()}"
     if isinstance(exc, ProgrammingError) and "does not exist" in detail:
-        return f"database not ready: {detail}; run `syncqueue migrate`"
+        return f"database not ready: {detail}; {runstate.migrate_hint()}"
     if isinstance(exc, SQLAlchemyError):
         return f"database error: {detail}"
     if isinstance(exc, ValidationError):
@@ -71,16 +72,39 @@ def describe_error(exc: BaseException) -> str:
 
 
 def _database_hint() -> str:
-    if os.environ.get("DATABASE_URL", "").strip():
+    if not runstate.using_default_database():
         return "check DATABASE_URL and that PostgreSQL is running"
     return (
         f"DATABASE_URL is unset and no `syncqueue run` is running with data in "
-        f"{runstate.data_dir()}: start `syncqueue run` there, or set DATABASE_URL"
+        f"{runstate.data_dir()}: start `{runstate.cli_command()} run` there, or set DATABASE_URL"
     )
 
 
+def _confirm_or_fail(question: str, refused: str) -> None:
+    """Ask ``question`` (default no, on stderr); a no, or no terminal, ends with ``refused``."""
+    try:
+        click.confirm(question, abort=True, err=True)
+    except click.Abort:
+        raise OneLineError(refused) from None
+
+
+class DatabaseCommand(click.Command):
+    """A command that uses the database: first says so when that is the built-in default."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Print the note on stderr (once the arguments are valid), then run the command."""
+        if runstate.using_default_database():
+            click.echo(f"Note: {runstate.default_database_note()}", err=True)
+        return super().invoke(ctx)
+
+
 class SafeGroup(click.Group):
-    """A group that turns expected failures and usage errors into one ``Error:`` line."""
+    """A group that turns expected failures and usage errors into one ``Error:`` line.
+
+    Its commands are ``DatabaseCommand`` unless they say otherwise (``run`` does).
+    """
+
+    command_class = DatabaseCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command; translate expected exceptions."""
@@ -105,10 +129,23 @@ def main(ctx: click.Context) -> None:
 
 
 @main.command()
-def migrate() -> None:
-    """Apply the database migrations (alembic upgrade head)."""
+@click.option("--yes", "-y", is_flag=True, help="migrate the default database without asking")
+def migrate(yes: bool) -> None:
+    """Apply the database migrations (alembic upgrade head).
+
+    With no running `syncqueue run` and DATABASE_URL unset, the database is the built-in
+    default, which may belong to something else: migrate asks first (--yes: do not ask).
+    """
     from syncqueue_tasks.schema import upgrade_head
 
+    if runstate.using_default_database() and not yes:
+        cli = runstate.cli_command()
+        _confirm_or_fail(
+            f"Create or upgrade the sync_queue tables in the default database "
+            f"{DEFAULT_DATABASE_URL}?",
+            f"not migrated: start `{cli} run` (every command finds its database) or set "
+            f"DATABASE_URL; to migrate the default database: `{cli} migrate --yes`",
+        )
     before, after = upgrade_head()
     if before == after:
         click.echo(f"Database already at head ({_revs(after)}).")
@@ -116,7 +153,7 @@ def migrate() -> None:
         click.echo(f"Migrated the database: {_revs(before)} -> {_revs(after)}.")
 
 
-@main.command()
+@main.command(cls=click.Command)  # starts its own database, or uses DATABASE_URL
 @click.option(
     "--flower-port", type=click.IntRange(1, 65535), envvar="SYNCQUEUE_FLOWER_PORT",
     default=5555, show_default=True, help="Flower's port on 127.0.0.1 [env SYNCQUEUE_FLOWER_PORT]",
@@ -177,9 +214,8 @@ def failed(model: str | None, limit: int, as_json: bool) -> None:
             f"retries={item['retries']}  failed {when}"
         )
         click.echo(f"    {item['last_error'] or '(no error recorded)'}")
-    click.echo(
-        f"{len(items)} shown. Retry: syncqueue retry --id ID; delete: syncqueue discard --id ID"
-    )
+    cli = runstate.cli_command()
+    click.echo(f"{len(items)} shown. Retry: {cli} retry --id ID; delete: {cli} discard --id ID")
 
 
 def _selectors(func: Callable[..., None]) -> Callable[..., None]:
@@ -229,7 +265,10 @@ def discard(ids: tuple[str, ...], model: str | None, all_: bool, yes: bool) -> N
 @click.argument("action")
 @click.argument("model")
 @click.argument("record_id")
-@click.option("--payload", default="{}", show_default=True, help="the fields, a JSON object")
+@click.option(
+    "--payload", default="{}", show_default=True,
+    help="the fields, a JSON object; @FILE reads it from a file, - from standard input",
+)  # fmt: skip
 @click.option("--row", type=click.IntRange(min=1), help="sheet row hint (sheet_row_index)")
 @click.option("--via-celery", is_flag=True, help="publish with enqueue_change.delay()")
 def enqueue(
@@ -240,7 +279,7 @@ def enqueue(
     Put options first and `--` before the arguments when a record id starts with "-":
     syncqueue enqueue --payload '{}' -- UPDATE Revenue -1
     """
-    fields = _json_object(payload)
+    fields = _json_object(_payload_text(payload))
     if via_celery:
         from syncqueue_tasks.tasks import enqueue_change
 
@@ -253,12 +292,24 @@ def enqueue(
 @main.command()
 @click.option("--count", type=click.IntRange(1, 10_000), default=30, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0), default=120.0, show_default=True)
-def demo(count: int, timeout: float) -> None:
-    """Enqueue COUNT realistic changes and follow them to the writer."""
-    from syncqueue_tasks.demo import DEMO_MODELS, demo_changes, follow
+@click.option("--yes", "-y", is_flag=True, help="write into a Google Sheet without asking")
+def demo(count: int, timeout: float, yes: bool) -> None:
+    """Enqueue COUNT realistic changes and follow them to the writer.
 
-    models = [m for m in DEMO_MODELS if m in get_settings().models]
-    changes = demo_changes(count, models or sorted(get_settings().models))
+    Says where they will be written first; asks before writing into a Google Sheet.
+    """
+    from syncqueue_tasks.demo import DEMO_MODELS, demo_changes, destination, follow
+
+    settings = get_settings()
+    models = [m for m in DEMO_MODELS if m in settings.models] or sorted(settings.models)
+    where, is_sheet = destination(settings, models)
+    click.echo(f"The demo writes into {where}.")
+    if is_sheet and not yes:
+        _confirm_or_fail(
+            f"Write {count} demo changes into this Google Sheet?",
+            "nothing enqueued: the demo would write into a Google Sheet; pass --yes to let it",
+        )
+    changes = demo_changes(count, models)
     started = time.monotonic()
     ids = queue.enqueue_many(changes)
     actions = Counter(c["action"] for c in changes)
@@ -282,11 +333,13 @@ def demo(count: int, timeout: float) -> None:
     if left:
         raise OneLineError(
             f"timed out after {timeout:g}s: {left} of {count} changes not written; "
-            "is a worker running? (try `syncqueue doctor`)"
+            f"is a worker running? (try `{runstate.cli_command()} doctor`)"
         )
     click.echo(f"{completed} completed, {failed_} failed in {time.monotonic() - started:.1f}s.")
     if failed_:
-        raise OneLineError(f"{failed_} of {count} changes FAILED; see `syncqueue failed`")
+        raise OneLineError(
+            f"{failed_} of {count} changes FAILED; see `{runstate.cli_command()} failed`"
+        )
 
 
 @main.command()
@@ -344,6 +397,21 @@ def _wait_for_signal() -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _payload_text(raw: str) -> str:
+    """``--payload``: the JSON itself, ``@path`` (that file's text) or ``-`` (standard input)."""
+    if raw == "-":
+        return sys.stdin.read()
+    if not raw.startswith("@"):
+        return raw
+    path = Path(raw[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValidationError("payload", f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValidationError("payload", f"{path} is not UTF-8 text") from None
 
 
 def _json_object(raw: str) -> Any:

@@ -1,4 +1,17 @@
-"""The process's one SQLAlchemy engine (pooled, pre-ping), safe across ``fork``."""
+"""The process's SQLAlchemy engines, safe across ``fork``.
+
+- :func:`get_engine`: the pool every queue operation uses.
+- :func:`get_enqueue_engine`: the pool of ``.delay()``'s direct store. Autocommit (the store is
+  one statement, so one round trip) with short ``lock_timeout`` and ``statement_timeout`` set
+  when a connection opens (``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``): a record held by an open
+  transaction, or a database that answers slowly, makes the store fail fast, and the change
+  goes to the broker instead.
+
+Neither pings a connection at checkout (a round trip per operation): a connection that died
+(a PostgreSQL restart) fails its statement, SQLAlchemy drops the pool's older connections,
+and callers that must not fail retry once (``is_disconnect``). Statement parameters never
+appear in errors or logs (``hide_parameters``): they carry payloads.
+"""
 
 from __future__ import annotations
 
@@ -7,42 +20,71 @@ import threading
 
 import psycopg  # noqa: F401  (loaded with the package, not inside the first enqueue)
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import DBAPIError
 
-from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.settings import Settings, get_settings
 
 _lock = threading.Lock()
-_engine: Engine | None = None
-_engine_pid: int | None = None
+_engines: dict[str, Engine] = {}
+_engines_pid: int | None = None
+
+
+def _create(settings: Settings, kind: str) -> Engine:
+    connect_args: dict[str, object] = {"connect_timeout": 5, "application_name": "syncqueue"}
+    options: dict[str, object] = {}
+    if kind == "enqueue":
+        ms = settings.enqueue_timeout_ms
+        connect_args["options"] = f"-c lock_timeout={ms} -c statement_timeout={ms}"
+        options["isolation_level"] = "AUTOCOMMIT"
+    return create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=False,
+        pool_timeout=10,
+        hide_parameters=True,
+        connect_args=connect_args,
+        **options,
+    )
+
+
+def _get(kind: str) -> Engine:
+    global _engines_pid
+    with _lock:
+        if _engines_pid != os.getpid():
+            for engine in _engines.values():
+                engine.dispose(close=False)  # the parent's connections are the parent's
+            _engines.clear()
+            _engines_pid = os.getpid()
+        engine = _engines.get(kind)
+        if engine is None:
+            engine = _engines[kind] = _create(get_settings(), kind)
+        return engine
 
 
 def get_engine() -> Engine:
-    """Return this process's engine, creating it from ``DATABASE_URL`` on first use.
+    """This process's engine, created from ``DATABASE_URL`` on first use.
 
     A child process (Celery prefork) gets a fresh engine rather than the parent's sockets.
     """
-    global _engine, _engine_pid
-    with _lock:
-        if _engine is None or _engine_pid != os.getpid():
-            if _engine is not None:
-                _engine.dispose(close=False)  # the parent's connections are the parent's
-            settings = get_settings()
-            _engine = create_engine(
-                settings.database_url,
-                pool_size=settings.db_pool_size,
-                max_overflow=settings.db_pool_size,
-                pool_pre_ping=True,
-                pool_timeout=10,
-                connect_args={"connect_timeout": 5, "application_name": "syncqueue"},
-            )
-            _engine_pid = os.getpid()
-        return _engine
+    return _get("main")
+
+
+def get_enqueue_engine() -> Engine:
+    """This process's engine for fast, fail-fast stores (see the module docstring)."""
+    return _get("enqueue")
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """Whether ``error`` says the connection died (worth one retry on a fresh connection)."""
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
 def dispose_engine() -> None:
-    """Close this process's pool (tests and settings changes)."""
-    global _engine, _engine_pid
+    """Close this process's pools (tests and settings changes)."""
+    global _engines_pid
     with _lock:
-        if _engine is not None:
-            _engine.dispose()
-        _engine = None
-        _engine_pid = None
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _engines_pid = None

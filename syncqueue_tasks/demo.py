@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import text
 
 from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.settings import Settings
+from syncqueue_tasks.writers.loading import SHEETS, WORKBOOK, writer_spec
 
 DEMO_MODELS = ("Request", "Operator", "Revenue")
 _NAMES = ("Ann", "Bob", "Chidi", "Dana", "Emil", "Fatima", "Goran", "Hana", "Ivo", "Jun")
@@ -21,6 +23,20 @@ _STATUS_OF = text("""
     SELECT status::text AS status, count(*) AS n FROM sync_queue
     WHERE id = ANY(CAST(:ids AS text[])) GROUP BY status
 """)
+
+
+def destination(settings: Settings, models: Sequence[str]) -> tuple[str, bool]:
+    """Where the configured writer puts the demo's changes, in words; and whether that is a
+    Google Sheet (someone else's data may be there: the CLI asks first)."""
+    spec = writer_spec(settings)
+    if spec == SHEETS:
+        sheet_id = settings.sheets_spreadsheet_id
+        tabs = ", ".join(settings.sheets_tabs.get(m, m) for m in models)
+        url = f"https://docs.google.com/spreadsheets/d/{sheet_id}"
+        return f"the Google Sheet {sheet_id} ({url}), tabs {tabs}", True
+    if spec == WORKBOOK:
+        return f"the local workbook {settings.workbook_path.absolute()}", False
+    return f"the writer {spec}", False
 
 
 def demo_changes(

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import sanitize_error
+from syncqueue_tasks.runstate import cli_command, migrate_hint, using_default_database
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.loading import load_writer, writer_spec
 
@@ -28,23 +29,24 @@ class Check:
 
 def run_checks() -> list[Check]:
     """Run every check (a failing database skips the migration check)."""
-    database = _guarded("database", check_database, FIX_DATABASE)
+    fix_database = (
+        f"start PostgreSQL or set DATABASE_URL; with nothing installed, "
+        f"`{cli_command()} run` starts an embedded one (run commands from the same folder)"
+    )
+    database = _guarded("database", check_database, fix_database)
     checks = [database]
     if database.ok:
-        checks.append(_guarded("migrations", check_migrations, FIX_MIGRATIONS))
+        checks.append(_guarded("migrations", check_migrations, migrate_hint()))
     else:
-        checks.append(Check("migrations", False, "not checked: database unreachable", FIX_DATABASE))
-    checks.append(_guarded("broker", check_broker, FIX_BROKER))
+        checks.append(Check("migrations", False, "not checked: database unreachable", fix_database))
+    fix_broker = (
+        f"start Redis or set CELERY_BROKER_URL (`{cli_command()} run` starts an embedded one)"
+    )
+    checks.append(_guarded("broker", check_broker, fix_broker))
     checks.append(_guarded("writer", check_writer, FIX_WRITER))
     return checks
 
 
-FIX_DATABASE = (
-    "start PostgreSQL or set DATABASE_URL; with nothing installed, `syncqueue run` "
-    "starts an embedded one (run commands from the same folder)"
-)
-FIX_MIGRATIONS = "run `syncqueue migrate`"
-FIX_BROKER = "start Redis or set CELERY_BROKER_URL (`syncqueue run` starts an embedded one)"
 FIX_WRITER = (
     "unset SYNCQUEUE_WRITER for the local workbook (SYNCQUEUE_WORKBOOK_PATH), set "
     "SYNCQUEUE_SHEETS_SPREADSHEET_ID and SYNCQUEUE_SHEETS_CREDENTIALS_FILE for Google Sheets, "
@@ -57,7 +59,10 @@ def check_database() -> Check:
     url = make_url(get_settings().database_url).render_as_string(hide_password=True)
     with get_engine().connect() as conn:
         version = conn.execute(text("SHOW server_version")).scalar_one()
-    return Check("database", True, f"reachable at {url} (PostgreSQL {version})")
+    default = (
+        "; the default: no running stack, DATABASE_URL unset" if using_default_database() else ""
+    )
+    return Check("database", True, f"reachable at {url} (PostgreSQL {version}{default})")
 
 
 def check_migrations() -> Check:
@@ -69,7 +74,7 @@ def check_migrations() -> Check:
         return Check("migrations", True, f"at head {', '.join(head)}")
     at = ", ".join(current) or "no revision (never migrated)"
     return Check(
-        "migrations", False, f"database at {at}, code at {', '.join(head)}", FIX_MIGRATIONS
+        "migrations", False, f"database at {at}, code at {', '.join(head)}", migrate_hint()
     )
 
 

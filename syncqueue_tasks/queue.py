@@ -1,21 +1,28 @@
-"""The shared queue module: every Celery task and the CLI go through these functions.
+"""The queue: store changes, claim records with their changes, record outcomes, operate.
 
-Ownership: ``dequeue`` hands out ``QueueItem`` objects carrying a claim token. The ``mark_*``
-functions take those items (or ``Claim(id, token)`` pairs) and change a row only while it is
-still PROCESSING under that token. An item that is unknown or no longer owned (``reset_stuck``
-gave it away) is left alone, and the return value says so: ``mark_complete`` returns False,
-``mark_complete_many`` counts only the items it changed, ``mark_failed`` returns None.
+The record is the unit of work (see ``sql.py``). A claim holds a record exclusively, with all
+the changes of it that it took; a writer gets each record's changes folded onto what was last
+written (``records.record_write``); the outcome moves the changes to COMPLETED / PENDING /
+FAILED and, when done, the record's synced state on, in one statement guarded by the token.
+
+Per-record order holds by construction: changes are applied by version (their id), so a late
+change, a redelivered one or a retried dead letter sets only what no newer change has set,
+whatever order changes arrive in and however they are split into claims.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
+from sqlalchemy import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from syncqueue_tasks import sql
@@ -23,18 +30,25 @@ from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import ValidationError, sanitize_error
 from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.models import QueueItem, QueueStatus, SyncAction
+from syncqueue_tasks.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.records import RecordKey, RecordState, fold
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.validation import (
     Change,
     validate_age,
     validate_batch_size,
     validate_change,
-    validate_change_mapping,
+    validate_changes,
     validate_item_id,
     validate_limit,
 )
 
 log = logging.getLogger(__name__)
+
+# A record another transaction holds when its outcome is recorded (an application storing a
+# change of it in an open transaction) is recorded again on its own, waiting this long at most;
+# after that the claim is left to reset_stuck (the changes are written again later).
+_RECORD_LOCK_WAIT_SECONDS = 5.0
 
 
 class Claim(NamedTuple):
@@ -53,6 +67,60 @@ class Failure:
     retryable: bool = True
     retry_after: float | None = None
     count_attempt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRecord:
+    """A record a claim holds: what was last written, and the changes the claim took."""
+
+    key: RecordKey
+    base: RecordState
+    changes: tuple[QueueItem, ...]
+
+    @property
+    def row_hint(self) -> int | None:
+        """The newest ``sheet_row_index`` hint among the changes."""
+        hints = [c.sheet_row_index for c in self.changes if c.sheet_row_index is not None]
+        return hints[-1] if hints else None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """What one claim holds."""
+
+    token: uuid.UUID
+    records: tuple[ClaimedRecord, ...] = ()
+
+    @property
+    def items(self) -> list[QueueItem]:
+        """Every claimed change, oldest first."""
+        return sorted((c for r in self.records for c in r.changes), key=lambda c: c.id)
+
+
+@dataclass
+class FinishReport:
+    """What recording the outcomes of a batch did, counted in changes."""
+
+    completed: int = 0
+    retried: int = 0
+    failed: int = 0
+    not_owned: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecordView:
+    """One record as the queue knows it: its claim, waiting count, synced state, changes."""
+
+    key: RecordKey
+    pending: int
+    available_at: datetime
+    claimed_at: datetime | None
+    state: RecordState
+    synced_at: datetime | None
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- storing
 
 
 def enqueue(
@@ -74,7 +142,7 @@ def enqueue(
     """
     change = validate_change(action, model, record_id, payload, sheet_row_index, max_retries)
     item_id = new_id() if item_id is None else validate_item_id(item_id)
-    _store([change], [item_id], session)
+    store([change], [item_id], session=session)
     return item_id
 
 
@@ -87,53 +155,135 @@ def enqueue_many(
     """Validate all ``changes`` first, then store them in one statement; all or nothing.
 
     Each change is a mapping (or object) with ``enqueue``'s keys: ``action``, ``model``,
-    ``record_id``, ``payload`` and optionally ``sheet_row_index``, ``max_retries``.
+    ``record_id``, ``payload`` and optionally ``sheet_row_index``, ``max_retries``. An error
+    names the element: ``changes[3].payload: ...``.
     """
-    validated = [validate_change_mapping(c) for c in changes]
-    if item_ids is None:
-        ids = [new_id() for _ in validated]
-    else:
-        ids = [validate_item_id(i) for i in item_ids]
-        if len(ids) != len(validated) or len(set(ids)) != len(ids):
-            raise ValidationError("item_ids", "must be unique, one per change")
+    validated = validate_changes(changes)
+    ids = assign_ids(len(validated), item_ids)
     if validated:
-        _store(validated, ids, session)
+        store(validated, ids, session=session)
     return ids
 
 
-def dequeue(batch_size: int = 25) -> list[QueueItem]:
-    """Claim up to ``batch_size`` PENDING items; return them oldest first.
+def assign_ids(count: int, item_ids: Sequence[object] | None) -> list[str]:
+    """Fresh ids for ``count`` changes, or the given ones: valid, one per change, unique."""
+    if item_ids is None:
+        return [new_id() for _ in range(count)]
+    ids = [validate_item_id(i) for i in item_ids]
+    if len(ids) != count or len(set(ids)) != len(ids):
+        raise ValidationError("item_ids", "must be unique, one per change")
+    return ids
 
-    Per-record order: a record's oldest PENDING change is claimable once no change of that
-    record is PROCESSING or waiting out a backoff; it comes with the record's later
-    PENDING changes (in order, within ``batch_size``), so a record is only ever in one claim.
-    A caller that gets several changes of one record must not complete a later one while an
-    earlier one goes back to PENDING (``batch.process`` retries them together). The claim is
-    committed before this returns.
+
+def store(
+    changes: Sequence[Change],
+    ids: Sequence[str],
+    *,
+    session: Session | None = None,
+    connection: Connection | None = None,
+) -> int:
+    """Store validated changes in one statement (``sql.ENQUEUE``); return how many were new.
+
+    In ``session``'s or ``connection``'s transaction when given; otherwise in a transaction
+    of its own, committed before this returns.
+    """
+    params = {
+        "ids": list(ids),
+        "actions": [c.action.value for c in changes],
+        "models": [c.model for c in changes],
+        "record_ids": [c.record_id for c in changes],
+        "sheet_row_indexes": [c.sheet_row_index for c in changes],
+        "payloads": [c.payload_json for c in changes],
+        "max_retries": [c.max_retries for c in changes],
+    }
+    if session is not None:
+        return int(session.execute(sql.ENQUEUE, params).scalar_one())
+    if connection is not None:
+        return int(connection.execute(sql.ENQUEUE, params).scalar_one())
+    with get_engine().begin() as conn:
+        return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+
+
+# ---------------------------------------------------------------------------- claiming
+
+
+def claim_records(max_records: int = 25, *, max_changes: int | None = None) -> RecordBatch:
+    """Claim up to ``max_records`` records that have waiting changes, with those changes.
+
+    Oldest first (by when each record became claimable). A record with more than
+    ``max_changes`` waiting changes (default ``SYNCQUEUE_CLAIM_MAX_CHANGES``) gives that many;
+    the rest wait for its next claim. The claim is committed before this returns; only its
+    token can record the records' outcomes (``finish_records``).
+    """
+    max_records = validate_batch_size(max_records)
+    if max_changes is None:
+        max_changes = get_settings().claim_max_changes
+    max_changes = validate_limit("max_changes", max_changes, 100_000)
+    token = uuid.uuid4()
+    params = {"max_records": max_records, "max_changes": max_changes, "token": token}
+    with get_engine().begin() as conn:
+        rows = conn.execute(sql.CLAIM, params).all()
+    records: dict[RecordKey, tuple[RecordState, list[QueueItem]]] = {}
+    for r in rows:
+        key = RecordKey(r.model, r.record_id)
+        if key not in records:
+            records[key] = (_state(r), [])
+        records[key][1].append(
+            QueueItem(
+                id=r.id,
+                action=SyncAction(r.action),
+                model=r.model,
+                record_id=r.record_id,
+                sheet_row_index=r.sheet_row_index,
+                payload=r.payload,
+                retries=r.retries,
+                max_retries=r.max_retries,
+                created_at=r.created_at,
+                claim_token=token,
+            )
+        )
+    claimed = sorted(
+        (ClaimedRecord(key, state, tuple(items)) for key, (state, items) in records.items()),
+        key=lambda c: c.changes[0].id,
+    )
+    return RecordBatch(token, tuple(claimed))
+
+
+def finish_records(
+    batch: RecordBatch,
+    outcomes: Mapping[RecordKey, Outcome],
+    states: Mapping[RecordKey, RecordState],
+) -> FinishReport:
+    """Record one outcome per claimed record, for all of its claimed changes.
+
+    ``states[key]`` is the record's new synced state, required where the outcome is done.
+    A record without an outcome is retried. Returns what happened, counted in changes.
+    """
+    rows: list[tuple[QueueItem, Outcome]] = []
+    for record in batch.records:
+        outcome = outcomes.get(record.key) or Outcome.retry("the writer gave no outcome")
+        if outcome.kind is OutcomeKind.DONE and record.key not in states:
+            raise ValueError(f"no new state for the done record {record.key}")
+        rows.extend((change, outcome) for change in record.changes)
+    done_states = {
+        k: states[k] for k, o in outcomes.items() if o.kind is OutcomeKind.DONE and k in states
+    }
+    return _report(rows, _finish(rows, done_states))
+
+
+def dequeue(batch_size: int = 25) -> list[QueueItem]:
+    """Claim up to ``batch_size`` changes (of at most ``batch_size`` records); oldest first.
+
+    A record is in one claim at a time, with the changes of it the claim took. Record the
+    outcome of each change with ``mark_complete_many`` / ``mark_failed_many``, in any order:
+    changes are applied by version, so completing a later change before an earlier one is
+    retried is correct. The claim is committed before this returns.
     """
     batch_size = validate_batch_size(batch_size)
-    with get_engine().begin() as conn:
-        claimed = conn.execute(sql.CLAIM, {"batch_size": batch_size, "token": uuid.uuid4()})
-        rows = claimed.all()
-        if rows:
-            overtaken = conn.execute(sql.RELEASE_OVERTAKEN, {"ids": [r.id for r in rows]})
-            released = set(overtaken.scalars())
-            rows = sorted((r for r in rows if r.id not in released), key=lambda r: str(r.position))
-    return [
-        QueueItem(
-            id=r.id,
-            action=SyncAction(r.action),
-            model=r.model,
-            record_id=r.record_id,
-            sheet_row_index=r.sheet_row_index,
-            payload=r.payload,
-            retries=r.retries,
-            max_retries=r.max_retries,
-            created_at=r.created_at,
-            claim_token=r.claim_token,
-        )
-        for r in rows
-    ]
+    return claim_records(batch_size, max_changes=batch_size).items
+
+
+# ---------------------------------------------------------------------------- outcomes
 
 
 def mark_complete(item: QueueItem | Claim) -> bool:
@@ -142,15 +292,24 @@ def mark_complete(item: QueueItem | Claim) -> bool:
 
 
 def mark_complete_many(items: Iterable[QueueItem | Claim]) -> int:
-    """Complete every item the caller still owns, in one statement; return how many."""
-    claims = [_claim(i) for i in items]
+    """Complete every change the caller still owns; return how many.
+
+    Each record's synced state takes the completed changes (folded by version), in the same
+    transaction that completes them.
+    """
+    claims = [(_claim(i), i) for i in items]
     if not claims:
         return 0
-    ids = [c.id for c in claims]
-    with get_engine().begin() as conn:
-        conn.execute(sql.LOCK_CLAIMED_RECORDS, {"ids": ids})
-        result = conn.execute(sql.COMPLETE, {"ids": ids, "tokens": [c.claim_token for c in claims]})
-        return len(result.all())
+    changes = _changes_of(claims)
+    states = _claimed_states({(c.model, c.record_id, c.claim_token) for c in changes.values()})
+    new_states: dict[RecordKey, RecordState] = {}
+    for change in changes.values():
+        key = RecordKey(change.model, change.record_id)
+        base = new_states.get(key) or states.get((*key, change.claim_token))
+        if base is not None:
+            new_states[key] = fold(base, [change])
+    rows = [(changes[c.id], Outcome.done()) for c, _ in claims if c.id in changes]
+    return _report(rows, _finish(rows, new_states)).completed
 
 
 def mark_failed(
@@ -163,8 +322,9 @@ def mark_failed(
 ) -> QueueStatus | None:
     """Record a failed attempt in one atomic statement; return the new status.
 
-    Increments ``retries``; back to PENDING after a backoff while ``retries < max_retries``,
-    else FAILED. ``retryable=False`` goes straight to FAILED. None: not owned (or unknown).
+    Increments ``retries``; back to PENDING (the record waits out a backoff) while
+    ``retries < max_retries``, else FAILED. ``retryable=False`` goes straight to FAILED.
+    None: not owned (or unknown).
     """
     result = mark_failed_many([Failure(item, error, retryable, retry_after, count_attempt)])
     return next(iter(result.values()), None)
@@ -175,52 +335,219 @@ def mark_failed_many(failures: Iterable[Failure]) -> dict[str, QueueStatus]:
     failures = list(failures)
     if not failures:
         return {}
+    changes = _changes_of([(_claim(f.item), f.item) for f in failures])
+    rows = []
+    for f in failures:
+        change = changes.get(_claim(f.item).id)
+        if change is None:
+            continue
+        error = sanitize_error(f.error)
+        if f.retryable:
+            rows.append(
+                (change, Outcome.retry(error, f.retry_after, count_attempt=f.count_attempt))
+            )
+        else:
+            rows.append((change, Outcome.fail(error)))
+    return _finish(rows, {})
+
+
+def _claim(item: QueueItem | Claim) -> Claim:
+    if isinstance(item, Claim):
+        return item
+    return Claim(item.id, item.claim_token)
+
+
+class _Claimed(NamedTuple):
+    """A claimed change as the outcome statements need it."""
+
+    id: str
+    model: str
+    record_id: str
+    claim_token: uuid.UUID
+    action: SyncAction
+    payload: dict[str, Any]
+
+
+def _changes_of(claims: Sequence[tuple[Claim, QueueItem | Claim]]) -> dict[str, _Claimed]:
+    """The claimed changes behind ``claims`` that their tokens still own, by id."""
+    known = {c.id: i for c, i in claims if isinstance(i, QueueItem)}
+    tokens = {c.id: c.claim_token for c, _ in claims}
+    missing = [c.id for c, _ in claims if c.id not in known]
+    result: dict[str, _Claimed] = {
+        i.id: _Claimed(i.id, i.model, i.record_id, i.claim_token, i.action, i.payload)
+        for i in known.values()
+    }
+    if missing:
+        with get_engine().connect() as conn:
+            for r in conn.execute(sql.CLAIMED_CHANGES, {"ids": missing}):
+                if r.claim_token == tokens[r.id]:
+                    result[r.id] = _Claimed(
+                        r.id, r.model, r.record_id, r.claim_token, SyncAction(r.action), r.payload
+                    )
+    return result
+
+
+def _claimed_states(
+    keys: set[tuple[str, str, uuid.UUID]],
+) -> dict[tuple[str, str, uuid.UUID], RecordState]:
+    """The synced state of records still held by the given claims."""
+    if not keys:
+        return {}
+    models, record_ids, tokens = (list(c) for c in zip(*keys, strict=True))
+    with get_engine().connect() as conn:
+        rows = conn.execute(
+            sql.CLAIMED_STATES, {"models": models, "record_ids": record_ids, "tokens": tokens}
+        ).all()
+    return {(r.model, r.record_id, r.claim_token): _state(r) for r in rows}
+
+
+def _finish(
+    rows: Sequence[tuple[Any, Outcome]], states: Mapping[RecordKey, RecordState]
+) -> dict[str, QueueStatus]:
+    """Record per-change outcomes and new states; return the new status of each change.
+
+    One statement for everything it can lock at once; records held by another transaction
+    right now are then recorded one at a time, waiting a little for each.
+    """
+    if not rows:
+        return {}
+    result = _with_retries(rows, states, None)
+    left = [(c, o) for c, o in rows if c.id not in result]
+    if not left:
+        return result
+    for key, token in _held([c for c, _ in left]):
+        mine = [(c, o) for c, o in left if (c.model, c.record_id) == key]
+        lock = (key, token)
+        mine_states = {key: states[key]} if key in states else {}
+        try:
+            result.update(_with_retries(mine, mine_states, lock))
+        except OperationalError as exc:  # lock_timeout: reset_stuck will hand it out again
+            log.warning(
+                "could not record the outcome of %s %r (held by another transaction): %s",
+                key[0],
+                key[1],
+                sanitize_error(exc),
+            )
+    return result
+
+
+def _finish_once(
+    rows: Sequence[tuple[Any, Outcome]],
+    states: Mapping[RecordKey, RecordState],
+    lock: tuple[RecordKey, uuid.UUID] | None,
+) -> dict[str, QueueStatus]:
     settings = get_settings()
-    claims = [_claim(f.item) for f in failures]
-    params = {
-        "ids": [c.id for c in claims],
-        "tokens": [c.claim_token for c in claims],
-        "errors": [sanitize_error(f.error) for f in failures],
-        "retryable": [f.retryable for f in failures],
+    params: dict[str, Any] = {
+        "ids": [c.id for c, _ in rows],
+        "tokens": [c.claim_token for c, _ in rows],
+        "kinds": [o.kind.value for _, o in rows],
+        "errors": [o.error or None for _, o in rows],
         "retry_after": [
-            None if f.retry_after is None else max(0.0, f.retry_after) for f in failures
+            None if o.retry_after is None else max(0.0, o.retry_after) for _, o in rows
         ],
-        "count_attempt": [f.count_attempt for f in failures],
+        "count_attempt": [o.count_attempt for _, o in rows],
+        "s_models": [k.model for k in states],
+        "s_record_ids": [k.record_id for k in states],
+        "s_fields": [json.dumps(s.fields) for s in states.values()],
+        "s_versions": [json.dumps(s.versions) for s in states.values()],
+        "s_deleted": [s.deleted for s in states.values()],
+        "s_created": [s.created for s in states.values()],
+        "s_touched": [s.touched for s in states.values()],
         "backoff_base": settings.backoff_base_seconds,
         "backoff_max": settings.backoff_max_seconds,
     }
     with get_engine().begin() as conn:
-        conn.execute(sql.LOCK_CLAIMED_RECORDS, {"ids": params["ids"]})
-        rows = conn.execute(sql.FAIL, params).all()
-    return {r.id: QueueStatus(r.status) for r in rows}
+        if lock is not None:
+            (model, record_id), token = lock
+            conn.execute(sql.SET_LOCK_TIMEOUT, {"ms": f"{int(_RECORD_LOCK_WAIT_SECONDS * 1000)}ms"})
+            conn.execute(sql.LOCK_RECORD, {"model": model, "record_id": record_id, "token": token})
+        return {r.id: QueueStatus(r.status) for r in conn.execute(sql.FINISH, params)}
+
+
+def _held(changes: Sequence[Any]) -> list[tuple[RecordKey, uuid.UUID]]:
+    """The records of ``changes`` whose claims still hold them."""
+    if not changes:
+        return []
+    wanted = {(c.model, c.record_id, c.claim_token) for c in changes}
+    models, record_ids, tokens = (list(c) for c in zip(*wanted, strict=True))
+    with get_engine().connect() as conn:
+        rows = conn.execute(
+            sql.RECORDS_HELD, {"models": models, "record_ids": record_ids, "tokens": tokens}
+        ).all()
+    held = {(r.model, r.record_id) for r in rows}
+    return sorted(
+        {(RecordKey(m, i), t) for m, i, t in wanted if (m, i) in held}, key=lambda h: h[0]
+    )
+
+
+def _report(
+    rows: Sequence[tuple[Any, Outcome]], statuses: Mapping[str, QueueStatus]
+) -> FinishReport:
+    report = FinishReport()
+    for change, _ in rows:
+        status = statuses.get(change.id)
+        if status is None:
+            report.not_owned += 1
+        elif status is QueueStatus.COMPLETED:
+            report.completed += 1
+        elif status is QueueStatus.PENDING:
+            report.retried += 1
+        else:
+            report.failed += 1
+    return report
+
+
+# Recording outcomes survives a short database outage (a PostgreSQL restart): without it the
+# changes stay PROCESSING until reset_stuck and are written a second time. FINISH is safe to
+# repeat: a change already recorded is no longer PROCESSING and matches nothing.
+_RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def _with_retries(
+    rows: Sequence[tuple[Any, Outcome]],
+    states: Mapping[RecordKey, RecordState],
+    lock: tuple[RecordKey, uuid.UUID] | None,
+) -> dict[str, QueueStatus]:
+    """``_finish_once``, tried again through a short database outage."""
+    for delay in _RECORD_RETRY_DELAYS:
+        try:
+            return _finish_once(rows, states, lock)
+        except OperationalError as exc:
+            if "lock timeout" in str(exc.orig):
+                raise
+            log.warning(
+                "recording outcomes failed, retrying in %ss: %s", delay, sanitize_error(exc)
+            )
+            time.sleep(delay)
+    return _finish_once(rows, states, lock)
+
+
+# ---------------------------------------------------------------------------- operating
 
 
 def reset_stuck(older_than_minutes: float = 10) -> int:
-    """Put items claimed more than ``older_than_minutes`` ago back to PENDING; return how many.
+    """End claims taken more than ``older_than_minutes`` ago; return how many changes went
+    back to PENDING.
 
     Choose a threshold longer than ``process_batch``'s hard time limit, or a live worker's
-    claim may be taken away (its late ``mark_*`` calls are then ignored, not applied).
+    claim may be taken away (its late outcomes are then ignored, not applied).
     """
     older_than_minutes = validate_age("older_than_minutes", older_than_minutes)
     reason = f"reset_stuck: claim older than {older_than_minutes:g} minutes, returned to PENDING"
-    seconds = older_than_minutes * 60
+    params = {"seconds": older_than_minutes * 60, "reason": reason}
     with get_engine().begin() as conn:
-        ids = list(conn.execute(sql.STUCK, {"seconds": seconds}).scalars())
-        if not ids:
-            return 0
-        conn.execute(sql.LOCK_CLAIMED_RECORDS, {"ids": ids})
-        params = {"ids": ids, "seconds": seconds, "reason": reason}
-        rows = conn.execute(sql.RESET_STUCK, params).all()
-    if rows:
-        log.warning("reset_stuck returned %d item(s) to PENDING", len(rows))
-    return len(rows)
+        count = int(conn.execute(sql.RESET_STUCK, params).scalar_one())
+    if count:
+        log.warning("reset_stuck returned %d item(s) to PENDING", count)
+    return count
 
 
 def cleanup_completed(older_than_days: float = 7, *, chunk_size: int | None = None) -> int:
     """Delete COMPLETED items processed more than ``older_than_days`` ago; return how many.
 
     Works in chunks of ``chunk_size`` rows (default ``SYNCQUEUE_CLEANUP_CHUNK_SIZE``), each in
-    its own short transaction. FAILED items are never touched.
+    its own short transaction. FAILED items are never touched, and the records keep their
+    synced state: a late or retried change is still applied by version.
     """
     older_than_days = validate_age("older_than_days", older_than_days)
     chunk = get_settings().cleanup_chunk_size if chunk_size is None else chunk_size
@@ -239,26 +566,12 @@ def cleanup_completed(older_than_days: float = 7, *, chunk_size: int | None = No
 def retry_failed(item_ids: Iterable[str] | None = None, *, model: str | None = None) -> int:
     """FAILED -> PENDING with retries reset, by ids and/or model (None: all); return how many.
 
-    A retried change is applied before the later changes of its record, which are applied
-    again after it (they may have been written while it was parked), so the record still
-    ends at its last change.
+    A retried change is applied by version: it sets only the fields that no newer change of
+    its record has set, so the record still ends at its last change.
     """
     ids = None if item_ids is None else [validate_item_id(i) for i in item_ids]
     with get_engine().begin() as conn:
-        chosen = conn.execute(sql.CHOOSE_FAILED, {"ids": ids, "model": model}).all()
-        if not chosen:
-            return 0
-        records = {"models": [r.model for r in chosen], "record_ids": [r.record_id for r in chosen]}
-        conn.execute(sql.LOCK_RECORDS, records)
-        retried = conn.execute(sql.RETRY_FAILED, {"ids": [r.id for r in chosen]}).all()
-        first: dict[tuple[str, str], Any] = {}
-        for row in sorted(retried, key=lambda r: r.origin_id):
-            first.setdefault((row.model, row.record_id), row)
-        _replay(
-            [Anchor(r.model, r.record_id, r.id, r.origin_id, r.position) for r in first.values()],
-            conn.execute,
-        )
-    return len(retried)
+        return int(conn.execute(sql.RETRY_FAILED, {"ids": ids, "model": model}).scalar_one())
 
 
 def discard_failed(item_ids: Iterable[str] | None = None, *, model: str | None = None) -> int:
@@ -277,131 +590,61 @@ def list_failed(*, model: str | None = None, limit: int = 100) -> list[dict[str,
 
 
 def get_queue_stats() -> dict[str, Any]:
-    """Counts per status, age of the oldest PENDING item, recent failures and completions."""
+    """Counts per status, age of the oldest waiting record, records in backoff, recent
+    failures and completions."""
     with get_engine().connect() as conn:
         row = conn.execute(sql.STATS).mappings().one()
     stats = dict(row)
+    stats["pending"] = int(stats["pending"])
     age = stats["oldest_pending_age_seconds"]
     stats["oldest_pending_age_seconds"] = 0.0 if age is None else max(0.0, float(age))
     return stats
 
 
-def _claim(item: QueueItem | Claim) -> Claim:
-    if isinstance(item, Claim):
-        return item
-    return Claim(item.id, item.claim_token)
+def get_record(model: str, record_id: str, *, limit: int = 1000) -> RecordView | None:
+    """One record: its waiting count, claim, synced state and its changes still in the queue
+    (oldest first, at most ``limit``); None if the queue never had a change of it."""
+    limit = validate_limit("limit", limit, 100_000)
+    params = {"model": model, "record_id": record_id, "limit": limit}
+    with get_engine().connect() as conn:
+        row = conn.execute(sql.RECORD, params).one_or_none()
+        if row is None:
+            return None
+        changes = [dict(r) for r in conn.execute(sql.RECORD_CHANGES, params).mappings()]
+    return RecordView(
+        RecordKey(row.model, row.record_id),
+        row.pending,
+        row.available_at,
+        row.claimed_at,
+        _state(row),
+        row.synced_at,
+        changes,
+    )
 
 
-def _store(changes: Sequence[Change], ids: Sequence[str], session: Session | None) -> None:
-    """Insert ``changes`` in one statement; replay the later changes of a late one."""
-    params = {
-        "ids": list(ids),
-        "actions": [c.action.value for c in changes],
-        "models": [c.model for c in changes],
-        "record_ids": [c.record_id for c in changes],
-        "sheet_row_indexes": [c.sheet_row_index for c in changes],
-        "payloads": [c.payload_json for c in changes],
-        "max_retries": [c.max_retries for c in changes],
-    }
-    if session is not None:
-        _insert(session.execute, params)
-    else:
-        with get_engine().begin() as conn:
-            _insert(conn.execute, params)
-
-
-def _insert(execute: Any, params: dict[str, Any]) -> None:
-    execute(sql.LOCK_RECORDS, {"models": params["models"], "record_ids": params["record_ids"]})
-    _replay_after_late_arrivals(execute(sql.INSERT, params).all(), execute)
-
-
-def _replay_after_late_arrivals(later: Sequence[Any], execute: Any) -> None:
-    """Keep a record's changes in enqueue order when one arrives late.
-
-    ``later`` holds, per record that just received changes, the rows of the changes enqueued
-    after the first of them. When one of those rows was already claimed or written, or was
-    moved by an earlier replay, the record's later changes are replayed after the late one.
-    """
-    late = {
-        Anchor(row.model, row.record_id, row.arrived_id, row.arrived_id, row.arrived_id)
-        for row in later
-        if row.status != QueueStatus.PENDING or row.position != row.id
-    }
-    copied = _replay(list(late), execute)
-    if copied:
-        log.warning(
-            "%d change(s) arrived after later changes of their record were written; "
-            "re-applying %d later change(s) after them",
-            len(late),
-            copied,
-        )
-
-
-class Anchor(NamedTuple):
-    """A row whose change the record's later changes must follow (see ``_replay``)."""
-
-    model: str
-    record_id: str
-    id: str
-    origin_id: str
-    position: str
-
-
-def _replay(anchors: Sequence[Anchor], execute: Any) -> int:
-    """Apply each record's changes enqueued after its anchor again, after the anchor.
-
-    One anchor per record. The record's later changes, and the other rows of the anchor's own
-    change, follow the anchor's position in enqueue order: their PENDING and claimed rows move
-    there (a claimed row can go back to PENDING: a retry, ``reset_stuck``), and a later change
-    with no PENDING row, being or already written, also gets a PENDING copy there. Return how
-    many copies were made.
-    """
-    if not anchors:
-        return 0
-    models, record_ids, ids, origins, positions = (list(c) for c in zip(*anchors, strict=True))
-    rows = execute(
-        sql.LATER_CHANGES,
-        {
-            "models": models,
-            "record_ids": record_ids,
-            "anchor_ids": ids,
-            "anchor_origins": origins,
-            "anchor_positions": positions,
-        },
-    ).all()
-    moves: dict[str, list[str]] = {"ids": [], "positions": []}
-    copies: dict[str, list[str]] = {"ids": [], "positions": [], "originals": []}
-    for (_, anchor_origin, anchor_position), suffix in itertools.groupby(
-        rows, key=lambda r: (r.anchor_id, r.anchor_origin, r.anchor_position)
-    ):
-        after = (f"{anchor_position}.{n:06d}" for n in itertools.count(1))
-        for origin, group in itertools.groupby(suffix, key=lambda r: r.origin_id):
-            versions = list(group)
-            for row in versions:
-                if row.status != QueueStatus.COMPLETED:
-                    moves["ids"].append(row.id)
-                    moves["positions"].append(next(after))
-            pending = any(v.status == QueueStatus.PENDING for v in versions)
-            if not pending and origin != anchor_origin:  # the anchor applies its own change
-                copies["ids"].append(new_id())
-                copies["positions"].append(next(after))
-                copies["originals"].append(versions[0].id)
-    if moves["ids"]:
-        execute(sql.REPOSITION_LATER, moves)
-    if copies["ids"]:
-        execute(sql.COPY_LATER, copies)
-    return len(copies["ids"])
+def _state(row: Any) -> RecordState:
+    """A ``RecordState`` from a row with the state columns."""
+    return RecordState(
+        dict(row.fields), dict(row.versions), row.deleted_id, row.created_id, row.touched_id
+    )
 
 
 __all__ = [
     "Claim",
+    "ClaimedRecord",
     "Failure",
+    "FinishReport",
+    "RecordBatch",
+    "RecordView",
+    "claim_records",
     "cleanup_completed",
     "dequeue",
     "discard_failed",
     "enqueue",
     "enqueue_many",
+    "finish_records",
     "get_queue_stats",
+    "get_record",
     "list_failed",
     "mark_complete",
     "mark_complete_many",
@@ -409,4 +652,5 @@ __all__ = [
     "mark_failed_many",
     "reset_stuck",
     "retry_failed",
+    "store",
 ]

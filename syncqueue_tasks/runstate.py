@@ -8,9 +8,11 @@ default ``./.syncqueue``):
 - ``env``: the same variables as ``KEY=value`` lines, for a shell
   (``set -a; . .syncqueue/env; set +a``) or a Python program using ``.delay()``.
 
-Both are removed when the stack stops. Every other ``syncqueue`` command run with the same
-data directory (so: from the same folder) reads ``run.json`` if that pid is alive, and uses
-those variables unless they are already set in its own environment.
+Both are removed when the stack stops. Both hold passwords (the embedded Redis's, in its
+URL, and a generated Flower login), so both are owner-only (mode 0600). Every other
+``syncqueue`` command run with the same data directory (so: from the same folder) reads
+``run.json`` if that pid is alive, and uses those variables unless they are already set in
+its own environment.
 """
 
 from __future__ import annotations
@@ -19,19 +21,42 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from syncqueue_tasks.settings import DEFAULT_DATABASE_URL
 
 DATA_DIR_ENV = "SYNCQUEUE_DATA_DIR"
 DEFAULT_DATA_DIR = ".syncqueue"
 STATE_FILE = "run.json"
 ENV_FILE = "env"
+CLI_ENV = "SYNCQUEUE_CLI"  # how the user calls the CLI; ./syncq sets it to itself
 
 
 def data_dir() -> Path:
     """The stack's data directory: ``$SYNCQUEUE_DATA_DIR`` or ``./.syncqueue``, absolute."""
     return Path(os.environ.get(DATA_DIR_ENV, "").strip() or DEFAULT_DATA_DIR).absolute()
+
+
+def cli_command() -> str:
+    """The command that runs this CLI from the user's shell, for hints.
+
+    ``$SYNCQUEUE_CLI`` (``./syncq`` sets it), else ``syncqueue`` when that is this
+    installation's script on PATH, else that script's path (``.venv/bin/syncqueue``).
+    """
+    given = os.environ.get(CLI_ENV, "").strip()
+    if given:
+        return given
+    script = Path(sys.executable).parent / "syncqueue"
+    on_path = shutil.which("syncqueue")
+    if not script.exists() or (on_path and Path(on_path).resolve() == script.resolve()):
+        return "syncqueue"
+    if script.absolute().is_relative_to(Path.cwd()):
+        return str(script.absolute().relative_to(Path.cwd()))
+    return str(script)
 
 
 @dataclass
@@ -108,6 +133,34 @@ def apply_env(directory: Path | None = None) -> dict[str, str]:
     applied = {k: v for k, v in state.env.items() if not os.environ.get(k, "").strip()}
     os.environ.update(applied)
     return applied
+
+
+def using_default_database() -> bool:
+    """Whether commands fall back to the built-in default database.
+
+    True when ``DATABASE_URL`` is unset after :func:`apply_env`: no running stack published
+    one, and the user set none. That database may be anyone's: say so before touching it.
+    """
+    return not os.environ.get("DATABASE_URL", "").strip()
+
+
+def default_database_note() -> str:
+    """One line saying that no running stack was found and which database is used instead."""
+    return (
+        f"no running `syncqueue run` found (nothing live in {data_dir() / STATE_FILE}) and "
+        f"DATABASE_URL is unset: using the default database {DEFAULT_DATABASE_URL}"
+    )
+
+
+def migrate_hint() -> str:
+    """What to do about a database without the queue's tables."""
+    cli = cli_command()
+    if not using_default_database():
+        return f"run `{cli} migrate`"
+    return (
+        f"this is the default database, not one you chose: start `{cli} run` (or set "
+        f"DATABASE_URL); to use this one anyway: `{cli} migrate --yes`"
+    )
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -86,7 +86,9 @@ class Settings:
     cleanup_chunk_size: int
     batch_time_budget: float
     enqueue_mode: str
+    enqueue_timeout_ms: int
     kick_delay: float
+    claim_max_changes: int
     writer: str
     jsonl_path: str
     data_dir: Path
@@ -101,6 +103,10 @@ class Settings:
     delete_mode: str
     sheets_writes_per_minute: int
     sheets_max_request_bytes: int
+    sheets_read_quota: int
+    sheets_write_quota: int
+    sheets_quota_margin: float
+    sheets_quota_burst: int
     redis_url: str
     redis_prefix: str
 
@@ -127,7 +133,9 @@ class Settings:
             cleanup_chunk_size=_int("SYNCQUEUE_CLEANUP_CHUNK_SIZE", 5000, 1, 100000),
             batch_time_budget=_float("SYNCQUEUE_BATCH_TIME_BUDGET", 60.0, 0.0, 3600.0),
             enqueue_mode=_choice("SYNCQUEUE_ENQUEUE_MODE", "direct", ("direct", "broker")),
+            enqueue_timeout_ms=_int("SYNCQUEUE_ENQUEUE_TIMEOUT_MS", 200, 10, 60_000),
             kick_delay=_float("SYNCQUEUE_KICK_DELAY", 0.2, 0.0, 60.0),
+            claim_max_changes=_int("SYNCQUEUE_CLAIM_MAX_CHANGES", 1000, 1, 100_000),
             writer=env("SYNCQUEUE_WRITER", "").strip(),
             jsonl_path=env("SYNCQUEUE_JSONL_PATH", "").strip(),
             data_dir=data_dir,
@@ -151,6 +159,12 @@ class Settings:
             sheets_max_request_bytes=_int(
                 "SYNCQUEUE_SHEETS_MAX_REQUEST_BYTES", 2_000_000, 10_000, 10_000_000
             ),
+            # Google's per-user quota per minute (a service account is one user), per kind.
+            sheets_read_quota=_int("SYNCQUEUE_SHEETS_READ_QUOTA", 60, 1, 100_000),
+            sheets_write_quota=_int("SYNCQUEUE_SHEETS_WRITE_QUOTA", 60, 1, 100_000),
+            # Seconds added to the 60 s window when pacing (covers network jitter).
+            sheets_quota_margin=_float("SYNCQUEUE_SHEETS_QUOTA_MARGIN", 2.0, 0.0, 60.0),
+            sheets_quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", 2, 1, 60),
             redis_url=(
                 env("SYNCQUEUE_REDIS_URL", "")
                 or env("CELERY_BROKER_URL", "")

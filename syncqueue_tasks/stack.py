@@ -5,18 +5,23 @@ In order: an embedded PostgreSQL (when ``DATABASE_URL`` is unset; data in
 is unset; a free 127.0.0.1 port), the migrations, a Celery worker, the one beat process,
 Flower, and optionally the queue's metrics server (in this process). SIGINT / SIGTERM stop
 all of it in reverse order, by pid, and nothing else. A second run reuses the data.
+
+Locked down: the embedded Redis has a random password and no administrative commands
+(``embedded.EmbeddedRedis``) and keeps its messages in an fsync-always append-only file;
+Flower asks for a login (``FLOWER_BASIC_AUTH``, or a generated password printed once). The
+URLs and the generated login are published only in owner-only files (``runstate``).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import signal
 import sys
 import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -26,19 +31,16 @@ from sqlalchemy.engine import make_url
 
 from syncqueue_tasks import runstate
 from syncqueue_tasks.db import dispose_engine
-from syncqueue_tasks.errors import SyncQueueError
+from syncqueue_tasks.errors import SyncQueueError, sanitize_error
 from syncqueue_tasks.redis_client import get_redis
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.supervise import Child, port_open
+from syncqueue_tasks.supervise import Child, ChildError, RestartPolicy, Supervisor, port_open
 from syncqueue_tasks.writers.loading import WORKBOOK, writer_spec
 
 APP = "syncqueue_tasks.celery_app"
 DATABASE = "syncqueue"
 START_TIMEOUT = 90.0
-# A child that exits is restarted, as a supervisor would; one that exits this many times
-# within the window is given up on, and the run stops.
-RESTART_LIMIT = 5
-RESTART_WINDOW = 60.0
+FLOWER_USER = "admin"
 
 
 class StackError(SyncQueueError):
@@ -58,6 +60,7 @@ class StackOptions:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     concurrency: int = 2
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
 
 class Stack:
@@ -69,7 +72,10 @@ class Stack:
         self.echo = echo
         self.stop_requested = threading.Event()
         self._stops: list[tuple[str, Callable[[], None]]] = []
-        self._children: list[Child] = []
+        self._supervisor = Supervisor(
+            options.restart, echo, on_start=lambda child: self._record(child.name, child.pid)
+        )
+        self._flower_password: str | None = None  # generated: printed once, in the banner
         self._state = runstate.RunState(pid=os.getpid())
         self._lock: IO[str] | None = None
         self._signal: str | None = None
@@ -89,6 +95,7 @@ class Stack:
         self._set_defaults()
         from syncqueue_tasks.schema import upgrade_head
 
+        self.echo("migrating the database...")
         before, after = upgrade_head()
         if before != after:
             self.echo(f"migrated the database: {_revs(before)} -> {_revs(after)}")
@@ -100,33 +107,16 @@ class Stack:
         self._banner()
 
     def wait(self) -> None:
-        """Block until a stop is requested, restarting a child that exits.
+        """Block until a stop is requested, restarting a child that exits, with backoff.
 
-        Raises ``StackError`` when one exits ``RESTART_LIMIT`` times within ``RESTART_WINDOW``
-        seconds (e.g. a worker that cannot start at all).
+        Raises ``StackError`` when a child is given up on (``StackOptions.restart``: one that
+        keeps exiting without ever staying up, e.g. a worker that cannot start at all).
         """
-        restarts: dict[str, list[float]] = {}
-        while not self.stop_requested.wait(0.5):
-            for child in self._children:
-                if child.alive():
-                    continue
-                now = time.monotonic()
-                recent = [t for t in restarts.get(child.name, []) if now - t < RESTART_WINDOW]
-                if len(recent) >= RESTART_LIMIT:
-                    raise StackError(
-                        f"{child.name} exited {len(recent) + 1} times within "
-                        f"{RESTART_WINDOW:.0f}s (last exit code {child.returncode()});"
-                        f" see {child.log_path}"
-                    )
-                self.echo(
-                    f"{child.name} (pid {child.pid}) exited with code {child.returncode()};"
-                    f" restarting it (log: {child.log_path})"
-                )
-                child.stop()  # reap it and whatever is left of its process group
-                child.start()
-                assert child.pid is not None
-                restarts[child.name] = [*recent, now]
-                self._record(child.name, child.pid)
+        while not self.stop_requested.wait(0.2):
+            try:
+                self._supervisor.check()
+            except ChildError as exc:
+                raise StackError(str(exc)) from None
 
     def stop(self) -> None:
         """Stop everything this stack started, newest first. Idempotent."""
@@ -177,12 +167,17 @@ class Stack:
         runstate.clear(self.data, old.pid)
 
     def _start_database(self) -> None:
-        if os.environ.get("DATABASE_URL", "").strip():
+        given = os.environ.get("DATABASE_URL", "").strip()
+        if given:
             self._state.info["database"] = "DATABASE_URL"
+            self._state.env["DATABASE_URL"] = given  # for the CLI in another terminal
             return
         from syncqueue_tasks.embedded import EmbeddedPostgres
 
-        pg = EmbeddedPostgres(self.data / "pgdata")
+        pgdata = self.data / "pgdata"
+        first = "" if (pgdata / "PG_VERSION").exists() else "; first run: creating the cluster"
+        self.echo(f"starting PostgreSQL (embedded, data in {pgdata}{first})...")
+        pg = EmbeddedPostgres(pgdata)
         self._stops.append(("postgres", pg.stop))
         pg.start()
         assert pg.pid is not None
@@ -193,18 +188,25 @@ class Stack:
         self._state.info["database"] = f"embedded PostgreSQL, socket in {pg.socket_dir}"
 
     def _start_broker(self) -> None:
-        if os.environ.get("CELERY_BROKER_URL", "").strip():
+        given = os.environ.get("CELERY_BROKER_URL", "").strip()
+        if given:
             self._state.info["broker"] = "CELERY_BROKER_URL"
+            self._state.env["CELERY_BROKER_URL"] = given  # for the CLI in another terminal
             return
         from syncqueue_tasks.embedded import EmbeddedRedis
 
-        redis = EmbeddedRedis(data_dir=self.data / "redis")
+        workdir = self.data / "redis"
+        self.echo(f"starting Redis (embedded, password-protected, data in {workdir})...")
+        redis = EmbeddedRedis(data_dir=workdir, persistent=True)
         self._stops.append(("redis", redis.stop))
         redis.start()
         assert redis.pid is not None
         self._export("CELERY_BROKER_URL", redis.url)
         self._record("redis", redis.pid)
-        self._state.info["broker"] = f"embedded Redis {redis.url}"
+        self._state.info["broker"] = (
+            f"embedded Redis {sanitize_error(redis.url)} (password in {self._env_file()};"
+            " append-only file, fsync always)"
+        )
 
     def _set_defaults(self) -> None:
         os.environ["SYNCQUEUE_DATA_DIR"] = str(self.data)
@@ -223,22 +225,25 @@ class Stack:
 
     def _start_celery(self) -> None:
         """Start worker, beat and Flower together, then wait until each is ready."""
+        self.echo("starting the Celery worker, beat and Flower...")
         celery = [sys.executable, "-m", "celery", "-A", APP]
         port = self.options.flower_port
         if port_open(port):
             raise StackError(f"port {port} is in use: set SYNCQUEUE_FLOWER_PORT or --flower-port")
         logs = self.data / "logs"
-        specs: list[tuple[str, list[str], Callable[[Child], bool]]] = [
+        # FLOWER_BASIC_AUTH reaches Flower through the environment (not visible in ps).
+        flower_env = {**os.environ, "FLOWER_BASIC_AUTH": self._flower_login()}
+        specs: list[tuple[str, list[str], Mapping[str, str], Callable[[Child], bool]]] = [
             ("worker", ["worker", "--loglevel=INFO", f"--concurrency={self.options.concurrency}"],
-             lambda c: "ready." in c.log_text()),
-            ("beat", ["beat", "--loglevel=INFO"], lambda c: "beat: Starting" in c.log_text()),
-            # FLOWER_BASIC_AUTH reaches Flower through the environment (not visible in ps).
-            ("flower", ["flower", f"--port={port}", "--address=127.0.0.1"],
+             os.environ, lambda c: "ready." in c.log_text()),
+            ("beat", ["beat", "--loglevel=INFO"], os.environ,
+             lambda c: "beat: Starting" in c.log_text()),
+            ("flower", ["flower", f"--port={port}", "--address=127.0.0.1"], flower_env,
              lambda c: port_open(port)),
         ]  # fmt: skip
         waits = []
-        for name, args, ready in specs:
-            child = Child(name, [*celery, *args], os.environ, logs / f"{name}.log")
+        for name, args, env, ready in specs:
+            child = Child(name, [*celery, *args], env, logs / f"{name}.log")
             self.adopt(child)
             waits.append((child, partial(ready, child)))
         for child, is_ready in waits:
@@ -250,10 +255,20 @@ class Stack:
     def adopt(self, child: Child) -> None:
         """Start ``child``; from now on ``wait`` restarts it and ``stop`` stops it."""
         self._stops.append((child.name, child.stop))
-        child.start()
-        assert child.pid is not None
-        self._children.append(child)
-        self._record(child.name, child.pid)
+        self._supervisor.adopt(child)
+
+    def _flower_login(self) -> str:
+        """``FLOWER_BASIC_AUTH``, or a generated ``admin:<password>``, published 0600."""
+        given = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+        if given:
+            self._state.info["flower_login"] = "from FLOWER_BASIC_AUTH"
+            return given
+        self._flower_password = secrets.token_urlsafe(18)
+        login = f"{FLOWER_USER}:{self._flower_password}"
+        self._state.env["FLOWER_BASIC_AUTH"] = login
+        self._state.info["flower_login"] = f"user {FLOWER_USER}, password in {self._env_file()}"
+        self._publish()
+        return login
 
     def _start_metrics(self) -> None:
         port = self.options.metrics_port
@@ -286,17 +301,24 @@ class Stack:
         self._state.env[key] = value
         self._publish()
 
-    def _record(self, name: str, pid: int) -> None:
+    def _record(self, name: str, pid: int | None) -> None:
+        assert pid is not None
         self._state.processes[name] = pid
         self._publish()
+
+    def _env_file(self) -> Path:
+        return self.data / runstate.ENV_FILE
 
     def _publish(self) -> None:
         runstate.write(self._state, self.data)
 
     def _banner(self) -> None:
         info, procs = self._state.info, self._state.processes
-        default = Path.cwd() / runstate.DEFAULT_DATA_DIR
-        data_flag = "" if self.data == default else f" (with SYNCQUEUE_DATA_DIR={self.data})"
+        cli = runstate.cli_command()
+        if self._flower_password is not None:
+            login = f"user {FLOWER_USER}, password {self._flower_password}  (shown once; in env)"
+        else:
+            login = info["flower_login"]
         lines = [
             "",
             "syncqueue is running. Ctrl-C stops everything it started.",
@@ -305,18 +327,29 @@ class Stack:
             f"  broker     {info['broker']}",
             f"  writer     {info['writer']}",
             f"  flower     {info['flower']}  (Celery workers and tasks; its /metrics is Celery's)",
+            f"             login: {login}",
             f"  metrics    {info.get('metrics', 'off (set SYNCQUEUE_METRICS_PORT)')}",
             "  pids       " + ", ".join(f"{name} {pid}" for name, pid in procs.items()),
+            f"  env        {self._env_file()}  (URLs and passwords, mode 0600)",
             "",
-            f"Enqueue a change from another terminal in this folder{data_flag}:",
-            """  syncqueue enqueue CREATE Request 42 --payload '{"name": "Ann"}'""",
-            f"or from Python, with the variables of {self.data / runstate.ENV_FILE} set:",
+            f"Enqueue a change from another terminal{self._where()}:",
+            f"""  {cli} enqueue CREATE Request 42 --payload '{{"name": "Ann"}}'""",
+            f"  {cli} stats",
+            f"or from Python, with the variables of {self._env_file()} set",
+            f"(set -a; . {self._env_file()}; set +a):",
             "  from syncqueue_tasks.tasks import enqueue_change",
             """  enqueue_change.delay("CREATE", "Request", 42, {"name": "Ann"})""",
             "",
             f"syncqueue ready (pid {os.getpid()})",
         ]
         self.echo("\n".join(lines))
+
+    def _where(self) -> str:
+        """Where the hint's command finds this stack (``./syncq`` works from any folder)."""
+        folder = "" if os.environ.get(runstate.CLI_ENV, "").strip() else " in this folder"
+        if self.data == Path.cwd() / runstate.DEFAULT_DATA_DIR:
+            return folder
+        return f"{folder}, with {runstate.DATA_DIR_ENV}={self.data}"
 
 
 def run(options: StackOptions, echo: Callable[[str], None] = print) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -90,6 +91,20 @@ def validate_change_mapping(change: object) -> Change:
     )
 
 
+def validate_changes(changes: object) -> list[Change]:
+    """Validate every element of a list of changes; an error names the element:
+    ``changes[3].payload: ...``."""
+    if isinstance(changes, Mapping | str | bytes) or not hasattr(changes, "__iter__"):
+        raise ValidationError("changes", "must be a list of changes")
+    validated = []
+    for index, change in enumerate(cast(Iterable[object], changes)):
+        try:
+            validated.append(validate_change_mapping(change))
+        except ValidationError as exc:
+            raise ValidationError(f"changes[{index}].{exc.field}", exc.problem) from None
+    return validated
+
+
 def validate_batch_size(batch_size: object) -> int:
     """A claim size in 1..1000."""
     return _int_in_range("batch_size", batch_size, 1, 1000)
@@ -155,11 +170,22 @@ def _model(value: object, models: frozenset[str]) -> str:
 
 
 def _record_id(value: object, max_length: int) -> str:
+    """A record id: a string (or int) that a destination reads back exactly as it is.
+
+    Spreadsheets trim what they show and people cannot see control characters, so an id with
+    leading or trailing whitespace or any control character (tab, newline, ...) is refused:
+    ``" 42"`` and ``"42"`` would otherwise be two records in one row.
+    """
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value) if value.bit_length() <= 4 * max_length else ""
         if not value:
             raise ValidationError("record_id", f"must be at most {max_length} characters")
-    return _text("record_id", value, max_length)
+    record_id = _text("record_id", value, max_length)
+    if record_id != record_id.strip():
+        raise ValidationError("record_id", "must not start or end with whitespace")
+    if any(unicodedata.category(c) == "Cc" for c in record_id):
+        raise ValidationError("record_id", "must not contain control characters")
+    return record_id
 
 
 def _int_in_range(field: str, value: object, low: int, high: int) -> int:
@@ -177,8 +203,13 @@ def _optional_int(field: str, value: object, low: int, high: int) -> int | None:
 def _payload(value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError("payload", f"must be a JSON object (dict), got {_kind(value)}")
-    _check_json(value, "payload", 0)
+    _check_json(value, "", 0)
     return value
+
+
+def _where(path: str) -> str:
+    """How a message names a place in the payload: "" at the top, else "at .a[2]: "."""
+    return f"at {path}: " if path else ""
 
 
 def _check_json(value: object, path: str, depth: int) -> None:
@@ -189,23 +220,26 @@ def _check_json(value: object, path: str, depth: int) -> None:
         return
     if isinstance(value, int):
         if value.bit_length() > 10_000:  # ~3,000 digits; Python prints at most 4,300
-            raise ValidationError("payload", f"{path} is an integer too large to store")
+            raise ValidationError("payload", f"{_where(path)}an integer too large to store")
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValidationError("payload", f"{path} is {value}, which JSON cannot hold")
+            raise ValidationError("payload", f"{_where(path)}{value}, which JSON cannot hold")
         if abs(value) >= _FLOAT_EXACT_LIMIT:
             raise ValidationError(
-                "payload", f"{path} is a float of 1e16 or more; send it as an int or a string"
+                "payload",
+                f"{_where(path)}a float of 1e16 or more; send it as an int or a string",
             )
         return
     if isinstance(value, str):
         if "\x00" in value:
-            raise ValidationError("payload", f"{path} contains a NUL character")
+            raise ValidationError("payload", f"{_where(path)}text with a NUL character")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValidationError("payload", f"{path} is not valid Unicode text") from None
+            raise ValidationError(
+                "payload", f"{_where(path)}text that is not valid Unicode"
+            ) from None
         return
     if isinstance(value, list):
         for i, element in enumerate(value):
@@ -215,13 +249,17 @@ def _check_json(value: object, path: str, depth: int) -> None:
     if isinstance(value, dict):
         for key, element in value.items():
             if not isinstance(key, str):
-                raise ValidationError("payload", f"{path} has a non-string key of {_kind(key)}")
+                raise ValidationError(
+                    "payload", f"{_where(path)}a key of type {_kind(key)}, not a string"
+                )
             if not _plain(key):
-                _check_json(key, f"{path} key", depth + 1)
+                _check_json(key, f"{path}.<key>", depth + 1)
             if not _plain(element):
                 _check_json(element, f"{path}.{key:.40}", depth + 1)
         return
-    raise ValidationError("payload", f"{path} is a {_kind(value)}, which is not JSON-serializable")
+    raise ValidationError(
+        "payload", f"{_where(path)}a {_kind(value)}, which is not JSON-serializable"
+    )
 
 
 def _plain(value: object) -> bool:

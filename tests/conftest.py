@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 from alembic import command
 from celery import Celery
-from dbutil import alembic_config, create_database, drop_database, use_database
+from dbutil import alembic_config, create_database, drop_database, truncate, use_database
 from redis import Redis
-from sqlalchemy import text
 
-from syncqueue_tasks.db import dispose_engine, get_engine
+from syncqueue_tasks.db import dispose_engine
 from syncqueue_tasks.settings import get_settings
 
 pytest_plugins = ("celery.contrib.pytest",)
@@ -76,7 +75,6 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def db() -> Iterator[None]:
     """An empty ``sync_queue`` and default settings for one test."""
     get_settings.cache_clear()
-    with get_engine().begin() as conn:
-        conn.execute(text("TRUNCATE sync_queue"))
+    truncate()
     yield
     get_settings.cache_clear()

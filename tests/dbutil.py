@@ -46,6 +46,12 @@ def use_database(url: str) -> None:
     dispose_engine()
 
 
+def truncate() -> None:
+    """Empty the queue's tables."""
+    with get_engine().begin() as conn:
+        conn.execute(text("TRUNCATE sync_queue, sync_record"))
+
+
 def count_rows(where: str = "true", **params: object) -> int:
     """Rows of ``sync_queue`` matching a SQL condition."""
     with get_engine().connect() as conn:
@@ -54,3 +60,35 @@ def count_rows(where: str = "true", **params: object) -> int:
                 text(f"SELECT count(*) FROM sync_queue WHERE {where}"), params
             ).scalar_one()
         )
+
+
+def assert_records_consistent() -> None:
+    """The record table agrees with the changes: every record's ``pending`` is the number of
+    its PENDING changes, and a record is claimed exactly when it has PROCESSING changes, all
+    under the record's own token."""
+    with get_engine().connect() as conn:
+        wrong = conn.execute(
+            text("""
+            SELECT r.model, r.record_id, r.pending, r.claim_token,
+                   count(q.id) FILTER (WHERE q.status = 'PENDING') AS waiting,
+                   count(q.id) FILTER (WHERE q.status = 'PROCESSING') AS claimed,
+                   count(q.id) FILTER (WHERE q.status = 'PROCESSING'
+                                         AND q.claim_token IS DISTINCT FROM r.claim_token)
+                       AS foreign_claims
+            FROM sync_record AS r
+            LEFT JOIN sync_queue AS q ON q.model = r.model AND q.record_id = r.record_id
+            GROUP BY r.model, r.record_id, r.pending, r.claim_token
+            HAVING r.pending <> count(q.id) FILTER (WHERE q.status = 'PENDING')
+                OR (r.claim_token IS NULL) <> (count(q.id) FILTER (
+                       WHERE q.status = 'PROCESSING') = 0)
+                OR count(q.id) FILTER (WHERE q.status = 'PROCESSING'
+                                         AND q.claim_token IS DISTINCT FROM r.claim_token) > 0
+        """)
+        ).all()
+        orphans = conn.execute(
+            text("""SELECT count(*) FROM sync_queue AS q
+                    WHERE NOT EXISTS (SELECT 1 FROM sync_record AS r
+                                      WHERE r.model = q.model AND r.record_id = q.record_id)""")
+        ).scalar_one()
+    assert not wrong, f"records out of step with their changes: {wrong[:5]}"
+    assert orphans == 0, f"{orphans} change(s) without a record row"

@@ -1,36 +1,104 @@
 """A fake Google Sheets API v4 server, for tests and bench scripts (stdlib only, no pytest).
 
 It keeps spreadsheets in memory and answers the endpoints a writer uses, with Google's JSON
-shapes and error envelopes. It logs every call (to count requests), injects faults (429 or
-503 for the next N calls, or "apply but lose the response"), rejects cells holding a
-configured poison string with a 400 (to test batch splitting), and lets a test read or
-change a tab's grid directly (a person sorting or inserting rows)::
+shapes and error envelopes::
 
-    fake = FakeSheets().start()
-    fake.add_spreadsheet("sid", {"Requests": [["id", "name"]]})
+    fake = FakeSheets(quota=Quota(time_factor=30)).start()
+    fake.add_spreadsheet("sid", {"Requests": [["id", "name"]]}, locale="de_DE")
     # point SYNCQUEUE_SHEETS_API_URL at fake.url
     fake.stop()
 
-Any ``Authorization`` header is accepted (and logged). ``POST /token`` hands out access
-tokens, so a service-account JSON whose ``token_uri`` is ``<url>/token`` works end to end.
+What it models (details: /work/notes/sheets-research.md):
+
+- values get / batchGet / update / batchUpdate / append, ``values:batchGetByDataFilter`` and
+  ``values:batchUpdateByDataFilter`` (reads render FORMATTED_VALUE by the spreadsheet's locale,
+  or UNFORMATTED_VALUE; numbers are doubles);
+- ``spreadsheets.batchUpdate`` validated as a whole and applied atomically, in order
+  (``fake_sheets_batch``), developer metadata that follows its row (``fake_sheets_metadata``),
+  ``developerMetadata:search`` and ``developerMetadata/{id}``;
+- tabs found by title in A1 ranges (a renamed tab's old title is a 400), by id elsewhere;
+- a per-account quota (``fake_sheets_quota.Quota``), checked before anything else: a refused
+  request gets Google's 429 and is not applied; admitted requests may then meet the injected
+  faults (429/503 for the next N calls, or "apply but lose the response") and poison values;
+- a scriptable person (:attr:`FakeSheets.person`) who acts between a read and the next write
+  to the same spreadsheet, using the person's actions below (which move metadata as Google does).
+
+``POST /token`` hands out access tokens for a service account's JWT grant and remembers the
+account (the JWT's ``iss``): the quota is per account. Requests without a known token count for
+the account ``"anonymous"``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import re
+import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-MAX_CELL_CHARS = 50_000
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also for bench scripts
+
+import fake_sheets_metadata as md
+from fake_sheets_model import (
+    MAX_CELL_CHARS,
+    ApiError,
+    Book,
+    Formula,
+    Options,
+    Tab,
+    col_letters,
+    col_number,
+    empty,
+    format_range,
+    parse_range,
+    quote_title,
+)
+from fake_sheets_quota import Quota
+from fake_sheets_store import Store, _q
+
+__all__ = [
+    "MAX_CELL_CHARS",
+    "READ_KINDS",
+    "WRITE_KINDS",
+    "ApiError",
+    "Call",
+    "FakeSheets",
+    "Formula",
+    "Options",
+    "Quota",
+    "Tab",
+    "col_letters",
+    "col_number",
+    "format_range",
+    "parse_range",
+    "quote_title",
+]
+
 WRITE_KINDS = frozenset(
-    {"values.append", "values.batchUpdate", "values.update", "spreadsheets.batchUpdate"}
+    {
+        "values.append",
+        "values.batchUpdate",
+        "values.update",
+        "values.batchUpdateByDataFilter",
+        "spreadsheets.batchUpdate",
+    }
+)
+READ_KINDS = frozenset(
+    {
+        "spreadsheets.get",
+        "values.get",
+        "values.batchGet",
+        "values.batchGetByDataFilter",
+        "developerMetadata.search",
+        "developerMetadata.get",
+    }
 )
 _STATUS = {
     400: "INVALID_ARGUMENT",
@@ -42,26 +110,19 @@ _STATUS = {
     500: "INTERNAL",
     503: "UNAVAILABLE",
 }
-_CELL = re.compile(r"^([A-Za-z]*)(\d*)$")
-_PLAIN_TITLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class Formula(str):
-    """A value entered with ``USER_ENTERED`` that starts with ``=`` (the fake never evaluates)."""
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status plus Google's ``error.message``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+_POST_ROUTES = {
+    ":batchUpdate": "spreadsheets.batchUpdate",
+    "values:batchUpdate": "values.batchUpdate",
+    "values:batchGetByDataFilter": "values.batchGetByDataFilter",
+    "values:batchUpdateByDataFilter": "values.batchUpdateByDataFilter",
+    "developerMetadata:search": "developerMetadata.search",
+}
+Person = Callable[["FakeSheets", str], None]
 
 
 @dataclass
 class Call:
-    """One request the fake received."""
+    """One request the fake received (status 429 with ``quota`` set: refused by the quota)."""
 
     method: str
     kind: str
@@ -72,22 +133,8 @@ class Call:
     status: int = 0
     at: float = field(default_factory=time.time)
     authorization: str | None = None
-
-
-@dataclass
-class Tab:
-    """One sheet (tab): ``rows`` holds the cells in use, the grid is row_count x col_count."""
-
-    sheet_id: int
-    title: str
-    rows: list[list[Any]] = field(default_factory=list)
-    row_count: int = 1000
-    col_count: int = 26
-
-    def copy(self) -> Tab:
-        return Tab(
-            self.sheet_id, self.title, [r[:] for r in self.rows], self.row_count, self.col_count
-        )
+    account: str = "anonymous"
+    quota: bool = False
 
 
 @dataclass
@@ -100,507 +147,25 @@ class _Fault:
     mode: str  # for lost answers: "disconnect" or "503"
 
 
-@dataclass
-class _Range:
-    title: str
-    r1: int | None
-    c1: int | None
-    r2: int | None
-    c2: int | None
-
-
-# ----------------------------------------------------------------------------- A1 notation
-
-
-def col_letters(n: int) -> str:
-    """1 -> A, 27 -> AA."""
-    out = ""
-    while n:
-        n, rem = divmod(n - 1, 26)
-        out = chr(65 + rem) + out
-    return out
-
-
-def col_number(letters: str) -> int:
-    """A -> 1, AA -> 27."""
-    n = 0
-    for ch in letters.upper():
-        n = n * 26 + ord(ch) - 64
-    return n
-
-
-def quote_title(title: str) -> str:
-    """Quote a sheet title for A1 notation when it needs it."""
-    if _PLAIN_TITLE.match(title) and not _is_ref(title):
-        return title
-    return "'" + title.replace("'", "''") + "'"
-
-
-def _is_ref(text: str) -> bool:
-    parts = text.split(":")
-    return 0 < len(parts) <= 2 and all(p and _CELL.match(p) for p in parts)
-
-
-def _split(a1: str) -> tuple[str | None, str | None]:
-    if a1.startswith("'"):
-        title, i = "", 1
-        while i < len(a1):
-            if a1[i] == "'":
-                if a1[i + 1 : i + 2] == "'":
-                    title, i = title + "'", i + 2
-                    continue
-                break
-            title, i = title + a1[i], i + 1
-        rest = a1[i + 1 :]
-        if not rest:
-            return title, None
-        if not rest.startswith("!"):
-            raise ApiError(400, f"Unable to parse range: {a1}")
-        return title, rest[1:]
-    if "!" in a1:
-        title, _, ref = a1.rpartition("!")
-        return title, ref
-    return (None, a1) if _is_ref(a1) else (a1, None)
-
-
-def parse_range(a1: str, default_title: str) -> _Range:
-    """Parse ``'Tab'!A1:B2``, ``Tab!A:A``, ``Tab!1:1``, ``Tab`` or ``A1:B2`` (first tab)."""
-    title, ref = _split(a1)
-    title = title if title is not None else default_title
-    if ref is None:
-        return _Range(title, None, None, None, None)
-    if not _is_ref(ref):
-        raise ApiError(400, f"Unable to parse range: {a1}")
-    parts = [_CELL.match(p) for p in ref.split(":")]
-    ends = [
-        (
-            int(m.group(2)) if m and m.group(2) else None,
-            col_number(m.group(1)) if m and m.group(1) else None,
-        )
-        for m in parts
-    ]
-    (r1, c1), (r2, c2) = ends[0], ends[-1]
-    if len(ends) == 1:
-        r2, c2 = r1, c1
-    return _Range(title, r1, c1, r2, c2)
-
-
-def format_range(title: str, r1: int, c1: int, r2: int, c2: int) -> str:
-    """``'Tab'!A1:B2`` style text."""
-    return f"{quote_title(title)}!{col_letters(c1)}{r1}:{col_letters(c2)}{r2}"
-
-
-# ----------------------------------------------------------------------------- the model
-
-
-def _empty(value: Any) -> bool:
-    return value is None or value == ""
-
-
-def _formatted(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return value if isinstance(value, str) else str(value)
-
-
-def _entered(value: Any, option: str) -> Any:
-    if option == "RAW" or not isinstance(value, str):
-        return value
-    if value.startswith("="):
-        return Formula(value)
-    if value.upper() in ("TRUE", "FALSE"):
-        return value.upper() == "TRUE"
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return int(number) if number.is_integer() and "." not in value else number
-
-
-class _Book:
-    """The spreadsheets; every method runs under the server's lock."""
-
-    def __init__(self) -> None:
-        self.sheets: dict[str, dict[str, Tab]] = {}
-        self.next_sheet_id = 1000
-        self.poison: dict[str, str] = {}
-
-    def tabs(self, sid: str) -> dict[str, Tab]:
-        if sid not in self.sheets:
-            raise ApiError(404, "Requested entity was not found.")
-        return self.sheets[sid]
-
-    def tab(self, sid: str, title: str) -> Tab:
-        tabs = self.tabs(sid)
-        if title not in tabs:
-            raise ApiError(400, f"Unable to parse range: {quote_title(title)}")
-        return tabs[title]
-
-    def range_of(self, sid: str, a1: str) -> tuple[Tab, _Range]:
-        tabs = self.tabs(sid)
-        first = next(iter(tabs), "")
-        rng = parse_range(a1, first)
-        if rng.title not in tabs:
-            raise ApiError(400, f"Unable to parse range: {a1}")
-        return tabs[rng.title], rng
-
-    # -- reads
-
-    def read(self, sid: str, a1: str, render: str) -> dict[str, Any]:
-        tab, rng = self.range_of(sid, a1)
-        r1, c1 = rng.r1 or 1, rng.c1 or 1
-        r2 = rng.r2 if rng.r2 is not None else tab.row_count
-        c2 = rng.c2 if rng.c2 is not None else tab.col_count
-        if r2 > tab.row_count or c2 > tab.col_count:
-            raise ApiError(
-                400,
-                f"Range ({a1}) exceeds grid limits. Max rows: {tab.row_count}, "
-                f"max columns: {tab.col_count}",
-            )
-        values: list[list[Any]] = []
-        for row in tab.rows[r1 - 1 : r2]:
-            cells = [
-                c if render == "UNFORMATTED_VALUE" else _formatted(c) for c in row[c1 - 1 : c2]
-            ]
-            cells = ["" if c is None else c for c in cells]
-            while cells and _empty(cells[-1]):
-                cells.pop()
-            values.append(cells)
-        while values and not values[-1]:
-            values.pop()
-        out: dict[str, Any] = {
-            "range": format_range(tab.title, r1, c1, r2, c2),
-            "majorDimension": "ROWS",
-        }
-        if values:
-            out["values"] = values
-        return out
-
-    # -- value writes
-
-    def _check_cell(self, value: Any, where: str) -> None:
-        if isinstance(value, str):
-            if value in self.poison:
-                raise ApiError(400, f"{where}: {self.poison[value]}")
-            if len(value) > MAX_CELL_CHARS:
-                raise ApiError(
-                    400,
-                    f"{where}: Your input contains more than the maximum of "
-                    f"{MAX_CELL_CHARS} characters in a single cell.",
-                )
-        elif value is not None and not isinstance(value, int | float | bool):
-            raise ApiError(400, f"{where}: Invalid value at 'data.values' ({type(value).__name__})")
-
-    def plan_write(
-        self, sid: str, a1: str, values: list[list[Any]], where: str
-    ) -> list[tuple[Tab, int, int, Any]]:
-        """Validate one ValueRange; return its cell writes (tab, row, col, raw value)."""
-        if not isinstance(values, list) or not all(isinstance(r, list) for r in values):
-            raise ApiError(400, f"{where}: Invalid values")
-        tab, rng = self.range_of(sid, a1)
-        r1, c1 = rng.r1 or 1, rng.c1 or 1
-        height, width = len(values), max((len(r) for r in values), default=0)
-        if rng.r2 is not None and r1 + height - 1 > rng.r2:
-            raise ApiError(
-                400,
-                f"{where}: Requested writing within range [{a1}], but tried writing to row "
-                f"[{r1 + height - 1}]",
-            )
-        if rng.c2 is not None and c1 + width - 1 > rng.c2:
-            raise ApiError(
-                400,
-                f"{where}: Requested writing within range [{a1}], but tried writing to column "
-                f"[{col_letters(c1 + width - 1)}]",
-            )
-        if r1 + height - 1 > tab.row_count or c1 + width - 1 > tab.col_count:
-            raise ApiError(
-                400,
-                f"{where}: Range ({a1}) exceeds grid limits. Max rows: {tab.row_count}, "
-                f"max columns: {tab.col_count}",
-            )
-        cells = []
-        for i, row in enumerate(values):
-            for j, value in enumerate(row):
-                self._check_cell(value, where)
-                if value is not None:
-                    cells.append((tab, r1 + i, c1 + j, value))
-        return cells
-
-    @staticmethod
-    def put(cells: Iterable[tuple[Tab, int, int, Any]], option: str) -> None:
-        for tab, r, c, value in cells:
-            while len(tab.rows) < r:
-                tab.rows.append([])
-            row = tab.rows[r - 1]
-            while len(row) < c:
-                row.append("")
-            row[c - 1] = _entered(value, option)
-
-    def batch_update_values(self, sid: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        option = _input_option(body.get("valueInputOption"))
-        planned, responses = [], []
-        for i, vr in enumerate(body.get("data") or []):
-            cells = self.plan_write(
-                sid, str(vr.get("range", "")), vr.get("values") or [], f"Invalid data[{i}]"
-            )
-            planned.append(cells)
-            tab, rng = self.range_of(sid, str(vr["range"]))
-            rows = {r for _, r, _, _ in cells}
-            cols = {c for _, _, c, _ in cells}
-            responses.append(
-                {
-                    "spreadsheetId": sid,
-                    "updatedRange": format_range(
-                        tab.title,
-                        min(rows, default=rng.r1 or 1),
-                        min(cols, default=rng.c1 or 1),
-                        max(rows, default=rng.r1 or 1),
-                        max(cols, default=rng.c1 or 1),
-                    ),
-                    "updatedRows": len(rows),
-                    "updatedColumns": len(cols),
-                    "updatedCells": len(cells),
-                }
-            )
-        for cells in planned:  # all sub-requests valid: apply them all
-            self.put(cells, option)
-        return {
-            "spreadsheetId": sid,
-            "totalUpdatedRows": sum(r["updatedRows"] for r in responses),
-            "totalUpdatedColumns": sum(r["updatedColumns"] for r in responses),
-            "totalUpdatedCells": sum(r["updatedCells"] for r in responses),
-            "totalUpdatedSheets": len({r["updatedRange"].rpartition("!")[0] for r in responses}),
-            "responses": responses,
-        }
-
-    def update_values(
-        self, sid: str, a1: str, query: Mapping[str, list[str]], body: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        option = _input_option(_q(query, "valueInputOption"))
-        return self.batch_update_values(
-            sid,
-            {
-                "valueInputOption": option,
-                "data": [{"range": a1, "values": body.get("values") or []}],
-            },
-        )["responses"][0]
-
-    def append(
-        self, sid: str, a1: str, query: Mapping[str, list[str]], body: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        option = _input_option(_q(query, "valueInputOption"))
-        insert = _q(query, "insertDataOption") or "OVERWRITE"
-        tab, rng = self.range_of(sid, a1)
-        values = body.get("values") or []
-        if (
-            not isinstance(values, list)
-            or not values
-            or not all(isinstance(r, list) for r in values)
-        ):
-            raise ApiError(400, "Invalid values: at least one row is required")
-        c1 = rng.c1 or 1
-        width = max(len(r) for r in values)
-        if c1 + width - 1 > tab.col_count:
-            raise ApiError(
-                400,
-                f"Range ({quote_title(tab.title)}!{col_letters(c1 + width - 1)}1) exceeds grid "
-                f"limits. Max rows: {tab.row_count}, max columns: {tab.col_count}",
-            )
-        for i, row in enumerate(values):
-            for value in row:
-                self._check_cell(value, f"Invalid values[{i}]")
-        last = max(
-            (i + 1 for i, r in enumerate(tab.rows) if any(not _empty(c) for c in r)), default=0
-        )
-        start = max(last + 1, rng.r1 or 1)
-        n = len(values)
-        if insert == "INSERT_ROWS":
-            while len(tab.rows) < start - 1:
-                tab.rows.append([])
-            tab.rows[start - 1 : start - 1] = [[] for _ in range(n)]
-            tab.row_count += n
-        else:
-            tab.row_count = max(tab.row_count, start + n - 1)
-        cells = [
-            (tab, start + i, c1 + j, v)
-            for i, row in enumerate(values)
-            for j, v in enumerate(row)
-            if v is not None
-        ]
-        self.put(cells, option)
-        out: dict[str, Any] = {
-            "spreadsheetId": sid,
-            "updates": {
-                "spreadsheetId": sid,
-                "updatedRange": format_range(tab.title, start, c1, start + n - 1, c1 + width - 1),
-                "updatedRows": n,
-                "updatedColumns": width,
-                "updatedCells": len(cells),
-            },
-        }
-        if last:
-            out["tableRange"] = format_range(tab.title, 1, c1, last, c1 + width - 1)
-        return out
-
-    # -- structure
-
-    def batch_update(self, sid: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        tabs = self.tabs(sid)
-        saved = {t: tab.copy() for t, tab in tabs.items()}
-        saved_next = self.next_sheet_id
-        try:
-            replies = [
-                self._structural(sid, i, req) for i, req in enumerate(body.get("requests") or [])
-            ]
-        except ApiError:
-            self.sheets[sid] = saved  # atomic: nothing applied
-            self.next_sheet_id = saved_next
-            raise
-        return {"spreadsheetId": sid, "replies": replies}
-
-    def _by_id(self, sid: str, sheet_id: Any, where: str) -> Tab:
-        for tab in self.sheets[sid].values():
-            if tab.sheet_id == sheet_id:
-                return tab
-        raise ApiError(400, f"{where}: No grid with id: {sheet_id}")
-
-    def _structural(self, sid: str, i: int, req: Mapping[str, Any]) -> dict[str, Any]:
-        where = f"Invalid requests[{i}]"
-        if "addSheet" in req:
-            props = dict(req["addSheet"].get("properties") or {})
-            title = str(props.get("title") or f"Sheet{self.next_sheet_id}")
-            if title in self.sheets[sid]:
-                raise ApiError(
-                    400,
-                    f'{where}.addSheet: A sheet with the name "{title}" already exists. '
-                    "Please enter another name.",
-                )
-            grid = props.get("gridProperties") or {}
-            tab = self.add_tab(
-                sid,
-                title,
-                None,
-                int(grid.get("rowCount", 1000)),
-                int(grid.get("columnCount", 26)),
-                props.get("sheetId"),
-            )
-            return {"addSheet": {"properties": _props(tab, len(self.sheets[sid]) - 1)}}
-        if "appendDimension" in req:
-            spec = req["appendDimension"]
-            tab = self._by_id(sid, spec.get("sheetId"), where + ".appendDimension")
-            length = int(spec.get("length", 0))
-            if length <= 0:
-                raise ApiError(400, f"{where}.appendDimension: length must be positive")
-            if spec.get("dimension") == "COLUMNS":
-                tab.col_count += length
-            else:
-                tab.row_count += length
-            return {}
-        for op in ("deleteDimension", "insertDimension"):
-            if op in req:
-                rng = req[op].get("range") or {}
-                tab = self._by_id(sid, rng.get("sheetId"), f"{where}.{op}")
-                start, end = int(rng.get("startIndex", 0)), int(rng.get("endIndex", 0))
-                rows = rng.get("dimension") == "ROWS"
-                limit = tab.row_count if rows else tab.col_count
-                if not 0 <= start < end or (op == "deleteDimension" and end > limit):
-                    raise ApiError(
-                        400,
-                        f"{where}.{op}: Invalid dimension range [{start}, {end}) (limit {limit})",
-                    )
-                if op == "deleteDimension" and rows:
-                    del tab.rows[start:end]
-                    tab.row_count -= end - start
-                elif op == "deleteDimension":
-                    for row in tab.rows:
-                        del row[start:end]
-                    tab.col_count -= end - start
-                elif rows:
-                    tab.rows[start:start] = [[] for _ in range(end - start)]
-                    tab.row_count += end - start
-                else:
-                    for row in tab.rows:
-                        row[start:start] = [""] * (end - start) if len(row) > start else []
-                    tab.col_count += end - start
-                return {}
-        raise ApiError(400, f"{where}: unsupported request {sorted(req)}")
-
-    def add_tab(
-        self,
-        sid: str,
-        title: str,
-        rows: list[list[Any]] | None,
-        row_count: int,
-        col_count: int,
-        sheet_id: Any = None,
-    ) -> Tab:
-        if sheet_id is None:
-            sheet_id = self.next_sheet_id
-            self.next_sheet_id += 1
-        tab = Tab(
-            int(sheet_id),
-            title,
-            [list(r) for r in rows or []],
-            max(row_count, len(rows or [])),
-            col_count,
-        )
-        self.sheets.setdefault(sid, {})[title] = tab
-        return tab
-
-    def metadata(self, sid: str) -> dict[str, Any]:
-        tabs = self.tabs(sid)
-        return {
-            "spreadsheetId": sid,
-            "properties": {"title": f"Fake {sid}", "locale": "en_US", "timeZone": "Etc/GMT"},
-            "sheets": [{"properties": _props(tab, i)} for i, tab in enumerate(tabs.values())],
-            "spreadsheetUrl": f"https://docs.google.com/spreadsheets/d/{sid}/edit",
-        }
-
-
-def _props(tab: Tab, index: int) -> dict[str, Any]:
-    return {
-        "sheetId": tab.sheet_id,
-        "title": tab.title,
-        "index": index,
-        "sheetType": "GRID",
-        "gridProperties": {"rowCount": tab.row_count, "columnCount": tab.col_count},
-    }
-
-
-def _q(query: Mapping[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[0] if values else None
-
-
-def _input_option(option: Any) -> str:
-    if option not in ("RAW", "USER_ENTERED"):
-        raise ApiError(400, "'valueInputOption' is required but not specified")
-    return str(option)
-
-
-# ----------------------------------------------------------------------------- HTTP
-
-
 def _classify(method: str, path: str) -> tuple[str, str, str | None]:
-    """Return (kind, spreadsheet id, range) for a /v4/spreadsheets path ('' kind if unknown)."""
+    """Return (kind, spreadsheet id, range or metadata id) for a path ('' kind if unknown)."""
     prefix = "/v4/spreadsheets/"
     if path == "/token" and method == "POST":
         return "oauth.token", "", None
     if not path.startswith(prefix):
         return "", "", None
-    rest = path[len(prefix) :]
-    head, _, tail = rest.partition("/")
+    head, _, tail = path[len(prefix) :].partition("/")
+    if not tail and head.endswith(":batchUpdate") and method == "POST":
+        return "spreadsheets.batchUpdate", unquote(head[: -len(":batchUpdate")]), None
     if not tail:
-        if head.endswith(":batchUpdate") and method == "POST":
-            return "spreadsheets.batchUpdate", unquote(head[: -len(":batchUpdate")]), None
         return ("spreadsheets.get" if method == "GET" else ""), unquote(head), None
     sid = unquote(head)
+    if method == "POST" and tail in _POST_ROUTES:
+        return _POST_ROUTES[tail], sid, None
     if tail == "values:batchGet" and method == "GET":
         return "values.batchGet", sid, None
-    if tail == "values:batchUpdate" and method == "POST":
-        return "values.batchUpdate", sid, None
+    if tail.startswith("developerMetadata/") and method == "GET":
+        return "developerMetadata.get", sid, tail.partition("/")[2]
     if tail.startswith("values/"):
         raw = tail[len("values/") :]
         if raw.endswith(":append") and method == "POST":
@@ -610,6 +175,20 @@ def _classify(method: str, path: str) -> tuple[str, str, str | None]:
         if method == "PUT":
             return "values.update", sid, unquote(raw)
     return "", sid, None
+
+
+def _jwt_issuer(form: bytes) -> str | None:
+    """The ``iss`` of a JWT-bearer grant's assertion (signature not checked)."""
+    assertion = parse_qs(form.decode(errors="replace")).get("assertion", [""])[0]
+    parts = assertion.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -653,7 +232,7 @@ class _Handler(BaseHTTPRequestHandler):
         query = parse_qs(split.query, keep_blank_values=True)
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        kind, sid, a1 = _classify(method, split.path)
+        kind, sid, target = _classify(method, split.path)
         try:
             body = json.loads(raw) if raw and kind != "oauth.token" else {}
         except ValueError:
@@ -663,7 +242,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.delay:
             time.sleep(fake.delay)
         with fake.lock:
+            call.account = fake._account(auth)
             fake.calls.append(call)
+            if fake._refused_by_quota(call, self):
+                return
             fault = fake._take_fault(kind)
             if fault is not None and not fault.lose:
                 call.status = fault.status
@@ -684,7 +266,11 @@ class _Handler(BaseHTTPRequestHandler):
                         404 if kind == "" else 400,
                         "Not found" if kind == "" else "Invalid JSON payload received.",
                     )
-                result = fake._dispatch(kind, sid, a1, query, body)
+                if kind == "oauth.token":
+                    result = fake._token(raw)
+                else:
+                    fake._person_acts(kind, sid)
+                    result = fake._dispatch(kind, sid, target, query, body, call.body_bytes)
             except ApiError as exc:
                 call.status = exc.code
                 self._error(exc.code, exc.message)
@@ -706,17 +292,38 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeSheets:
-    """The fake server. ``start()`` binds 127.0.0.1 on a free port; ``url`` is its base URL."""
+    """The fake server. ``start()`` binds 127.0.0.1 on a free port; ``url`` is its base URL.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``options`` sets the points the documentation leaves open (metadata and sort/move, an
+    unmatched filter, metadata limits, subrequest and body caps); ``quota`` enables the
+    per-account quota (None: unlimited, as before).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        options: Options | None = None,
+        quota: Quota | None = None,
+    ) -> None:
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._book = _Book()
+        self._store = Store(options)
         self._faults: list[_Fault] = []
+        self._tokens: dict[str, str] = {}  # access token -> account
+        self._read_since_write: set[str] = set()
         self.lock = threading.RLock()
         self.calls: list[Call] = []
         self.delay = 0.0  # seconds to sleep before handling each request
+        self.quota = quota
+        self.person: Person | None = None  # acts between a read and the next write
+
+    @property
+    def options(self) -> Options:
+        """The behaviour options (change them inside ``with fake.lock:``)."""
+        return self._store.options
 
     # -- lifecycle
 
@@ -758,12 +365,19 @@ class FakeSheets:
 
     # -- data
 
-    def add_spreadsheet(self, sid: str, tabs: Mapping[str, list[list[Any]]] | None = None) -> None:
-        """Create (or reset) a spreadsheet with the given tabs (title -> rows)."""
+    def add_spreadsheet(
+        self,
+        sid: str,
+        tabs: Mapping[str, list[list[Any]]] | None = None,
+        locale: str = "en_US",
+    ) -> None:
+        """Create (or reset) a spreadsheet with the given tabs (title -> rows) and locale."""
         with self.lock:
-            self._book.sheets[sid] = {}
+            self._store.books.pop(sid, None)
             for title, rows in (tabs or {}).items():
-                self._book.add_tab(sid, title, rows, 1000, 26)
+                self._store.add_tab(sid, title, rows, 1000, 26)
+            self._store.books.setdefault(sid, Book())
+            self._store.books[sid].locale = locale
 
     def add_tab(
         self,
@@ -775,20 +389,20 @@ class FakeSheets:
     ) -> int:
         """Add a tab; return its sheetId."""
         with self.lock:
-            return self._book.add_tab(sid, title, rows, row_count, col_count).sheet_id
+            return self._store.add_tab(sid, title, rows, row_count, col_count).sheet_id
 
     def tab(self, sid: str, title: str) -> Tab:
         """The live tab object; change it only inside ``with fake.lock:``."""
         with self.lock:
-            return self._book.tab(sid, title)
+            return self._store.tab(sid, title)
 
     def rows(self, sid: str, title: str) -> list[list[Any]]:
         """A copy of the tab's cells, trailing empty cells and rows trimmed."""
         with self.lock:
             out = []
-            for row in self._book.tab(sid, title).rows:
+            for row in self._store.tab(sid, title).rows:
                 cells = list(row)
-                while cells and _empty(cells[-1]):
+                while cells and empty(cells[-1]):
                     cells.pop()
                 out.append(cells)
             while out and not out[-1]:
@@ -796,9 +410,9 @@ class FakeSheets:
             return out
 
     def set_rows(self, sid: str, title: str, rows: list[list[Any]]) -> None:
-        """Replace the tab's cells (a person editing, sorting or inserting rows)."""
+        """Replace the tab's cells wholesale (metadata stays where it was)."""
         with self.lock:
-            tab = self._book.tab(sid, title)
+            tab = self._store.tab(sid, title)
             tab.rows = [list(r) for r in rows]
             tab.row_count = max(tab.row_count, len(rows))
 
@@ -810,7 +424,7 @@ class FakeSheets:
         header = rows[0]
         out = []
         for row in rows[1:]:
-            if any(not _empty(c) for c in row):
+            if any(not empty(c) for c in row):
                 out.append({h: (row[i] if i < len(row) else "") for i, h in enumerate(header) if h})
         return out
 
@@ -821,6 +435,84 @@ class FakeSheets:
         return [
             r for r in self.records(sid, title, id_column) if str(r.get(id_column, "")) == record_id
         ]
+
+    def developer_metadata(self, sid: str) -> list[dict[str, Any]]:
+        """Every developer metadata entry of the spreadsheet, as Google shapes it, by id."""
+        with self.lock:
+            metas = sorted(self._store.book(sid).metadata.values(), key=lambda m: m.metadata_id)
+            return [m.to_json() for m in metas]
+
+    # -- a person editing the sheet (each action is one atomic edit; metadata moves with rows)
+
+    def edit(self, sid: str, requests: list[dict[str, Any]]) -> None:
+        """Apply ``spreadsheets.batchUpdate`` subrequests as a person would (not logged)."""
+        with self.lock:
+            self._store.apply_batch(sid, requests)
+
+    def insert_rows(self, sid: str, title: str, row: int, rows: list[list[Any]]) -> None:
+        """Insert ``rows`` so that the first becomes 1-based row ``row``."""
+        with self.lock:
+            sheet_id = self._store.tab(sid, title).sheet_id
+            span = {"sheetId": sheet_id, "dimension": "ROWS", "startIndex": row - 1}
+            self.edit(
+                sid, [{"insertDimension": {"range": {**span, "endIndex": row - 1 + len(rows)}}}]
+            )
+            tab = self._store.tab(sid, title)
+            for i, values in enumerate(rows):
+                for j, value in enumerate(values):
+                    tab.set(row - 1 + i, j, value)
+
+    def delete_rows(self, sid: str, title: str, row: int, count: int = 1) -> None:
+        """Delete ``count`` rows from 1-based row ``row``."""
+        with self.lock:
+            sheet_id = self._store.tab(sid, title).sheet_id
+            span = {"sheetId": sheet_id, "dimension": "ROWS", "startIndex": row - 1}
+            self.edit(sid, [{"deleteDimension": {"range": {**span, "endIndex": row - 1 + count}}}])
+
+    def move_rows(self, sid: str, title: str, row: int, count: int, before: int) -> None:
+        """Move ``count`` rows from 1-based ``row`` to sit before 1-based row ``before``."""
+        with self.lock:
+            sheet_id = self._store.tab(sid, title).sheet_id
+            source = {"sheetId": sheet_id, "dimension": "ROWS", "startIndex": row - 1}
+            move = {
+                "source": {**source, "endIndex": row - 1 + count},
+                "destinationIndex": before - 1,
+            }
+            self.edit(sid, [{"moveDimension": move}])
+
+    def sort_rows(
+        self, sid: str, title: str, column: int, first_row: int = 2, descending: bool = False
+    ) -> None:
+        """Sort the rows from 1-based ``first_row`` down by 1-based ``column`` (like the UI)."""
+        with self.lock:
+            tab = self._store.tab(sid, title)
+            spec = {
+                "dimensionIndex": column - 1,
+                "sortOrder": "DESCENDING" if descending else "ASCENDING",
+            }
+            grid = {"sheetId": tab.sheet_id, "startRowIndex": first_row - 1}
+            self.edit(sid, [{"sortRange": {"range": grid, "sortSpecs": [spec]}}])
+
+    def rename_tab(self, sid: str, title: str, new_title: str) -> None:
+        """Rename a tab (its sheetId stays)."""
+        with self.lock:
+            sheet_id = self._store.tab(sid, title).sheet_id
+            update = {"properties": {"sheetId": sheet_id, "title": new_title}, "fields": "title"}
+            self.edit(sid, [{"updateSheetProperties": update}])
+
+    def set_cell(self, sid: str, title: str, row: int, column: int, value: Any) -> None:
+        """Type ``value`` into 1-based (row, column)."""
+        with self.lock:
+            self._store.tab(sid, title).set(row - 1, column - 1, value)
+
+    def _person_acts(self, kind: str, sid: str) -> None:
+        """Track reads per spreadsheet; before a write that follows one, let the person act."""
+        if kind in READ_KINDS:
+            self._read_since_write.add(sid)
+        elif kind in WRITE_KINDS and sid in self._read_since_write:
+            self._read_since_write.discard(sid)
+            if self.person is not None:
+                self.person(self, sid)
 
     # -- faults
 
@@ -850,13 +542,13 @@ class FakeSheets:
     def poison(self, value: str, message: str = "This value is not allowed here.") -> None:
         """Any write sub-request holding a cell equal to ``value`` fails with a 400."""
         with self.lock:
-            self._book.poison[value] = message
+            self._store.poison[value] = message
 
     def clear_faults(self) -> None:
         """Forget pending faults and poison values."""
         with self.lock:
             self._faults.clear()
-            self._book.poison.clear()
+            self._store.poison.clear()
 
     def _take_fault(self, kind: str) -> _Fault | None:
         for fault in self._faults:
@@ -864,6 +556,33 @@ class FakeSheets:
                 fault.remaining -= 1
                 return fault
         return None
+
+    # -- quota
+
+    def _account(self, authorization: str | None) -> str:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        return self._tokens.get(token, token or "anonymous")
+
+    def _refused_by_quota(self, call: Call, handler: _Handler) -> bool:
+        """Count ``call`` against its account's quota; answer Google's 429 if it is spent."""
+        kind = "write" if call.kind in WRITE_KINDS else "read" if call.kind in READ_KINDS else ""
+        if self.quota is None or not kind:
+            return False
+        wait = self.quota.admit(call.account, kind)
+        if wait is None:
+            return False
+        call.status, call.quota = 429, True
+        headers = {}
+        if self.quota.retry_after_header:
+            headers["Retry-After"] = str(max(1, round(wait / self.quota.time_factor)))
+        handler._reply(429, {"error": self.quota.error(kind)}, headers)
+        return True
+
+    def quota_counts(self, account: str | None = None) -> dict[str, int]:
+        """Requests admitted and refused (429) per kind; all zero when no quota is set."""
+        if self.quota is None:
+            return {"read": 0, "write": 0, "read_429": 0, "write_429": 0}
+        return self.quota.counts(account)
 
     # -- call log
 
@@ -889,27 +608,52 @@ class FakeSheets:
             with self.lock:
                 del self.calls[before:]
 
+    # -- dispatch
+
+    def _token(self, form: bytes) -> dict[str, Any]:
+        """A service account's JWT grant (token_uri = url + /token)."""
+        token = f"fake-token-{len(self.calls)}"
+        self._tokens[token] = _jwt_issuer(form) or token
+        return {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+
     def _dispatch(
-        self, kind: str, sid: str, a1: str | None, query: dict[str, list[str]], body: Any
+        self,
+        kind: str,
+        sid: str,
+        target: str | None,
+        query: dict[str, list[str]],
+        body: Any,
+        body_bytes: int,
     ) -> Any:
-        book = self._book
-        if kind == "oauth.token":  # a service account's JWT grant (token_uri = url + /token)
-            token = f"fake-token-{len(self.calls)}"
-            return {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
+        store = self._store
+        limit = store.options.max_body_bytes
+        if limit is not None and body_bytes > limit:
+            raise ApiError(413, "Request payload size exceeds the limit.")
+        render = _q(query, "valueRenderOption") or "FORMATTED_VALUE"
         if kind == "spreadsheets.get":
-            return book.metadata(sid)
+            return store.metadata(sid)
         if kind == "values.get":
-            return book.read(sid, a1 or "", _q(query, "valueRenderOption") or "FORMATTED_VALUE")
+            return store.read(sid, target or "", render)
         if kind == "values.batchGet":
-            render = _q(query, "valueRenderOption") or "FORMATTED_VALUE"
-            ranges = [book.read(sid, r, render) for r in query.get("ranges", [])]
+            ranges = [store.read(sid, r, render) for r in query.get("ranges", [])]
             return {"spreadsheetId": sid, "valueRanges": ranges}
+        if kind == "values.batchGetByDataFilter":
+            return store.batch_get_by_filter(sid, body)
+        if kind == "developerMetadata.search":
+            return md.search(store.book(sid), body)
+        if kind == "developerMetadata.get":
+            meta = store.book(sid).metadata.get(int(target or 0) if (target or "").isdigit() else 0)
+            if meta is None:
+                raise ApiError(404, f"No developer metadata with ID: {target}")
+            return meta.to_json()
         if kind == "values.batchUpdate":
-            return book.batch_update_values(sid, body)
+            return store.batch_update_values(sid, body)
+        if kind == "values.batchUpdateByDataFilter":
+            return store.batch_update_by_filter(sid, body)
         if kind == "values.update":
-            return book.update_values(sid, a1 or "", query, body)
+            return store.update_values(sid, target or "", query, body)
         if kind == "values.append":
-            return book.append(sid, a1 or "", query, body)
+            return store.append(sid, target or "", query, body)
         if kind == "spreadsheets.batchUpdate":
-            return book.batch_update(sid, body)
+            return store.batch_update(sid, body)
         raise ApiError(404, "Not found")

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from dbutil import count_rows, create_database, drop_database, use_database
@@ -22,12 +23,12 @@ from hypothesis import strategies as st
 from processes import ROOT, celery_worker, child_env
 from sqlalchemy import text
 
-from syncqueue_tasks import queue, schema
+from syncqueue_tasks import queue, runstate, schema
 from syncqueue_tasks.cli import main
-from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.db import dispose_engine, get_engine
 from syncqueue_tasks.embedded import free_port
 from syncqueue_tasks.errors import ValidationError
-from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.settings import DEFAULT_DATABASE_URL, get_settings
 from syncqueue_tasks.validation import validate_change
 
 pytestmark = pytest.mark.timeout(120)
@@ -360,3 +361,118 @@ def test_metrics_port_in_use_is_one_line(db: None) -> None:
         port = busy.getsockname()[1]
         line = assert_one_line_error(cli("metrics", "--port", str(port)))
     assert f"cannot listen on 127.0.0.1:{port}" in line
+
+
+def test_enqueue_reads_the_payload_from_a_file_or_stdin(db: None, tmp_path: Path) -> None:
+    big = {"notes": "x" * 5000, "name": "Ann", "tags": ["a", "b"]}
+    (tmp_path / "change.json").write_text(json.dumps(big, indent=2))
+    from_file = cli("enqueue", "CREATE", "Request", "1", "--payload", f"@{tmp_path}/change.json")
+    assert from_file.exit_code == 0, from_file.output
+    from_stdin = cli("enqueue", "UPDATE", "Request", "1", "--payload", "-", input='{"n": 2}')
+    assert from_stdin.exit_code == 0, from_stdin.output
+    assert count_rows("id = :i AND payload = CAST(:p AS jsonb)",
+                      i=from_file.stdout.strip(), p=json.dumps(big)) == 1  # fmt: skip
+    assert count_rows("id = :i AND payload->>'n' = '2'", i=from_stdin.stdout.strip()) == 1
+
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "latin1.json").write_bytes(b'{"name": "\xe9"}')
+    for payload, message in (
+        (f"@{tmp_path}/missing.json", f"invalid payload: cannot read {tmp_path}/missing.json"),
+        (f"@{tmp_path}", f"invalid payload: cannot read {tmp_path}"),
+        (f"@{tmp_path}/bad.json", "invalid payload: not valid JSON"),
+        (f"@{tmp_path}/latin1.json", "is not UTF-8 text"),
+    ):
+        assert message in assert_one_line_error(
+            cli("enqueue", "CREATE", "Request", "2", "--payload", payload)
+        )
+    empty = cli("enqueue", "CREATE", "Request", "2", "--payload", "-", input="")
+    assert "not valid JSON" in assert_one_line_error(empty)
+    assert count_rows() == 2
+
+
+def test_demo_says_where_it_writes_and_asks_before_a_google_sheet(
+    db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    book = tmp_path / "book.xlsx"
+    monkeypatch.setenv("SYNCQUEUE_WORKBOOK_PATH", str(book))
+    get_settings.cache_clear()
+    local = cli("demo", "--count", "2", "--timeout", "0")  # no worker: it times out
+    assert f"The demo writes into the local workbook {book}." in local.stdout
+    assert "[y/N]" not in local.output and count_rows() == 2
+
+    monkeypatch.setenv("SYNCQUEUE_SHEETS_SPREADSHEET_ID", "sheet-abc")
+    monkeypatch.setenv("SYNCQUEUE_SHEETS_CREDENTIALS_FILE", str(tmp_path / "sa.json"))
+    monkeypatch.setenv("SYNCQUEUE_SHEETS_TABS", "Request=Requests")
+    get_settings.cache_clear()
+    where = (
+        "The demo writes into the Google Sheet sheet-abc "
+        "(https://docs.google.com/spreadsheets/d/sheet-abc), tabs Requests, Operator, Revenue."
+    )
+    refused = cli("demo", "--count", "3", input="n\n")
+    assert where in refused.stdout
+    assert "Write 3 demo changes into this Google Sheet? [y/N]" in refused.stderr
+    assert "nothing enqueued" in refused.stderr.splitlines()[-1] and refused.exit_code == 1
+    assert "nothing enqueued" in cli("demo", "--count", "3").stderr  # no answer at all
+    assert count_rows() == 2
+
+    accepted = cli("demo", "--count", "3", "--timeout", "0", input="y\n")
+    assert "Enqueued 3 changes" in accepted.stdout and count_rows() == 5
+    unasked = cli("demo", "--count", "3", "--timeout", "0", "--yes")
+    assert "Enqueued 3 changes" in unasked.stdout and "[y/N]" not in unasked.output
+    assert count_rows() == 8
+
+
+def _default_database_tables() -> tuple[str | None, str | None]:
+    """Read-only look at the built-in default database."""
+    with psycopg.connect(DEFAULT_DATABASE_URL.replace("postgresql+psycopg:", "postgresql:")) as c:
+        row = c.execute(
+            "SELECT to_regclass('public.sync_queue')::text, to_regclass('alembic_version')::text"
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_without_a_running_stack_or_database_url_the_cli_says_so_and_migrate_asks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    test_database = os.environ["DATABASE_URL"]
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.setenv("SYNCQUEUE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SYNCQUEUE_CLI", "./syncq")
+    note = (
+        f"Note: no running `syncqueue run` found (nothing live in {tmp_path}/run.json) and "
+        f"DATABASE_URL is unset: using the default database {DEFAULT_DATABASE_URL}"
+    )
+    try:
+        get_settings.cache_clear()
+        dispose_engine()
+        before = _default_database_tables()
+        for answer in ("n\n", None):  # a no, and no terminal to ask
+            refused = cli("migrate", input=answer)
+            assert refused.exit_code == 1
+            assert refused.stderr.startswith(note + "\n")
+            assert f"the default database {DEFAULT_DATABASE_URL}? [y/N]" in refused.stderr
+            assert refused.stderr.splitlines()[-1].endswith(
+                "Error: not migrated: start `./syncq run` (every command finds its database) "
+                "or set DATABASE_URL; to migrate the default database: `./syncq migrate --yes`"
+            )
+        assert _default_database_tables() == before  # untouched
+
+        doctor = cli("doctor")
+        assert doctor.stderr.startswith(note)
+        assert "the default: no running stack, DATABASE_URL unset)" in doctor.stdout
+        if before[1] is None:  # never migrated (the usual case): say why not to, and how
+            assert "`./syncq migrate --yes`" in doctor.stdout
+            assert "start `./syncq run`" in doctor.stdout
+
+        # With a running stack published in the data dir, its database is used, silently.
+        runstate.write(runstate.RunState(pid=os.getpid(), env={"DATABASE_URL": test_database}),
+                       tmp_path)  # fmt: skip
+        stats = cli("stats", "--json")
+        assert stats.exit_code == 0 and "Note:" not in stats.stderr
+        assert os.environ["DATABASE_URL"] == test_database
+    finally:
+        runstate.clear(tmp_path, os.getpid())
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        dispose_engine()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -15,8 +16,15 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from kombu import Connection
 
-from syncqueue_tasks.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from syncqueue_tasks.embedded import (
+    PG_SYSTEM_USER,
+    REDIS_DISABLED_COMMANDS,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    free_port,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,7 +118,7 @@ def test_postgres_context_manager_and_long_path(tmp_path: Path) -> None:
 def test_redis_start_restart_stop(rds: EmbeddedRedis) -> None:
     rds.start()
     pid = rds.pid
-    assert pid is not None and rds.url == f"redis://127.0.0.1:{rds.port}/0"
+    assert pid is not None and rds.url == f"redis://:{rds.password}@127.0.0.1:{rds.port}/0"
     client = redis.Redis.from_url(rds.url)
     try:
         assert client.ping() is True
@@ -137,6 +145,101 @@ def test_persistent_redis_keeps_keys_across_restart(tmp_path: Path) -> None:
             assert client.get("k") == b"v"
         finally:
             client.close()
+
+
+def _uid_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+def test_redis_refuses_clients_without_the_password(rds: EmbeddedRedis) -> None:
+    rds.start()
+    anonymous = redis.Redis(host="127.0.0.1", port=rds.port, protocol=2)
+    wrong = redis.Redis(host="127.0.0.1", port=rds.port, password="guess", protocol=2)
+    try:
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.set("k", "v")
+        with pytest.raises(redis.AuthenticationError):
+            wrong.ping()
+    finally:
+        anonymous.close()
+        wrong.close()
+    with socket.create_connection(("127.0.0.1", rds.port), timeout=5) as sock:
+        sock.sendall(b"KEYS *\r\n")  # inline command, as from netcat
+        assert sock.recv(256).startswith(b"-NOAUTH")
+    assert rds.password not in Path(f"/proc/{rds.pid}/cmdline").read_text()  # not in `ps`
+
+
+def test_redis_refuses_administrative_commands_even_with_the_password(
+    rds: EmbeddedRedis,
+) -> None:
+    rds.start()
+    client = redis.Redis.from_url(rds.url)
+    try:
+        assert client.set("k", "v") is True  # the password works
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            client.config_set("dir", "/tmp")
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            client.config_get("requirepass")
+        for command in REDIS_DISABLED_COMMANDS:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                client.execute_command(command, "HELP")
+        assert client.get("k") == b"v"
+    finally:
+        client.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_redis_started_as_root_runs_as_the_postgres_system_user(tmp_path: Path) -> None:
+    workdir = tmp_path / "redis"
+    workdir.mkdir(mode=0o700)  # as an earlier run as root left it: owned by root
+    (workdir / "appendonly.aof").write_bytes(b"")
+    with EmbeddedRedis(data_dir=workdir, persistent=True) as server:
+        assert server.pid is not None
+        account = pwd.getpwnam(PG_SYSTEM_USER)
+        assert _uid_of(server.pid) == account.pw_uid != 0
+        config = (workdir / "redis.conf").stat()
+        assert config.st_uid == account.pw_uid and config.st_mode & 0o077 == 0
+        assert (workdir / "appendonly.aof").stat().st_uid == account.pw_uid
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.set("k", "v") is True  # it can write its append-only file
+        finally:
+            client.close()
+
+
+def test_queued_messages_survive_a_crash_of_persistent_redis(tmp_path: Path) -> None:
+    """fsync always: a message acknowledged by Redis is on disk, even when it is SIGKILLed."""
+    server = EmbeddedRedis(data_dir=tmp_path / "redis", persistent=True)
+    try:
+        server.start()
+        with Connection(server.url) as conn:
+            queue = conn.SimpleQueue("syncqueue-aof-test")
+            for n in range(20):
+                queue.put({"n": n})
+            queue.close()
+        crashed = server.pid
+        assert crashed is not None
+        os.kill(crashed, signal.SIGKILL)  # no shutdown: nothing is flushed on the way out
+        server.stop()  # reaps it
+        assert not _alive(crashed)
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        try:
+            assert client.llen("syncqueue-aof-test") == 20
+        finally:
+            client.close()
+        with Connection(server.url) as conn:
+            queue = conn.SimpleQueue("syncqueue-aof-test")
+            got = []
+            for _ in range(20):
+                message = queue.get(timeout=5)
+                got.append(message.payload["n"])
+                message.ack()
+            queue.close()
+        assert got == list(range(20))
+    finally:
+        server.stop()
 
 
 def test_atexit_stops_what_the_process_started(tmp_path: Path) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
-from dbutil import count_rows
+from dbutil import assert_records_consistent, count_rows
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from syncqueue_tasks import queue
 from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.models import QueueStatus, SyncAction, SyncQueue
+from syncqueue_tasks.outcomes import Outcome
+from syncqueue_tasks.records import fold
 from syncqueue_tasks.settings import get_settings
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -18,6 +23,31 @@ pytestmark = pytest.mark.usefixtures("db")
 def _exec(sql: str, **params: object) -> None:
     with get_engine().begin() as conn:
         conn.execute(text(sql), params)
+
+
+def _record_count(where: str) -> int:
+    with get_engine().connect() as conn:
+        return int(
+            conn.execute(text(f"SELECT count(*) FROM sync_record WHERE {where}")).scalar_one()
+        )
+
+
+def _ids(n: int) -> list[str]:
+    """``n`` change ids in the order ``.delay()`` calls would make them."""
+    return [new_id() for _ in range(n)]
+
+
+def _state(model: str, record_id: str) -> dict[str, object] | None:
+    """A record's synced fields; None when it is deleted (or never written)."""
+    view = queue.get_record(model, record_id)
+    assert view is not None
+    return dict(view.state.fields) if view.state.live else None
+
+
+@pytest.fixture(autouse=True)
+def _consistent() -> Iterator[None]:
+    yield
+    assert_records_consistent()
 
 
 def test_enqueue_then_dequeue_round_trip() -> None:
@@ -110,9 +140,9 @@ def test_backoff_keeps_an_item_from_being_claimed_until_it_passes(monkeypatch) -
     [item] = queue.dequeue()
     assert queue.mark_failed(item, "503") is QueueStatus.PENDING
     # 60 s base with equal jitter: between 30 and 60 seconds from now.
-    assert count_rows("available_at BETWEEN now() + interval '29 s' AND now() + interval '61 s'")
+    assert _record_count("available_at BETWEEN now() + interval '29 s' AND now() + interval '61 s'")
     assert queue.dequeue() == []
-    _exec("UPDATE sync_queue SET available_at = now() - interval '1 second'")  # time passes
+    _exec("UPDATE sync_record SET available_at = now() - interval '1 second'")  # time passes
     [again] = queue.dequeue()
     assert again.id == item.id and again.retries == 1
 
@@ -122,10 +152,10 @@ def test_retry_after_and_uncounted_attempts() -> None:
     [item] = queue.dequeue()
     status = queue.mark_failed(item, "429 quota", retry_after=0, count_attempt=False)
     assert status is QueueStatus.PENDING
-    assert count_rows("retries = 0 AND available_at <= now()") == 1
+    assert count_rows("retries = 0") == 1 and _record_count("available_at <= now()") == 1
     [item] = queue.dequeue()
     assert queue.mark_failed(item, "429 quota", retry_after=120, count_attempt=False) == "PENDING"
-    assert count_rows("available_at > now() + interval '119 s'") == 1
+    assert _record_count("available_at > now() + interval '119 s'") == 1
 
 
 def test_stale_owner_cannot_complete_or_fail_after_reset_stuck() -> None:
@@ -155,7 +185,7 @@ def test_reset_stuck_measures_time_since_the_claim_not_the_items_age() -> None:
     _exec("UPDATE sync_queue SET created_at = now() - interval '3 days'")
     queue.dequeue()
     assert queue.reset_stuck(older_than_minutes=10) == 0  # old item, fresh claim
-    _exec("UPDATE sync_queue SET claimed_at = now() - interval '11 minutes'")
+    _exec("UPDATE sync_record SET claimed_at = now() - interval '11 minutes'")
     assert queue.reset_stuck(older_than_minutes=10) == 1
     assert count_rows("status = 'PENDING' AND claim_token IS NULL") == 1
 
@@ -165,20 +195,21 @@ def test_cleanup_completed_deletes_exactly_old_completed_rows_in_chunks() -> Non
         {"action": "CREATE", "model": "Request", "record_id": str(i), "payload": {}}
         for i in range(60)
     )
+    claimed = {i.id: i for i in queue.dequeue(60)}
+    queue.mark_complete_many(claimed[i] for i in ids[:45])
+    queue.mark_failed_many(queue.Failure(claimed[i], "x", retryable=False) for i in ids[45:50])
+    queue.mark_failed_many(queue.Failure(claimed[i], "x", retry_after=0) for i in ids[50:])
     _exec(
-        """UPDATE sync_queue SET status = 'COMPLETED', processed_at = now() - interval '8 days'
-           WHERE id = ANY(:old)""",
-        old=ids[:35],
+        "UPDATE sync_queue SET processed_at = now() - interval '8 days' WHERE id = ANY(:o)",
+        o=ids[:35],
     )
     _exec(
-        """UPDATE sync_queue SET status = 'COMPLETED', processed_at = now() - interval '6 days'
-           WHERE id = ANY(:recent)""",
-        recent=ids[35:45],
+        "UPDATE sync_queue SET processed_at = now() - interval '6 days' WHERE id = ANY(:r)",
+        r=ids[35:45],
     )
     _exec(
-        """UPDATE sync_queue SET status = 'FAILED', processed_at = now() - interval '30 days'
-           WHERE id = ANY(:failed)""",
-        failed=ids[45:50],
+        "UPDATE sync_queue SET processed_at = now() - interval '30 days' WHERE id = ANY(:f)",
+        f=ids[45:50],
     )
     deletes: list[int] = []
 
@@ -219,7 +250,7 @@ def test_stats_counts_each_status_and_oldest_pending_age() -> None:
         {"action": "CREATE", "model": "Request", "record_id": str(i), "payload": {}}
         for i in range(5)
     )
-    _exec("UPDATE sync_queue SET created_at = now() - interval '90 seconds'")
+    _exec("UPDATE sync_record SET available_at = now() - interval '90 seconds'")
     done, failing = queue.dequeue(2)
     queue.mark_complete(done)
     queue.mark_failed(failing, "x", retryable=False)
@@ -233,6 +264,7 @@ def test_stats_counts_each_status_and_oldest_pending_age() -> None:
     }
     assert 89 < stats["oldest_pending_age_seconds"] < 200
     assert stats["failed_last_24h"] == 1 and stats["completed_last_hour"] == 1
+    assert stats["records_in_backoff"] == 0
 
 
 def test_orm_model_reads_rows_written_by_the_queue() -> None:
@@ -260,168 +292,148 @@ def test_a_claim_takes_a_records_queued_changes_together_and_in_order() -> None:
     assert [i.id for i in queue.dequeue(10)] == [b2]
 
 
-def test_a_record_in_flight_blocks_even_an_older_retried_change() -> None:
-    old = queue.enqueue("UPDATE", "Request", "a", {"v": "old"}, max_retries=0)
-    [item] = queue.dequeue()
-    queue.mark_failed(item, "bad")  # FAILED: does not block later changes
-    new = queue.enqueue("UPDATE", "Request", "a", {"v": "new"})
-    [in_flight] = queue.dequeue()
-    assert in_flight.id == new
-    assert queue.retry_failed([old]) == 1  # older than the change in flight
-    assert queue.dequeue() == []  # never two claims of one record at once
-    queue.mark_complete(in_flight)
-    retried, replayed = queue.dequeue()  # the old change, then the new one again after it
-    assert retried.id == old and replayed.payload == {"v": "new"}
-
-
-def _ids(n: int) -> list[str]:
-    from syncqueue_tasks.ids import new_id
-
-    return [new_id() for _ in range(n)]
-
-
-def test_a_late_change_is_applied_before_the_later_ones_are_applied_again() -> None:
-    first, second, third = _ids(3)  # made in this order, as by three .delay() calls
-    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
+def test_a_record_is_in_one_claim_at_a_time_and_its_new_changes_wait_for_the_next() -> None:
+    first = queue.enqueue("UPDATE", "Request", "a", {"v": 1})
     [claimed] = queue.dequeue()
-    assert claimed.id == second and queue.mark_complete(claimed)  # written
-    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=third)  # normal, PENDING
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)  # its message was late
-    batch = queue.dequeue(10)
-    # The late change first, then the written one again (a copy), then the pending one.
-    assert [i.payload["v"] for i in batch] == [1, 2, 3]
-    assert batch[0].id == first and batch[2].id == third
-    copy = batch[1]
-    assert copy.id not in (first, second, third)
-    assert count_rows("id = :c AND origin_id = :o", c=copy.id, o=second) == 1
+    second = queue.enqueue("UPDATE", "Request", "a", {"v": 2})  # arrives while "a" is claimed
+    assert queue.dequeue(10) == []  # never two claims of one record
+    assert claimed.id == first and queue.mark_complete(claimed)
+    [then] = queue.dequeue(10)
+    assert then.id == second
 
 
-def test_a_late_change_with_only_pending_later_changes_needs_no_replay() -> None:
-    first, second = _ids(2)
+def test_a_claim_takes_at_most_max_changes_and_the_rest_waits_for_the_next_claim() -> None:
+    ids = queue.enqueue_many(
+        {"action": "UPDATE", "model": "Request", "record_id": "hot", "payload": {"n": n}}
+        for n in range(7)
+    )
+    batch = queue.claim_records(10, max_changes=3)
+    assert [c.id for r in batch.records for c in r.changes] == ids[:3]
+    assert queue.claim_records(10).records == ()  # the rest waits: the record is claimed
+    queue.finish_records(
+        batch,
+        {r.key: Outcome.done() for r in batch.records},
+        {r.key: r.base for r in batch.records},
+    )
+    assert [c.id for c in queue.claim_records(10).items] == ids[3:]
+
+
+def test_completing_a_change_folds_it_into_the_records_synced_state() -> None:
+    queue.enqueue("CREATE", "Request", "a", {"name": "Ann", "n": 1})
+    queue.mark_complete_many(queue.dequeue())
+    queue.enqueue("UPDATE", "Request", "a", {"n": 2})
+    queue.mark_complete_many(queue.dequeue())
+    view = queue.get_record("Request", "a")
+    assert view is not None and view.state.fields == {"name": "Ann", "n": 2}
+    assert [c["status"] for c in view.changes] == ["COMPLETED", "COMPLETED"]
+    assert view.pending == 0 and view.claimed_at is None and view.synced_at is not None
+    queue.enqueue("DELETE", "Request", "a", {})
+    queue.mark_complete_many(queue.dequeue())
+    assert _state("Request", "a") is None
+
+
+def test_a_later_change_completed_before_an_earlier_one_is_retried_still_wins() -> None:
+    # Changes are applied by version: the order of outcomes does not matter.
+    queue.enqueue("UPDATE", "Request", "a", {"v": "older", "w": 1})
+    queue.enqueue("UPDATE", "Request", "a", {"v": "newer"})
+    older, newer = queue.dequeue(10)
+    assert queue.mark_complete(newer)
+    assert queue.mark_failed(older, "flaky", retry_after=0) is QueueStatus.PENDING
+    [again] = queue.dequeue(10)
+    assert again.id == older.id and queue.mark_complete(again)
+    assert _state("Request", "a") == {"v": "newer", "w": 1}
+
+
+def test_a_late_change_sets_only_the_fields_no_newer_change_set() -> None:
+    first, second = _ids(2)  # made in this order, as by two .delay() calls
     queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)
-    assert [i.payload["v"] for i in queue.dequeue(10)] == [1, 2]
-    assert count_rows() == 2
+    queue.mark_complete_many(queue.dequeue())
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1, "note": "late"}, item_id=first)
+    queue.mark_complete_many(queue.dequeue())
+    assert _state("Request", "a") == {"v": 2, "note": "late"}
+    assert count_rows() == 2  # no copies, no replays
 
 
-def test_a_second_late_change_lands_between_the_first_and_the_replayed_ones() -> None:
-    ids = _ids(4)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 4}, item_id=ids[3])
-    queue.mark_complete_many(queue.dequeue())  # v=4 written
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=ids[0])  # late: 4 replayed
-    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=ids[1])  # late too
-    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=ids[2])  # and this one
-    applied = [i.payload["v"] for i in queue.dequeue(20)]
-    assert applied[:3] == [1, 2, 3] and applied[-1] == 4 and set(applied[3:]) == {4}
+def test_a_late_change_older_than_the_last_delete_sets_nothing() -> None:
+    create, delete = _ids(2)
+    queue.enqueue("DELETE", "Request", "a", {}, item_id=delete)
+    queue.mark_complete_many(queue.dequeue())
+    queue.enqueue("CREATE", "Request", "a", {"v": 1}, item_id=create)  # late, before the DELETE
+    queue.mark_complete_many(queue.dequeue())
+    assert _state("Request", "a") is None
 
 
-def test_a_redelivered_change_is_not_a_late_arrival() -> None:
+def test_a_redelivered_change_is_stored_once() -> None:
     first, second = _ids(2)
     queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)
     queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
     queue.mark_complete_many(queue.dequeue(10))
     queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=first)  # the same message again
     assert count_rows() == 2 and queue.dequeue(10) == []
+    assert _state("Request", "a") == {"v": 2}
 
 
-def test_a_late_change_after_a_replay_whose_applied_change_went_back_to_pending() -> None:
-    # The later changes' rows are all PENDING again (the written-while-claimed one failed and
-    # was retried), but their positions come from the first replay: the second late change
-    # must still go before them.
-    late1, late2, third, fourth = _ids(4)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=third)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 4}, item_id=fourth)
-    [in_flight] = queue.dequeue(1)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late1)  # replays 3 and 4
-    assert queue.mark_failed(in_flight, "timeout", retry_after=0) == "PENDING"
-    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=late2)
-    applied = [i.payload["v"] for i in queue.dequeue(20)]
-    assert applied[:2] == [1, 2] and applied[-1] == 4 and set(applied[2:-1]) == {3}
-
-
-def test_a_late_batch_with_two_changes_of_one_record_keeps_their_order() -> None:
-    late1, late2, written = _ids(3)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=written)
+def test_retrying_a_dead_letter_after_cleanup_does_not_bring_back_an_old_value() -> None:
+    """Finding 2 of issue 10: A FAILED, B COMPLETED later, cleanup, retry A -> still B."""
+    a = queue.enqueue("UPDATE", "Request", "r", {"status": "open"}, max_retries=0)
+    [claimed_a] = queue.dequeue()
+    assert queue.mark_failed(claimed_a, "sheet refused") is QueueStatus.FAILED
+    queue.enqueue("UPDATE", "Request", "r", {"status": "closed"})
     queue.mark_complete_many(queue.dequeue())
-    changes = [
-        {"action": "UPDATE", "model": "Request", "record_id": "a", "payload": {"v": v}}
-        for v in (1, 2)
-    ]
-    queue.enqueue_many(changes, item_ids=[late1, late2])
-    assert [i.payload["v"] for i in queue.dequeue(20)] == [1, 2, 3]
+    assert queue.cleanup_completed(0) == 1  # B's row is gone; the record keeps its state
+    assert queue.retry_failed([a]) == 1
+    [retried] = queue.dequeue()
+    assert retried.id == a and queue.mark_complete(retried)
+    assert _state("Request", "r") == {"status": "closed"}
 
 
-@pytest.mark.parametrize("returned_by", ["retry", "reset_stuck"])
-def test_a_change_claimed_during_a_replay_that_goes_back_to_pending_stays_before_later_ones(
-    returned_by: str,
-) -> None:
-    late, second, third = _ids(3)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=third)
-    [in_flight] = queue.dequeue(1)  # v=2, being written when the late change is stored
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late)
-    if returned_by == "retry":
-        assert queue.mark_failed(in_flight, "timeout", retry_after=0) == "PENDING"
-    else:
-        _exec(
-            "UPDATE sync_queue SET claimed_at = now() - interval '1 hour' WHERE id = :i", i=second
-        )
-        assert queue.reset_stuck(older_than_minutes=1) == 1
-    applied = [i.payload["v"] for i in queue.dequeue(20)]
-    assert applied[0] == 1 and applied[-1] == 3 and set(applied[1:-1]) == {2}
-
-
-def test_a_retried_dead_letter_is_applied_before_the_changes_written_after_it() -> None:
-    parked, second, third = _ids(3)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=parked, max_retries=1)
+def test_a_retried_dead_letter_fills_in_what_no_newer_change_set() -> None:
+    old = queue.enqueue("UPDATE", "Request", "a", {"v": "old", "extra": 1}, max_retries=0)
     [item] = queue.dequeue()
-    assert queue.mark_failed(item, "sheet rejected it") == "FAILED"
-    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=second)
-    queue.mark_complete_many(queue.dequeue())  # v=2 written while v=1 was parked
-    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=third)  # still PENDING
-    assert queue.retry_failed([parked]) == 1
-    # v=1, then v=2 again (a copy), then v=3: the record still ends at its last change.
-    assert [i.payload["v"] for i in queue.dequeue(10)] == [1, 2, 3]
+    queue.mark_failed(item, "bad")  # FAILED: does not hold the record
+    queue.enqueue("UPDATE", "Request", "a", {"v": "new"})
+    [in_flight] = queue.dequeue()
+    assert queue.retry_failed([old]) == 1
+    assert queue.dequeue() == []  # the record is claimed: the retried change waits
+    queue.mark_complete(in_flight)
+    [retried] = queue.dequeue()
+    assert retried.id == old and queue.mark_complete(retried)
+    assert _state("Request", "a") == {"v": "new", "extra": 1}
 
 
-def test_a_replayed_copy_can_be_parked_and_retried_again_and_again() -> None:
-    late, written = _ids(2)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=written, max_retries=1)
-    queue.mark_complete_many(queue.dequeue())
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late, max_retries=1)  # copies v=2
-    for _ in range(6):  # each round parks everything, then retries it: positions nest deeper
-        for item in queue.dequeue(10):
-            queue.mark_failed(item, "down")
-        assert queue.retry_failed() >= 1
-    applied = [i.payload["v"] for i in queue.dequeue(50)]
-    assert applied[0] == 1 and applied[-1] == 2
-
-
-def test_a_retried_copy_goes_after_older_waiting_changes_and_takes_its_versions_along() -> None:
-    late1, late2, parked, newest = _ids(4)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 3}, item_id=parked, max_retries=1)
-    queue.mark_complete_many(queue.dequeue())
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late1)  # copies v=3 after it
-    first, copy = queue.dequeue(10)
-    queue.mark_complete(first)
-    assert queue.mark_failed(copy, "sheet rejected it") == "FAILED"  # v=3's copy is parked
-    queue.enqueue("UPDATE", "Request", "a", {"v": 4}, item_id=newest)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=late2)  # v=3 copied again, v=4 moved
-    assert queue.retry_failed([copy.id]) == 1
-    applied = [i.payload["v"] for i in queue.dequeue(20)]
-    last = {v: n for n, v in enumerate(applied)}
-    assert applied[-1] == 4 and last[2] < last[3], applied
-
-
-def test_a_record_waiting_out_a_backoff_gives_nothing_not_even_a_late_earlier_change() -> None:
-    late, retried = _ids(2)
-    queue.enqueue("UPDATE", "Request", "a", {"v": 2}, item_id=retried)
+def test_a_record_waiting_out_a_backoff_gives_nothing_until_it_ends() -> None:
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1})
+    [item] = queue.dequeue()
+    queue.mark_failed(item, "503", retry_after=300)
+    queue.enqueue("UPDATE", "Request", "a", {"v": 2})  # waits with its record
     queue.enqueue("UPDATE", "Request", "b", {"v": 1})
-    [first, other] = queue.dequeue()
-    queue.mark_complete(other)
-    assert queue.mark_failed(first, "429", retry_after=3600) == "PENDING"
-    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, item_id=late)  # now the record's head
-    queue.enqueue("UPDATE", "Request", "c", {"v": 1})
-    assert [i.record_id for i in queue.dequeue(10)] == ["c"]  # "a" waits for its backoff
-    _exec("UPDATE sync_queue SET available_at = now() WHERE id = :i", i=retried)
+    assert [i.record_id for i in queue.dequeue(10)] == ["b"]
+    _exec("UPDATE sync_record SET available_at = now() WHERE record_id = 'a'")
     assert [i.payload["v"] for i in queue.dequeue(10)] == [1, 2]
+
+
+def test_finish_records_records_one_outcome_per_record_for_all_its_changes() -> None:
+    queue.enqueue_many(
+        {"action": "UPDATE", "model": "Request", "record_id": r, "payload": {"n": n}}
+        for n, r in enumerate(["a", "b", "a", "c"])
+    )
+    batch = queue.claim_records(10)
+    keys = [r.key for r in batch.records]
+    assert [k.record_id for k in keys] == ["a", "b", "c"]
+    outcomes = {
+        keys[0]: Outcome.done(),
+        keys[1]: Outcome.retry("503", retry_after=60),
+        keys[2]: Outcome.fail("bad column"),
+    }
+    states = {r.key: fold(r.base, r.changes) for r in batch.records}
+    report = queue.finish_records(batch, outcomes, states)
+    assert (report.completed, report.retried, report.failed, report.not_owned) == (2, 1, 1, 0)
+    assert _state("Request", "a") == {"n": 2}
+    assert _state("Request", "b") is None and _state("Request", "c") is None
+    assert _record_count("record_id = 'b' AND available_at > now() + interval '59 s'") == 1
+    again = queue.finish_records(batch, outcomes, states)  # a stale second report
+    assert again.not_owned == 4
+
+
+def test_get_record_is_none_for_a_record_the_queue_never_had() -> None:
+    assert queue.get_record("Request", "never") is None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 from fake_sheets import WRITE_KINDS, FakeSheets, Formula
-from items import item
+from items import Feeder, item
 from redis import Redis
 
 from syncqueue_tasks.models import QueueItem
@@ -97,7 +97,7 @@ def make_writer(env: pytest.MonkeyPatch, prefix: str) -> Iterator[MakeWriter]:
         get_settings.cache_clear()
         writer = GoogleSheetsWriter(get_settings(), tuning=SheetsTuning(**(options | tuning)))
         writers.append(writer)
-        return writer
+        return Feeder(writer)  # type: ignore[return-value]
 
     yield make
     for writer in writers:

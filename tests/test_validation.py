@@ -48,13 +48,14 @@ GOOD: dict[str, Any] = {
 
 
 def _empty_queue() -> None:
-    """Empty ``sync_queue`` (the property tests call it inside every example).
+    """Empty the queue's tables (the property tests call it inside every example).
 
     DELETE, not TRUNCATE: same result for a table only this process writes, but ~2 ms instead
     of ~80 ms (TRUNCATE makes and syncs new relation files), which is most of an example.
     """
     with get_engine().begin() as conn:
         conn.execute(text("DELETE FROM sync_queue"))
+        conn.execute(text("DELETE FROM sync_record"))
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -224,7 +225,8 @@ BAD_FIELDS = [
 def test_a_bad_field_is_rejected_by_name_and_nothing_is_stored(
     via: str, field: str, value: object
 ) -> None:
-    _assert_rejected(field, _submit, via, **{**GOOD, field: value})
+    named = field if via == "enqueue" else f"changes[1].{field}"  # the element is named
+    _assert_rejected(named, _submit, via, **{**GOOD, field: value})
     assert count_rows() == 0
 
 
@@ -281,7 +283,7 @@ def test_model_set_can_be_configured(env: Callable[[str, str | None], None]) -> 
     env("SYNCQUEUE_MODELS", " Invoice , Customer ,")
     message = _assert_rejected("model", queue.enqueue, "CREATE", "Request", "1", {})
     assert "Customer, Invoice" in message
-    _assert_rejected("model", queue.enqueue_many, [{**GOOD, "model": "Operator"}])
+    _assert_rejected("changes[0].model", queue.enqueue_many, [{**GOOD, "model": "Operator"}])
     _assert_rejected("model", queue.enqueue, "CREATE", " Invoice ", "1", {})
     queue.enqueue("CREATE", "Invoice", "1", {})
     queue.enqueue_many([{**GOOD, "model": "Customer"}])
@@ -303,7 +305,9 @@ def test_payload_size_limit_counts_serialized_utf8_bytes() -> None:
     assert "65536" in message
     # 32_765 characters, but 65_538 bytes in UTF-8: over the limit.
     _assert_rejected("payload", queue.enqueue, "CREATE", "Request", "1", {"p": "é" * 32765})
-    _assert_rejected("payload", queue.enqueue_many, [GOOD, {**GOOD, "payload": {"p": "x" * 70000}}])
+    _assert_rejected(
+        "changes[1].payload", queue.enqueue_many, [GOOD, {**GOOD, "payload": {"p": "x" * 70000}}]
+    )
     assert [r["payload"] for r in _rows()] == [at_limit]
 
 
@@ -316,7 +320,9 @@ def test_payload_size_limit_can_be_configured(env: Callable[[str, str | None], N
     )
     assert "100 bytes" in message
     _assert_rejected(
-        "payload", queue.enqueue_many, [{**GOOD, "payload": {"p": "x" * (101 - overhead)}}]
+        "changes[0].payload",
+        queue.enqueue_many,
+        [{**GOOD, "payload": {"p": "x" * (101 - overhead)}}],
     )
     assert count_rows() == 1
 
@@ -344,7 +350,7 @@ def test_dequeue_accepts_batch_sizes_1_and_1000() -> None:
     ids=["extra", "wrong-case", "int-key"],
 )
 def test_enqueue_many_rejects_unknown_keys(change: dict[Any, Any]) -> None:
-    message = _assert_rejected("change", queue.enqueue_many, [GOOD, change])
+    message = _assert_rejected("changes[1].change", queue.enqueue_many, [GOOD, change])
     assert "unknown keys" in message
     unknown = next(k for k in change if k not in ALLOWED)
     assert str(unknown) in message
@@ -353,7 +359,7 @@ def test_enqueue_many_rejects_unknown_keys(change: dict[Any, Any]) -> None:
 @pytest.mark.parametrize("missing", sorted(REQUIRED))
 def test_enqueue_many_rejects_missing_keys(missing: str) -> None:
     change = {k: v for k, v in GOOD.items() if k != missing}
-    message = _assert_rejected("change", queue.enqueue_many, [GOOD, change])
+    message = _assert_rejected("changes[1].change", queue.enqueue_many, [GOOD, change])
     assert f"missing keys: {missing}" in message
 
 
@@ -363,13 +369,13 @@ def test_enqueue_many_rejects_missing_keys(missing: str) -> None:
     ids=["none", "int", "str", "bytes", "list", "tuple", "object"],
 )
 def test_enqueue_many_rejects_an_element_that_is_not_a_mapping(change: object) -> None:
-    message = _assert_rejected("change", queue.enqueue_many, [GOOD, change])
+    message = _assert_rejected("changes[1].change", queue.enqueue_many, [GOOD, change])
     assert "expected a mapping" in message
 
 
 def test_enqueue_many_rejects_a_dict_passed_instead_of_a_list_of_dicts() -> None:
     # Iterating a dict yields its keys (strings): each is rejected as a non-mapping.
-    _assert_rejected("change", queue.enqueue_many, GOOD)
+    _assert_rejected("changes", queue.enqueue_many, GOOD)
 
 
 @dataclass
@@ -412,10 +418,14 @@ def test_enqueue_many_accepts_typed_objects_and_other_mappings() -> None:
 
 def test_a_typed_object_with_a_bad_field_is_rejected_by_that_field() -> None:
     _assert_rejected(
-        "sheet_row_index", queue.enqueue_many, [TypedChange(*GOOD.values(), sheet_row_index=0)]
+        "changes[0].sheet_row_index",
+        queue.enqueue_many,
+        [TypedChange(*GOOD.values(), sheet_row_index=0)],
     )
     _assert_rejected(
-        "payload", queue.enqueue_many, [MinimalChange("CREATE", "Request", "1", {"x": {1}})]
+        "changes[0].payload",
+        queue.enqueue_many,
+        [MinimalChange("CREATE", "Request", "1", {"x": {1}})],
     )
 
 
@@ -681,6 +691,10 @@ def _expected_row(
         record_id = str(record_id)
     if not _is_text(record_id, s.max_record_id_length):
         return None
+    if record_id.strip() != record_id or any(
+        ord(c) < 32 or 127 <= ord(c) < 160 for c in record_id
+    ):  # read back as written: no surrounding whitespace, no control characters
+        return None
     if not isinstance(payload, dict) or not _is_json(payload):
         return None
     size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
@@ -789,3 +803,27 @@ def test_property_enqueue_many_stores_exactly_the_changes_or_nothing(
     assert len(ids) == len(set(ids)) == len(changes)
     assert [r["id"] for r in _rows()] == ids
     assert _stored_without_ids() == expected
+
+
+@pytest.mark.parametrize(
+    "record_id", [" 42", "42 ", "42\n", "  ", "\t7", "a\tb", "a\x1bb", "x\u0085", "\u00a0x"]
+)
+def test_a_record_id_a_sheet_would_not_read_back_exactly_is_refused(record_id: str) -> None:
+    """Finding 2 of issue 11: " 42" and "42\\n" passed, and the writer stripped the ids it
+    read back, so they landed on the row of "42"."""
+    message = _assert_rejected("record_id", queue.enqueue, "UPDATE", "Request", record_id, {})
+    assert "whitespace" in message or "control characters" in message
+    _assert_rejected(
+        "changes[0].record_id",
+        queue.enqueue_many,
+        [{"action": "UPDATE", "model": "Request", "record_id": record_id, "payload": {}}],
+    )
+
+
+def test_errors_name_the_element_and_the_place_in_the_payload_once() -> None:
+    message = _assert_rejected(
+        "changes[2].payload",
+        queue.enqueue_many,
+        [GOOD, GOOD, {**GOOD, "payload": {"ok": 1, "nested": {"bad": math.nan}}}],
+    )
+    assert message == "changes[2].payload: at .nested.bad: nan, which JSON cannot hold"

@@ -15,7 +15,7 @@ from typing import Any
 
 import openpyxl
 import pytest
-from items import item
+from items import Feeder, item
 
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.base import OutcomeKind, Writer
@@ -60,11 +60,11 @@ def writer(monkeypatch: pytest.MonkeyPatch, **env: str) -> LocalWorkbookWriter:
     for name, value in env.items():
         monkeypatch.setenv(f"SYNCQUEUE_{name.upper()}", value)
     get_settings.cache_clear()
-    return create_writer()
+    return Feeder(create_writer())  # type: ignore[return-value]
 
 
 def test_factory_reads_settings(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    w = writer(monkeypatch, id_column="key", unknown_fields="fail", delete_mode="remove")
+    w = writer(monkeypatch, id_column="key", unknown_fields="fail", delete_mode="remove").writer
     assert isinstance(w, Writer)
     assert (w.path, w.id_column, w.unknown_fields, w.delete_mode) == (
         path,
@@ -147,9 +147,34 @@ def test_batch_is_coalesced(path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert set(out) == {i.id for i in batch}
     assert set(kinds(out).values()) == {OutcomeKind.DONE}
     assert table(path) == [
-        {"id": "r1", "name": "Anne", "amount": 2},
-        {"id": "r3", "name": None, "amount": 9},
+        {"id": "r1", "name": "Anne", "amount": 2, "_deleted": None},
+        {"id": "r2", "name": None, "amount": None, "_deleted": True},  # as if written one by one
+        {"id": "r3", "name": None, "amount": 9, "_deleted": None},
     ]
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_batch_boundaries_do_not_change_the_sheet(
+    path: Path, monkeypatch: pytest.MonkeyPatch, cut: int
+) -> None:
+    """Finding 3 of issue 10: CREATE, UPDATE, DELETE of one record left no row when written
+    in one batch and a tombstone in three; DELETE then CREATE in one batch kept the deleted
+    record's other cells."""
+    w = writer(monkeypatch)
+    w.write([item("CREATE", "keep", name="k")])
+    changes = [
+        item("CREATE", "1", name="bob", ssn="123-45-6789"),
+        item("UPDATE", "1", name="bobby"),
+        item("DELETE", "1"),
+        item("CREATE", "2", name="eve", ssn="987"),
+        item("DELETE", "2"),
+        item("CREATE", "2", name="eve2"),
+    ]
+    for start in range(0, len(changes), cut):
+        w.write(changes[start : start + cut])
+    rows = {k: {f: v for f, v in row.items() if v is not None} for k, row in by_id(path).items()}
+    assert rows["1"] == {"id": "1", "_deleted": True}
+    assert rows["2"] == {"id": "2", "name": "eve2"}
 
 
 def test_rows_reordered_by_a_person(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,8 +224,10 @@ def test_unknown_field_add_column(path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_unknown_field_fail(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    writer(monkeypatch).write([item("CREATE", "r1", a=1), item("CREATE", "r2", a=2)])
+    first = writer(monkeypatch)
+    first.write([item("CREATE", "r1", a=1), item("CREATE", "r2", a=2)])
     w = writer(monkeypatch, unknown_fields="fail")
+    w.states = first.states
     bad1, bad2 = item("UPDATE", "r1", a=10), item("UPDATE", "r1", surprise=1)
     good, new = item("UPDATE", "r2", a=20), item("CREATE", "r3", other=5)
     out = w.write([bad1, good, bad2, new])
@@ -223,8 +250,10 @@ def test_update_missing_create(path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_update_missing_fail(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    writer(monkeypatch).write([item("CREATE", "r1", a=1), item("CREATE", "r2", a=2)])
+    first = writer(monkeypatch)
+    first.write([item("CREATE", "r1", a=1), item("CREATE", "r2", a=2)])
     w = writer(monkeypatch, update_missing="fail")
+    w.states = first.states
     ghost1, ghost2, ok = (
         item("UPDATE", "ghost", a=1),
         item("UPDATE", "ghost", a=2),
@@ -239,7 +268,7 @@ def test_update_missing_fail(path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         ok.id: OutcomeKind.DONE,
         dead.id: OutcomeKind.FAIL,
     }
-    assert "not found" in out[ghost1.id].error and "ghost" in out[ghost1.id].error
+    assert "no row to update" in out[ghost1.id].error and "ghost" in out[ghost1.id].error
     assert [(r["id"], r["a"]) for r in table(path)] == [("r1", 5), ("r2", None)]
 
 
@@ -319,14 +348,17 @@ import uuid
 from syncqueue_tasks.models import QueueItem, SyncAction
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 
+from syncqueue_tasks.records import RecordKey, RecordState, record_write
+
 w = LocalWorkbookWriter(sys.argv[1])
 size = int(sys.argv[3])
 print("ready", flush=True)
 for batch in range(int(sys.argv[2]), 10**6):
-    w.write([
-        QueueItem(f"{batch}-{j}", SyncAction.CREATE, "Request", f"{batch:05d}-{j:04d}", None,
-                  {"batch": batch, "j": j, "text": "x" * 40, "nested": {"j": j}},
-                  0, 3, datetime.now(UTC), uuid.uuid4())
+    w.write_records([
+        record_write(RecordKey("Request", f"{batch:05d}-{j:04d}"), RecordState(), [
+            QueueItem(f"{batch}-{j}", SyncAction.CREATE, "Request", f"{batch:05d}-{j:04d}", None,
+                      {"batch": batch, "j": j, "text": "x" * 40, "nested": {"j": j}},
+                      0, 3, datetime.now(UTC), uuid.uuid4())])
         for j in range(size)
     ])
 """
@@ -381,5 +413,36 @@ def test_sigkill_mid_write_never_corrupts(tmp_path: Path) -> None:
         done = now
     assert kills >= 3 and done >= 1
     # The next write sweeps temp files a killed writer may have left.
-    LocalWorkbookWriter(path).write([item("CREATE", "last", batch=done, j=0)])
+    Feeder(LocalWorkbookWriter(path)).write([item("CREATE", "last", batch=done, j=0)])
     assert {p.name for p in path.parent.iterdir()} == {"book.xlsx", "book.xlsx.lock"}
+
+
+def test_header_cells_are_text_never_formulas(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 5 of issue 11: a payload key like =HYPERLINK(...) became a formula in row 1."""
+    key = '=HYPERLINK("http://x","y")'
+    writer(monkeypatch).write([item("CREATE", "r1", **{key: "v"})])
+    cell = openpyxl.load_workbook(path)["Request"]["B1"]
+    assert cell.value == key and cell.data_type == "s"
+
+
+def test_a_tombstone_blanks_the_records_fields_and_nothing_of_a_persons(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = writer(monkeypatch)
+    w.write([item("CREATE", "r1", name="Ann", phone="1"), item("CREATE", "r2", name="Bob")])
+    wb = openpyxl.load_workbook(path)
+    ws = wb["Request"]
+    ws.cell(row=1, column=4).value = "my notes"  # a person's own column
+    ws.cell(row=2, column=4).value = "call back"
+    ws.append(["r3", "Cy", None, "theirs"])  # a row the queue never wrote
+    wb.save(path)
+    w.write([item("DELETE", "r1"), item("DELETE", "r3")])
+    rows = by_id(path)
+    assert rows["r1"] == {
+        "id": "r1",
+        "name": None,
+        "phone": None,
+        "_deleted": True,
+        "my notes": "call back",
+    }
+    assert rows["r3"]["name"] == "Cy" and rows["r3"]["_deleted"] is True  # only marked

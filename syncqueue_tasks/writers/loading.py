@@ -41,7 +41,13 @@ def load_writer(spec: str) -> Writer:
         raise ConfigurationError(f"SYNCQUEUE_WRITER {spec!r} cannot be loaded: {exc}") from None
     writer = factory()
     if not isinstance(writer, Writer):
-        raise ConfigurationError(f"SYNCQUEUE_WRITER {spec!r} did not return a writer")
+        hint = (
+            " (it has the old write(items) method: writers now implement "
+            "write_records(writes) -> {record key: Outcome}; see the README, Writers)"
+            if callable(getattr(writer, "write", None))
+            else ""
+        )
+        raise ConfigurationError(f"SYNCQUEUE_WRITER {spec!r} did not return a writer{hint}")
     return writer
 
 

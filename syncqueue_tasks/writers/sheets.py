@@ -1,11 +1,12 @@
 """``GoogleSheetsWriter``: queued changes -> rows of a Google Sheet, a few requests per batch.
 
-Per batch (after :func:`coalesce`): one ``values.batchGet`` (header row + id column of every
-tab touched), one ``values.batchUpdate`` (changed cells, tombstones, new header cells), one
-``values.append`` per tab (new rows), and in ``remove`` mode one ``spreadsheets.batchUpdate``
-(``deleteDimension``, highest row first). A request is split only when its body would exceed
-``sheets_max_request_bytes``. Rows are found by id on every batch, never by stored row
-numbers, so a retried append whose first answer was lost finds its row and updates it.
+Per batch (one write per record, see ``records.RecordWrite``): one ``values.batchGet``
+(header row + id column of every tab touched), one ``values.batchUpdate`` (changed cells,
+tombstones, new header cells), one ``values.append`` per tab (new rows), and in ``remove``
+mode one ``spreadsheets.batchUpdate`` (``deleteDimension``, highest row first). A request is
+split only when its body would exceed ``sheets_max_request_bytes``. Rows are found by id on
+every batch, never by stored row numbers, so a retried append whose first answer was lost
+finds its row and updates it.
 
 A 400 on an atomic write is bisected to find the bad records (the rest are written); 429
 and 5xx are retried a few times, then handed back as ``Outcome.retry``. Redis holds a write
@@ -25,11 +26,11 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from syncqueue_tasks.errors import ConfigurationError, sanitize_error
-from syncqueue_tasks.models import QueueItem
+from syncqueue_tasks.outcomes import Outcome
+from syncqueue_tasks.records import RecordKey, RecordWrite
 from syncqueue_tasks.settings import Settings, get_settings
-from syncqueue_tasks.writers.base import Outcome
-from syncqueue_tasks.writers.coalesce import coalesce
 from syncqueue_tasks.writers.flow import RateLimiter, SpreadsheetLock
+from syncqueue_tasks.writers.rules import DELETED_COLUMN
 from syncqueue_tasks.writers.sheets_api import (
     ApiFailure,
     FailureKind,
@@ -38,7 +39,6 @@ from syncqueue_tasks.writers.sheets_api import (
     make_http_client,
 )
 from syncqueue_tasks.writers.sheets_layout import (
-    DELETED_COLUMN,
     TabLayout,
     column_range,
     header_range,
@@ -126,9 +126,9 @@ class GoogleSheetsWriter:
 
     # ------------------------------------------------------------------ entry point
 
-    def write(self, items: Sequence[QueueItem]) -> Mapping[str, Outcome]:
-        """Apply ``items`` (oldest first) and return an outcome per item id."""
-        batch = Batch(coalesce(items))
+    def write_records(self, writes: Sequence[RecordWrite]) -> Mapping[RecordKey, Outcome]:
+        """Apply ``writes`` and return an outcome per record."""
+        batch = Batch(list(writes))
         if not batch.writes:
             return {}
         lock = SpreadsheetLock(self.redis, self.lock_key, self.tuning.lock_ttl)

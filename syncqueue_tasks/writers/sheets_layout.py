@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-DELETED_COLUMN = "_deleted"
 MAX_CELL_CHARS = 50_000  # Google Sheets' limit for one cell's text
 _ROW_SPAN = re.compile(r"!\$?[A-Za-z]*\$?(\d+)(?::\$?[A-Za-z]*\$?(\d+))?$")
 

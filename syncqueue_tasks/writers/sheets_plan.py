@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncqueue_tasks.errors import sanitize_error
+from syncqueue_tasks.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.records import RecordKey, RecordWrite
 from syncqueue_tasks.settings import Settings
-from syncqueue_tasks.writers.base import Outcome, OutcomeKind
-from syncqueue_tasks.writers.coalesce import RecordWrite, WriteKind
+from syncqueue_tasks.writers.rules import DELETED_COLUMN, RowAction, plan_row
 from syncqueue_tasks.writers.sheets_layout import (
-    DELETED_COLUMN,
     MAX_CELL_CHARS,
     TabLayout,
     cell_value,
@@ -73,12 +73,10 @@ class Batch:
         for index in range(len(self.writes)):
             self.outcomes.setdefault(index, outcome)
 
-    def result(self) -> dict[str, Outcome]:
-        """One outcome per queue item id."""
+    def result(self) -> dict[RecordKey, Outcome]:
+        """One outcome per record."""
         self.fill(Outcome.retry("not written"))
-        return {
-            item_id: self.outcomes[i] for i, w in enumerate(self.writes) for item_id in w.item_ids
-        }
+        return {w.key: self.outcomes[i] for i, w in enumerate(self.writes)}
 
 
 def record_cells(fields: Mapping[str, Any], id_name: str) -> dict[str, Any]:
@@ -134,13 +132,8 @@ def plan_tab(
     if id_col is None:
         id_col = layout.add_column(id_name)
     for i in indexes:
-        w = batch.writes[i]
-        rows = layout.rows_by_id.get(w.record_id, [])
         try:
-            if w.kind is WriteKind.DELETE:
-                _plan_delete(settings, batch, layout, i, rows, id_col, plan)
-            else:
-                _plan_upsert(settings, batch, layout, i, rows, id_col, fresh, plan)
+            _plan_record(settings, batch, layout, i, id_col, fresh, plan)
         except Reject as reject:
             batch.resolve(i, Outcome.fail(sanitize_error(str(reject))))
     if layout.new_columns:
@@ -149,76 +142,59 @@ def plan_tab(
         plan.grow[layout.title] = layout.width - layout.col_count
 
 
-def _plan_upsert(
+def _plan_record(
     settings: Settings,
     batch: Batch,
     layout: TabLayout,
     i: int,
-    rows: list[int],
     id_col: int,
     fresh: bool,
     plan: Plan,
 ) -> None:
-    """CREATE (upsert) or UPDATE: changed cells of the row, or a new row to append."""
+    """One record: the ``writers.rules`` plan, as cell writes, a new row or row deletions."""
     w = batch.writes[i]
-    fields = record_cells(w.fields, settings.id_column)
-    unknown = [k for k in fields if layout.column(k) is None]
+    rows = layout.rows_by_id.get(w.record_id, [])
+    target = w.row_hint if w.row_hint in rows else (rows[0] if rows else None)
+    row_plan = plan_row(
+        w,
+        found=target is not None,
+        tombstoned=target in layout.tombstoned,
+        update_missing=settings.update_missing,
+        delete_mode=settings.delete_mode,
+    )
+    if row_plan.action is RowAction.FAIL:
+        raise Reject(row_plan.error)
+    if row_plan.action is RowAction.NOTHING:
+        batch.resolve(i, Outcome.done())
+        return
+    if row_plan.action is RowAction.REMOVE:
+        plan.deletes.extend(Unit(i, sheet_id=layout.sheet_id, row=r) for r in rows)
+        return
+    fields = record_cells(row_plan.values, settings.id_column)
+    unknown = [k for k, v in fields.items() if v != "" and layout.column(k) is None]
     if unknown and not fresh and settings.unknown_fields == "fail":
         names = ", ".join(repr(k) for k in unknown)
         raise Reject(
             f"{w.model} tab {layout.title!r} has no column for field(s) {names} "
             "(SYNCQUEUE_UNKNOWN_FIELDS=fail)"
         )
-    target = w.row_hint if w.row_hint in rows else (rows[0] if rows else None)
-    revive = target is not None and target in layout.tombstoned
-    missing = target is None or revive
-    if w.kind is WriteKind.UPDATE and missing and settings.update_missing == "fail":
-        raise Reject(
-            f"{w.model} record {w.record_id!r} not found in tab {layout.title!r} "
-            "(SYNCQUEUE_UPDATE_MISSING=fail)"
-        )
     for name in unknown:
         layout.add_column(name)
-    cells = {layout.column(k) or 0: v for k, v in fields.items()}
-    if target is None:
+    cells = {col: v for k, v in fields.items() if (col := layout.column(k)) is not None}
+    if row_plan.action is RowAction.TOMBSTONE or row_plan.tombstone or row_plan.revive:
+        deleted_col = layout.column(DELETED_COLUMN) or layout.add_column(DELETED_COLUMN)
+        cells[deleted_col] = "" if row_plan.revive else True
+    if row_plan.action is RowAction.APPEND:
         cells[id_col] = w.record_id
         plan.appends.setdefault(layout.title, []).append(Unit(i, cells=cells))
         return
-    if revive:
-        cells[layout.column(DELETED_COLUMN) or 0] = ""
     if not cells:
         batch.resolve(i, Outcome.done())
         return
+    targets = rows if row_plan.action is RowAction.TOMBSTONE else [target or 0]
     data = [
-        {"range": row_range(layout.title, target, c, c + len(v) - 1), "values": [v]}
+        {"range": row_range(layout.title, row, c, c + len(v) - 1), "values": [v]}
+        for row in targets
         for c, v in runs(cells)
     ]
-    plan.updates.append(Unit(i, data=data))
-
-
-def _plan_delete(
-    settings: Settings,
-    batch: Batch,
-    layout: TabLayout,
-    i: int,
-    rows: list[int],
-    id_col: int,
-    plan: Plan,
-) -> None:
-    """DELETE: tombstone every row holding the id (or mark them for removal)."""
-    if not rows:
-        batch.resolve(i, Outcome.done())  # nothing to delete
-        return
-    if settings.delete_mode == "remove":
-        plan.deletes.extend(Unit(i, sheet_id=layout.sheet_id, row=r) for r in rows)
-        return
-    deleted_col = layout.column(DELETED_COLUMN) or layout.add_column(DELETED_COLUMN)
-    record_id = batch.writes[i].record_id
-    width = layout.width
-    data = []
-    for row in rows:
-        values: list[Any] = [""] * width
-        values[id_col - 1] = record_id
-        values[deleted_col - 1] = True
-        data.append({"range": row_range(layout.title, row, 1, width), "values": [values]})
     plan.updates.append(Unit(i, data=data))

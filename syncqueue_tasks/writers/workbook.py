@@ -1,7 +1,9 @@
 """A writer to a local ``.xlsx`` workbook (openpyxl), with the Google Sheets writer's semantics.
 
 One worksheet per model (title = model name); row 1 is the header and maps field names to
-columns. Rows are found by the record id in the id column, never by a stored row number:
+columns; what to do to a record's row is decided by ``writers.rules`` (shared with Sheets).
+Every cell, header cells included, is written as a value: text stays text, never a formula.
+Rows are found by the record id in the id column, never by a stored row number:
 people sort, insert and delete rows. A batch is applied as a whole under an exclusive
 ``flock`` on ``<path>.lock`` and saved atomically (temp file, fsync, ``os.replace``), so a
 crash never leaves a half-written workbook and concurrent processes never lose each
@@ -26,12 +28,18 @@ from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from syncqueue_tasks.errors import ConfigurationError, sanitize_error
-from syncqueue_tasks.models import QueueItem
+from syncqueue_tasks.outcomes import Outcome
+from syncqueue_tasks.records import RecordKey, RecordWrite
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.writers.base import Outcome
-from syncqueue_tasks.writers.coalesce import RecordWrite, WriteKind, coalesce
+from syncqueue_tasks.writers.rules import (
+    DELETED_COLUMN,
+    DeleteMode,
+    RowAction,
+    UnknownFields,
+    UpdateMissing,
+    plan_row,
+)
 
-DELETED_COLUMN = "_deleted"
 MAX_CELL_CHARS = 32767  # Excel's limit for one cell's text
 
 
@@ -50,9 +58,9 @@ class _Sheet:
     to_remove: list[int] = field(default_factory=list)
 
     def add_column(self, name: str) -> int:
-        """Append a header cell ``name`` after every used column; return its column."""
+        """Append a header cell ``name`` (as text) after every used column; return its column."""
         col = max([self.ws.max_column, *self.columns.values()]) + 1
-        self.ws.cell(row=1, column=col).value = name
+        _set(self.ws, 1, col, name)
         self.columns[name] = col
         return col
 
@@ -70,7 +78,7 @@ class _Sheet:
 
 
 class LocalWorkbookWriter:
-    """Applies batches of queue items to a local workbook; see the module docstring."""
+    """Applies batches of record writes to a local workbook; see the module docstring."""
 
     def __init__(
         self,
@@ -81,26 +89,22 @@ class LocalWorkbookWriter:
         update_missing: str = "create",
         delete_mode: str = "tombstone",
     ) -> None:
-        for name, value, choices in (
-            ("unknown_fields", unknown_fields, ("add_column", "fail")),
-            ("update_missing", update_missing, ("create", "fail")),
-            ("delete_mode", delete_mode, ("tombstone", "remove")),
-        ):
-            if value not in choices:
-                raise ConfigurationError(f"{name} must be one of {', '.join(choices)}")
+        try:
+            self.unknown_fields = UnknownFields(unknown_fields)
+            self.update_missing = UpdateMissing(update_missing)
+            self.delete_mode = DeleteMode(delete_mode)
+        except ValueError as exc:
+            raise ConfigurationError(f"workbook writer: {exc}") from None
         if not id_column:
             raise ConfigurationError("id_column must not be empty")
         self.path = Path(path)
         self.id_column = id_column
-        self.unknown_fields = unknown_fields
-        self.update_missing = update_missing
-        self.delete_mode = delete_mode
 
-    def write(self, items: Sequence[QueueItem]) -> Mapping[str, Outcome]:
-        """Apply ``items`` (oldest first) in one atomic save; return an outcome per item id."""
-        if not items:
+    def write_records(self, writes: Sequence[RecordWrite]) -> Mapping[RecordKey, Outcome]:
+        """Apply ``writes`` in one atomic save; return an outcome per record."""
+        if not writes:
             return {}
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[RecordKey, Outcome] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive_lock(Path(f"{self.path}.lock")):
             _remove_stale_temps(self.path)
@@ -111,68 +115,66 @@ class LocalWorkbookWriter:
                 book.remove(book.worksheets[0])  # any success opens (or creates) a sheet
             sheets: dict[str, _Sheet] = {}
             changed = False
-            for write in coalesce(items):
+            for write in writes:
                 try:
-                    self._apply(book, sheets, write)
-                    outcome = Outcome.done()
-                    changed = True
+                    changed = self._apply(book, sheets, write) or changed
+                    outcomes[write.key] = Outcome.done()
                 except _Reject as exc:
-                    outcome = Outcome.fail(sanitize_error(str(exc)))
-                outcomes.update(dict.fromkeys(write.item_ids, outcome))
+                    outcomes[write.key] = Outcome.fail(sanitize_error(str(exc)))
             if changed:
                 for sheet in sheets.values():
                     _remove_rows(sheet.ws, sheet.to_remove)
                 _save_atomic(book, self.path)
         return outcomes
 
-    def _apply(self, book: Workbook, sheets: dict[str, _Sheet], write: RecordWrite) -> None:
-        """Apply one record's merged write; raise ``_Reject`` before touching its row."""
+    def _apply(self, book: Workbook, sheets: dict[str, _Sheet], write: RecordWrite) -> bool:
+        """Apply one record's write; raise ``_Reject`` before touching its row. Return
+        whether the workbook changed."""
         sheet = sheets.get(write.model)
         if sheet is None:
             sheet = sheets[write.model] = self._open_sheet(book, write.model)
-        if write.kind is WriteKind.DELETE:
-            self._delete(sheet, write.record_id)
-            return
+        rows = sheet.rows.get(write.record_id, [])
+        row = sheet.find(write.record_id, write.row_hint)
+        plan = plan_row(
+            write,
+            found=row is not None,
+            tombstoned=row is not None and sheet.is_deleted(row),
+            update_missing=self.update_missing,
+            delete_mode=self.delete_mode,
+        )
+        if plan.action is RowAction.FAIL:
+            raise _Reject(plan.error)
+        if plan.action is RowAction.NOTHING:
+            return False
+        if plan.action is RowAction.REMOVE:
+            sheet.to_remove.extend(sheet.rows.pop(write.record_id))
+            return True
         values = {
             name: _cell_value(name, value)
-            for name, value in write.fields.items()
+            for name, value in plan.values.items()
             if name not in (self.id_column, DELETED_COLUMN)
         }
-        row = sheet.find(write.record_id, write.row_hint)
-        missing = row is None or sheet.is_deleted(row)
-        if write.kind is WriteKind.UPDATE and missing and self.update_missing == "fail":
-            raise _Reject(f"{write.model} record {write.record_id!r} not found in the workbook")
-        unknown = [name for name in values if name not in sheet.columns]
-        if unknown and self.unknown_fields == "fail":
+        unknown = [n for n, v in values.items() if v is not None and n not in sheet.columns]
+        if unknown and self.unknown_fields is UnknownFields.FAIL:
             raise _Reject(f"{write.model} has no column for field(s): {', '.join(unknown)}")
         for name in unknown:
             sheet.add_column(name)
-        if row is None:
+        if plan.action is RowAction.APPEND:
             row = sheet.next_row
             sheet.next_row += 1
-            sheet.rows[write.record_id] = [row]
+            rows = sheet.rows[write.record_id] = [row]
             _set(sheet.ws, row, sheet.columns[self.id_column], write.record_id)
-        elif missing:  # a tombstoned row comes back to life
-            _set(sheet.ws, row, sheet.columns[DELETED_COLUMN], None)
-        for name, value in values.items():
-            _set(sheet.ws, row, sheet.columns[name], value)
-
-    def _delete(self, sheet: _Sheet, record_id: str) -> None:
-        """Tombstone (or mark for removal) every row holding ``record_id``; none is fine."""
-        rows = sheet.rows.pop(record_id, [])
-        if self.delete_mode == "remove":
-            sheet.to_remove.extend(rows)
-            return
-        if not rows:
-            return
-        deleted_col = sheet.columns.get(DELETED_COLUMN) or sheet.add_column(DELETED_COLUMN)
-        id_col = sheet.columns[self.id_column]
-        for row in rows:
-            for col in range(1, sheet.ws.max_column + 1):
-                if col not in (id_col, deleted_col):
-                    _set(sheet.ws, row, col, None)
-            _set(sheet.ws, row, deleted_col, True)
-        sheet.rows[record_id] = rows  # the id stays, so a later CREATE revives the row
+        targets = rows if plan.action is RowAction.TOMBSTONE else [row]
+        for target in targets:
+            for name, value in values.items():
+                if name in sheet.columns:
+                    _set(sheet.ws, target, sheet.columns[name], value)
+            if plan.action is RowAction.TOMBSTONE or plan.tombstone:
+                deleted_col = sheet.columns.get(DELETED_COLUMN) or sheet.add_column(DELETED_COLUMN)
+                _set(sheet.ws, target, deleted_col, True)
+            elif plan.revive:
+                _set(sheet.ws, target, sheet.columns[DELETED_COLUMN], None)
+        return True
 
     def _open_sheet(self, book: Workbook, model: str) -> _Sheet:
         """Index ``model``'s worksheet, creating it (with an id header in A1) if absent."""
@@ -189,7 +191,7 @@ class LocalWorkbookWriter:
             if value is not None and str(value) != "":
                 columns.setdefault(str(value), col)
         if not columns:
-            ws.cell(row=1, column=1).value = self.id_column
+            _set(ws, 1, 1, self.id_column)
             columns[self.id_column] = 1
         if self.id_column not in columns:
             raise _Reject(f"worksheet {model!r} has no {self.id_column!r} column in row 1")
