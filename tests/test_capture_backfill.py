@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,14 @@ from capture_app import (
     table_as_sheet,
 )
 from click.testing import CliRunner
+from items import Feeder
 from sqlalchemy import insert, text
 
 from syncqueue_tasks import capture, queue
 from syncqueue_tasks.capture import registry
 from syncqueue_tasks.cli import main
 from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.models import QueueItem, SyncAction
 from syncqueue_tasks.writers.loading import load_writer
 
 pytestmark = pytest.mark.usefixtures("app")
@@ -73,9 +76,12 @@ def test_backfill_enqueues_every_row_and_the_sheet_equals_the_tables(
 def test_running_it_twice_leaves_the_sheet_as_running_it_once(app: Path) -> None:  # noqa: F811
     _existing_rows(requests=0)
     capture.backfill(get_engine(), "Operator")
+    again = capture.backfill(get_engine(), "Operator")  # before the first was written
+    assert (again.enqueued, again.skipped) == (4, 0)
     assert_sheet_equals_tables(app)
     once = sheet(app, "Operator")
-    capture.backfill(get_engine(), "Operator")
+    again = capture.backfill(get_engine(), "Operator")  # after: the records hold these values
+    assert (again.enqueued, again.skipped) == (0, 4)
     assert len(queued("Operator")) == 8
     assert_sheet_equals_tables(app)
     assert sheet(app, "Operator") == once
@@ -191,34 +197,22 @@ def test_a_table_no_orm_class_tracks_is_backfilled_from_its_name(app: Path) -> N
 
 
 def test_rows_whose_record_state_already_matches_are_skipped(app: Path) -> None:  # noqa: F811
-    """With the per-record state of migration 0004 (created here as records-design.md
-    describes it, unless the migrations already made it), equal rows are not enqueued."""
-    _existing_rows(requests=0, operators=3)
+    """Skipped: a record written live with these values and nothing waiting. Enqueued: a
+    changed row, a record whose state is deleted, a record with a change waiting."""
+    _existing_rows(requests=0, operators=4)
     capture.backfill(get_engine(), "Operator")
-    with get_engine().begin() as conn:
-        created = conn.execute(text("SELECT to_regclass('sync_record') IS NULL")).scalar()
-        if created:
-            conn.execute(
-                text(
-                    "CREATE TABLE sync_record (model varchar(64), record_id varchar(255), "
-                    "pending int NOT NULL DEFAULT 0, fields jsonb, PRIMARY KEY (model, record_id))"
-                )
-            )
-        conn.execute(
-            text(
-                "INSERT INTO sync_record (model, record_id, pending, fields) "
-                "SELECT model, record_id, 0, payload FROM sync_queue WHERE model = 'Operator' "
-                "ON CONFLICT (model, record_id) DO UPDATE SET fields = excluded.fields, pending = 0"
-            )
-        )
+    drain()
+    queue.enqueue("DELETE", "Operator", "op02", {})  # the sheet lost it (by hand)
+    drain()
+    with get_engine().begin() as conn:  # not through a session: no capture
         conn.execute(text("UPDATE capture_operator SET name = 'changed' WHERE code = 'op01'"))
-    try:
-        report = capture.backfill(get_engine(), "Operator")
-    finally:
-        with get_engine().begin() as conn:
-            conn.execute(text("DROP TABLE sync_record" if created else "TRUNCATE sync_record"))
-    assert (report.rows, report.enqueued, report.skipped) == (3, 1, 2)
-    assert [c["record_id"] for c in queued("Operator")[3:]] == ["op01"]
+    queue.enqueue("UPDATE", "Operator", "op03", {"name": "n3"})  # waiting, not drained
+    report = capture.backfill(get_engine(), "Operator")
+    assert (report.rows, report.enqueued, report.skipped) == (4, 3, 1)
+    assert [c["record_id"] for c in queued("Operator")[6:]] == ["op01", "op02", "op03"]
+    assert_sheet_equals_tables(app)
+    again = capture.backfill(get_engine(), "Operator")
+    assert (again.enqueued, again.skipped) == (0, 4)
 
 
 def test_the_cli_backfills_a_tracked_model_or_a_named_table_with_progress_on_stderr(
@@ -282,13 +276,22 @@ def test_backfill_of_100000_rows_killed_midway_and_resumed_puts_every_row_in_the
     assert "(resumed)" in finished.stdout
     assert f"Revenue: {rows:,}/{rows:,} rows (100%)" in finished.stderr
 
-    items = []
-    while batch := queue.dequeue(1000):
-        items += batch
+    with get_engine().connect() as conn:
+        queued_rows = conn.execute(
+            text(
+                "SELECT id, action, model, record_id, sheet_row_index, payload, retries, "
+                "max_retries, created_at FROM sync_queue WHERE model = 'Revenue'"
+            )
+        ).all()
+    items = [
+        QueueItem(**dict(r._mapping, action=SyncAction(r.action)), claim_token=uuid.uuid4())
+        for r in queued_rows
+    ]
     assert {i.record_id for i in items} == {str(i) for i in range(1, rows + 1)}
     assert len(items) - rows <= 1000  # at most the batch in flight at the kill, again
-    outcomes = load_writer(WORKBOOK).write(items)  # one workbook load and save
+    # the queue's claims are tested elsewhere; here the changes go to the writer as one batch
+    # (one workbook load and save), folded per record as process_batch folds them
+    outcomes = Feeder(load_writer(WORKBOOK)).write(items)
     assert {o.kind.value for o in outcomes.values()} == {"done"}
-    queue.mark_complete_many(items)
     source = capture.table_source(get_engine(), "Revenue", "capture_big")
     assert sheet(tmp_path / "book.xlsx", "Revenue") == table_as_sheet(source)

@@ -7,8 +7,9 @@ CREATE never carries a value older than a change capture enqueued before it (its
 after the read). After each batch commits, the last key is stored (``resume``); a run that
 was interrupted (Ctrl-C, a kill) goes on from there. Running it again after it finished
 starts over, which is harmless: a CREATE of an existing record with the same values leaves
-the sheet as it was. Where the queue keeps per-record state (``sync_record``, migration
-0004), rows whose last written fields already equal the current ones are skipped.
+the sheet as it was. Rows whose record the queue knows as written, live and with exactly these
+values (``sync_record``'s state, ``records.RecordState``), with no change waiting or in a
+claim, are skipped: a second run costs a read of the table.
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ from syncqueue_tasks.capture.errors import CaptureError
 from syncqueue_tasks.capture.progress import Progress
 from syncqueue_tasks.capture.registry import Tracked
 from syncqueue_tasks.capture.values import to_json
+from syncqueue_tasks.records import RecordState
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.validation import validate_limit
 
 MAX_BATCH = 1000
 
-_SYNCED = text("""
-    SELECT record_id, fields FROM sync_record
+# the written state of records with no change waiting and none in a claim
+_SETTLED = text("""
+    SELECT record_id, fields, versions, deleted_id, created_id, touched_id FROM sync_record
     WHERE model = :model AND record_id = ANY(:record_ids) AND pending = 0
+      AND claim_token IS NULL
 """)
 
 
@@ -79,10 +83,9 @@ def backfill(
     last, done = (point.last_key, point.done) if point else (None, 0)
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(tracked.table)).scalar_one()
-        state_known = conn.execute(text("SELECT to_regclass('sync_record')")).scalar()
     started = time.monotonic()
     rows = enqueued = 0
-    while batch := _enqueue_batch(engine, tracked, last, batch_size, bool(state_known)):
+    while batch := _enqueue_batch(engine, tracked, last, batch_size):
         read, sent, last = batch
         rows, enqueued, done = rows + read, enqueued + sent, done + read
         resume.save(
@@ -96,7 +99,7 @@ def backfill(
 
 
 def _enqueue_batch(
-    engine: Engine, tracked: Tracked, last: Any, size: int, skip_synced: bool
+    engine: Engine, tracked: Tracked, last: Any, size: int
 ) -> tuple[int, int, Any] | None:
     """Enqueue the rows after key ``last``, in one transaction: (rows read, CREATEs
     enqueued, the last key as JSON), or None when there are no more rows."""
@@ -108,8 +111,7 @@ def _enqueue_batch(
             changes.create(tracked, key, dict(zip(tracked.fields, values, strict=True)))
             for key, *values in batch
         ]
-        if skip_synced:
-            creates = _not_yet_synced(session, tracked, creates)
+        creates = _not_yet_synced(session, tracked, creates)
         changes.enqueue(session, creates)
     return len(batch), len(creates), to_json(tracked.model, tracked.key_field, batch[-1][0])
 
@@ -140,9 +142,21 @@ def _page(tracked: Tracked, last: Any, size: int) -> Any:
 def _not_yet_synced(
     session: Session, tracked: Tracked, creates: Sequence[changes.Change]
 ) -> list[changes.Change]:
-    """Drop the CREATEs whose record was last written with exactly these fields."""
+    """Drop the CREATEs that would change nothing: their record is settled (no change waiting
+    or claimed), live, and every field they carry holds their value already."""
     ids = [c["record_id"] for c in creates]
-    synced: dict[str, Any] = dict(
-        session.execute(_SYNCED, {"model": tracked.model, "record_ids": ids}).all()
-    )
-    return [c for c in creates if synced.get(c["record_id"]) != c["payload"]]
+    settled = {
+        row.record_id: RecordState(
+            row.fields, row.versions, row.deleted_id, row.created_id, row.touched_id
+        )
+        for row in session.execute(_SETTLED, {"model": tracked.model, "record_ids": ids})
+    }
+    return [c for c in creates if not _holds(settled.get(c["record_id"]), c["payload"])]
+
+
+def _holds(state: RecordState | None, payload: dict[str, Any]) -> bool:
+    """Whether ``state`` is a live record whose fields already have ``payload``'s values."""
+    if state is None or not state.live:
+        return False
+    missing = object()
+    return all(state.fields.get(name, missing) == value for name, value in payload.items())

@@ -1,8 +1,9 @@
 """Where an interrupted backfill goes on: a small JSON file per model.
 
-Kept under ``$SYNCQUEUE_DATA_DIR/backfill/<model>.json`` until the package's migrations can
-hold it in a table (the lead's migration 0004 has not landed yet). Written atomically (temp
-file, fsync, rename) after each batch commits, so it never claims a batch that did not: a
+Kept under ``$SYNCQUEUE_DATA_DIR/backfill/<model>.json``: a run's own bookkeeping, on the host
+that runs it, needing no schema of its own (this module is the only one that knows where it
+lives, so a table could replace it). Written atomically (temp file, fsync, rename) after each
+batch commits, so it never claims a batch that did not: a
 kill between the commit and the write only makes the next run enqueue that batch again,
 which is harmless (a CREATE of a record with the same values).
 """
