@@ -195,6 +195,57 @@ def stats(as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("model")
+@click.argument("record_id")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object, for scripts")
+def record(model: str, record_id: str, limit: int, as_json: bool) -> None:
+    """One record: its synced state and its changes still in the queue, oldest first.
+
+    Payload values are not printed (only field names), as in logs: the state's values are
+    shown with --json, which is meant for a terminal you trust or a script.
+    """
+    view = queue.get_record(model, record_id, limit=limit)
+    if view is None:
+        raise click.ClickException(f"the queue never had a change of {model} {record_id!r}")
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "model": model,
+                    "record_id": record_id,
+                    "live": view.state.live,
+                    "fields": view.state.fields,
+                    "versions": view.state.versions,
+                    "deleted_id": view.state.deleted,
+                    "pending": view.pending,
+                    "claimed": view.claimed_at is not None,
+                    "synced_at": view.synced_at,
+                    "changes": [
+                        {k: v for k, v in c.items() if k != "payload"} for c in view.changes
+                    ],
+                },
+                default=str,
+                sort_keys=True,
+            )
+        )
+        return
+    state = "live" if view.state.live else "deleted" if view.state.deleted else "not written"
+    click.echo(
+        f"{model} {record_id}: {state}; fields {', '.join(sorted(view.state.fields)) or '-'}"
+    )
+    click.echo(
+        f"waiting {view.pending}; {'claimed' if view.claimed_at else 'not claimed'}; "
+        f"last written {view.synced_at or 'never'}"
+    )
+    for change in view.changes:
+        click.echo(
+            f"{change['id']}  {change['action']:<6} {change['status']:<10} "
+            f"attempts {change['retries']}  {change['last_error'] or ''}".rstrip()
+        )
+
+
+@main.command()
 @click.option("--model", help="only this model")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="a JSON list, for scripts")
@@ -446,6 +497,7 @@ def _revs(revisions: tuple[str, ...]) -> str:
     return ", ".join(revisions) or "empty"
 
 
+main.add_command(__import__("syncqueue_tasks.dashboard.command", fromlist=["_"]).dashboard)
 main.add_command(__import__("syncqueue_tasks.capture.cli", fromlist=["cli"]).backfill)
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The process's SQLAlchemy engines, safe across ``fork``.
 
-- :func:`get_engine`: the pool every queue operation uses.
-- :func:`get_enqueue_engine`: the pool of ``.delay()``'s direct store. Autocommit (the store is
-  one statement, so one round trip) with short ``lock_timeout`` and ``statement_timeout`` set
-  when a connection opens (``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``): a record held by an open
-  transaction, or a database that answers slowly, makes the store fail fast, and the change
-  goes to the broker instead.
+- :func:`get_engine`: transactions of several statements (migrations, operator tools).
+- :func:`get_autocommit_engine`: the queue's own operations. Each is ONE statement (storing,
+  claiming, recording outcomes...), atomic by itself, so it runs in autocommit: one round
+  trip, not BEGIN, the statement and COMMIT.
+- :func:`get_enqueue_engine`: ``.delay()``'s direct store. Autocommit too, with short
+  ``lock_timeout`` and ``statement_timeout`` set when a connection opens
+  (``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``): a record held by an open transaction, or a database that
+  answers slowly, makes the store fail fast, and the change goes to the broker instead.
 
 Neither pings a connection at checkout (a round trip per operation): a connection that died
 (a PostgreSQL restart) fails its statement, SQLAlchemy drops the pool's older connections,
@@ -35,6 +37,7 @@ def _create(settings: Settings, kind: str) -> Engine:
     if kind == "enqueue":
         ms = settings.enqueue_timeout_ms
         connect_args["options"] = f"-c lock_timeout={ms} -c statement_timeout={ms}"
+    if kind in ("enqueue", "autocommit"):
         options["isolation_level"] = "AUTOCOMMIT"
     return create_engine(
         settings.database_url,
@@ -56,10 +59,9 @@ def _get(kind: str) -> Engine:
                 engine.dispose(close=False)  # the parent's connections are the parent's
             _engines.clear()
             _engines_pid = os.getpid()
-        engine = _engines.get(kind)
-        if engine is None:
-            engine = _engines[kind] = _create(get_settings(), kind)
-        return engine
+        if kind not in _engines:
+            _engines[kind] = _create(get_settings(), kind)
+        return _engines[kind]
 
 
 def get_engine() -> Engine:
@@ -68,6 +70,11 @@ def get_engine() -> Engine:
     A child process (Celery prefork) gets a fresh engine rather than the parent's sockets.
     """
     return _get("main")
+
+
+def get_autocommit_engine() -> Engine:
+    """This process's engine for one-statement operations (see the module docstring)."""
+    return _get("autocommit")
 
 
 def get_enqueue_engine() -> Engine:

@@ -22,11 +22,16 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from syncqueue_tasks import sql
-from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.db import (
+    get_autocommit_engine,
+    get_engine,
+    get_enqueue_engine,
+    is_disconnect,
+)
 from syncqueue_tasks.errors import ValidationError, sanitize_error
 from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.models import QueueItem, QueueStatus, SyncAction
@@ -181,11 +186,16 @@ def store(
     *,
     session: Session | None = None,
     connection: Connection | None = None,
+    fail_fast: bool = False,
 ) -> int:
     """Store validated changes in one statement (``sql.ENQUEUE``); return how many were new.
 
     In ``session``'s or ``connection``'s transaction when given; otherwise in a transaction
-    of its own, committed before this returns.
+    of its own, committed before this returns. ``fail_fast`` (``.delay()``'s direct store,
+    which has the broker to fall back on): one round trip on the enqueue engine, whose
+    ``lock_timeout`` and ``statement_timeout`` make a record held by an open transaction, or a
+    slow database, raise within ``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``; a connection that died is
+    retried once on a fresh one.
     """
     params = {
         "ids": list(ids),
@@ -200,7 +210,16 @@ def store(
         return int(session.execute(sql.ENQUEUE, params).scalar_one())
     if connection is not None:
         return int(connection.execute(sql.ENQUEUE, params).scalar_one())
-    with get_engine().begin() as conn:
+    if fail_fast:
+        try:
+            with get_enqueue_engine().connect() as conn:
+                return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+        except DBAPIError as exc:
+            if not is_disconnect(exc):
+                raise
+        with get_enqueue_engine().connect() as conn:  # the pool dropped the dead connections
+            return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+    with get_autocommit_engine().connect() as conn:
         return int(conn.execute(sql.ENQUEUE, params).scalar_one())
 
 
@@ -221,7 +240,7 @@ def claim_records(max_records: int = 25, *, max_changes: int | None = None) -> R
     max_changes = validate_limit("max_changes", max_changes, 100_000)
     token = uuid.uuid4()
     params = {"max_records": max_records, "max_changes": max_changes, "token": token}
-    with get_engine().begin() as conn:
+    with get_autocommit_engine().connect() as conn:
         rows = conn.execute(sql.CLAIM, params).all()
     records: dict[RecordKey, tuple[RecordState, list[QueueItem]]] = {}
     for r in rows:
@@ -378,7 +397,7 @@ def _changes_of(claims: Sequence[tuple[Claim, QueueItem | Claim]]) -> dict[str, 
         for i in known.values()
     }
     if missing:
-        with get_engine().connect() as conn:
+        with get_autocommit_engine().connect() as conn:
             for r in conn.execute(sql.CLAIMED_CHANGES, {"ids": missing}):
                 if r.claim_token == tokens[r.id]:
                     result[r.id] = _Claimed(
@@ -394,7 +413,7 @@ def _claimed_states(
     if not keys:
         return {}
     models, record_ids, tokens = (list(c) for c in zip(*keys, strict=True))
-    with get_engine().connect() as conn:
+    with get_autocommit_engine().connect() as conn:
         rows = conn.execute(
             sql.CLAIMED_STATES, {"models": models, "record_ids": record_ids, "tokens": tokens}
         ).all()
@@ -456,11 +475,13 @@ def _finish_once(
         "backoff_base": settings.backoff_base_seconds,
         "backoff_max": settings.backoff_max_seconds,
     }
+    if lock is None:
+        with get_autocommit_engine().connect() as conn:
+            return {r.id: QueueStatus(r.status) for r in conn.execute(sql.FINISH, params)}
+    (model, record_id), token = lock
     with get_engine().begin() as conn:
-        if lock is not None:
-            (model, record_id), token = lock
-            conn.execute(sql.SET_LOCK_TIMEOUT, {"ms": f"{int(_RECORD_LOCK_WAIT_SECONDS * 1000)}ms"})
-            conn.execute(sql.LOCK_RECORD, {"model": model, "record_id": record_id, "token": token})
+        conn.execute(sql.SET_LOCK_TIMEOUT, {"ms": f"{int(_RECORD_LOCK_WAIT_SECONDS * 1000)}ms"})
+        conn.execute(sql.LOCK_RECORD, {"model": model, "record_id": record_id, "token": token})
         return {r.id: QueueStatus(r.status) for r in conn.execute(sql.FINISH, params)}
 
 
@@ -470,7 +491,7 @@ def _held(changes: Sequence[Any]) -> list[tuple[RecordKey, uuid.UUID]]:
         return []
     wanted = {(c.model, c.record_id, c.claim_token) for c in changes}
     models, record_ids, tokens = (list(c) for c in zip(*wanted, strict=True))
-    with get_engine().connect() as conn:
+    with get_autocommit_engine().connect() as conn:
         rows = conn.execute(
             sql.RECORDS_HELD, {"models": models, "record_ids": record_ids, "tokens": tokens}
         ).all()
@@ -535,7 +556,7 @@ def reset_stuck(older_than_minutes: float = 10) -> int:
     older_than_minutes = validate_age("older_than_minutes", older_than_minutes)
     reason = f"reset_stuck: claim older than {older_than_minutes:g} minutes, returned to PENDING"
     params = {"seconds": older_than_minutes * 60, "reason": reason}
-    with get_engine().begin() as conn:
+    with get_autocommit_engine().connect() as conn:
         count = int(conn.execute(sql.RESET_STUCK, params).scalar_one())
     if count:
         log.warning("reset_stuck returned %d item(s) to PENDING", count)
@@ -554,7 +575,7 @@ def cleanup_completed(older_than_days: float = 7, *, chunk_size: int | None = No
     chunk = validate_limit("chunk_size", chunk, 1_000_000)
     total = 0
     while True:
-        with get_engine().begin() as conn:
+        with get_autocommit_engine().connect() as conn:
             deleted = conn.execute(
                 sql.DELETE_COMPLETED_CHUNK, {"seconds": older_than_days * 86400, "chunk": chunk}
             ).rowcount
@@ -570,21 +591,21 @@ def retry_failed(item_ids: Iterable[str] | None = None, *, model: str | None = N
     its record has set, so the record still ends at its last change.
     """
     ids = None if item_ids is None else [validate_item_id(i) for i in item_ids]
-    with get_engine().begin() as conn:
+    with get_autocommit_engine().connect() as conn:
         return int(conn.execute(sql.RETRY_FAILED, {"ids": ids, "model": model}).scalar_one())
 
 
 def discard_failed(item_ids: Iterable[str] | None = None, *, model: str | None = None) -> int:
     """Delete FAILED items for good, by ids and/or model (None: all); return how many."""
     ids = None if item_ids is None else [validate_item_id(i) for i in item_ids]
-    with get_engine().begin() as conn:
+    with get_autocommit_engine().connect() as conn:
         return len(conn.execute(sql.DISCARD_FAILED, {"ids": ids, "model": model}).all())
 
 
 def list_failed(*, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """The newest FAILED items with their last error, for operators."""
     limit = validate_limit("limit", limit, 100_000)
-    with get_engine().connect() as conn:
+    with get_autocommit_engine().connect() as conn:
         rows = conn.execute(sql.LIST_FAILED, {"model": model, "limit": limit}).mappings().all()
     return [dict(r) for r in rows]
 
@@ -592,7 +613,7 @@ def list_failed(*, model: str | None = None, limit: int = 100) -> list[dict[str,
 def get_queue_stats() -> dict[str, Any]:
     """Counts per status, age of the oldest waiting record, records in backoff, recent
     failures and completions."""
-    with get_engine().connect() as conn:
+    with get_autocommit_engine().connect() as conn:
         row = conn.execute(sql.STATS).mappings().one()
     stats = dict(row)
     stats["pending"] = int(stats["pending"])
@@ -606,7 +627,7 @@ def get_record(model: str, record_id: str, *, limit: int = 1000) -> RecordView |
     (oldest first, at most ``limit``); None if the queue never had a change of it."""
     limit = validate_limit("limit", limit, 100_000)
     params = {"model": model, "record_id": record_id, "limit": limit}
-    with get_engine().connect() as conn:
+    with get_autocommit_engine().connect() as conn:
         row = conn.execute(sql.RECORD, params).one_or_none()
         if row is None:
             return None

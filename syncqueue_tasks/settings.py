@@ -7,7 +7,7 @@ after changing the environment.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -109,6 +109,10 @@ class Settings:
     sheets_quota_burst: int
     redis_url: str
     redis_prefix: str
+    dashboard_port: int
+    dashboard_password: str = field(repr=False)
+    dashboard_secure_cookies: bool
+    dashboard_refresh_seconds: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -172,6 +176,14 @@ class Settings:
             ),
             # Redis keys (kick debounce, metrics) are namespaced by the Celery queue's name.
             redis_prefix=env("CELERY_QUEUE", "").strip() or "syncqueue",
+            dashboard_port=_int("SYNCQUEUE_DASHBOARD_PORT", 8085, 1, 65535),
+            dashboard_password=env("SYNCQUEUE_DASHBOARD_PASSWORD", ""),
+            # Behind a TLS-terminating proxy: mark the session cookie Secure.
+            dashboard_secure_cookies=_choice(
+                "SYNCQUEUE_DASHBOARD_SECURE_COOKIES", "false", ("true", "false")
+            )
+            == "true",
+            dashboard_refresh_seconds=_int("SYNCQUEUE_DASHBOARD_REFRESH_SECONDS", 5, 1, 3600),
         )
 
 

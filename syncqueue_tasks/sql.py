@@ -33,7 +33,8 @@ ENQUEUE = text("""
 #   the record.
 # - wanted: each record's oldest PENDING changes, read on ix_sync_queue_record (one range per
 #   record, whatever its history), at most :max_changes in all. Which of a record's changes a
-#   claim takes does not matter: they are applied by version.
+#   claim takes does not matter: they are applied by version. (= ANY(ARRAY(...)): by primary
+#   key, whatever the planner guesses of wanted's size; a join let it scan the table.)
 # - claimed: the records get the token, and lose from ``pending`` exactly the changes taken.
 #   (A change committed after this statement's snapshot is not taken, and stays counted.) A
 #   picked record that got no change is not claimed.
@@ -58,8 +59,7 @@ CLAIM = text("""
     taken AS (
         UPDATE sync_queue AS q
         SET status = 'PROCESSING', claim_token = :token, claimed_at = now()
-        FROM wanted AS w
-        WHERE q.id = w.id AND q.status = 'PENDING'
+        WHERE q.id = ANY(ARRAY(SELECT w.id FROM wanted AS w)) AND q.status = 'PENDING'
         RETURNING q.id, q.action, q.model, q.record_id, q.sheet_row_index, q.payload,
                   q.retries, q.max_retries, q.created_at
     ),

@@ -101,6 +101,7 @@ class Stack:
             self.echo(f"migrated the database: {_revs(before)} -> {_revs(after)}")
         self._check()
         self._start_celery()
+        self._start_dashboard()
         self._start_metrics()
         self._state.ready = True
         self._publish()
@@ -269,6 +270,25 @@ class Stack:
         self._state.info["flower_login"] = f"user {FLOWER_USER}, password in {self._env_file()}"
         self._publish()
         return login
+
+    def _start_dashboard(self) -> None:
+        """The queue dashboard, a child like Flower, behind a login (password printed once)."""
+        from syncqueue_tasks.dashboard.auth import generate_password
+
+        port, password = get_settings().dashboard_port, get_settings().dashboard_password
+        if port_open(port):
+            raise StackError(f"port {port} is in use: set SYNCQUEUE_DASHBOARD_PORT")
+        generated = "" if password else generate_password()
+        # The password reaches it through the environment (not argv, so not visible in ps).
+        env = {**os.environ, "SYNCQUEUE_DASHBOARD_PASSWORD": password or generated}
+        args = [sys.executable, "-m", "syncqueue_tasks.cli", "dashboard", f"--port={port}"]
+        child = Child("dashboard", args, env, self.data / "logs" / "dashboard.log")
+        self.adopt(child)
+        child.wait_until(lambda: port_open(port), START_TIMEOUT, self.stop_requested.is_set)
+        self._check()
+        self._state.info["dashboard"] = url = f"http://127.0.0.1:{port}/"
+        shown = generated or "the one in SYNCQUEUE_DASHBOARD_PASSWORD"
+        self.echo(f"dashboard  {url}  (queue dashboard; password: {shown})")
 
     def _start_metrics(self) -> None:
         port = self.options.metrics_port

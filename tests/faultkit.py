@@ -331,13 +331,11 @@ class Accounting:
     accepted: int = 0
     written_lines: int = 0
     written_ids: int = 0
-    duplicates: int = 0  # lines beyond the first per id: at-least-once rewrites
-    repeats_in_one_write: int = 0  # one id twice in the same write call (sequential, not in flight)
+    duplicates: int = 0  # writes of a change beyond its first: at-least-once rewrites
     lost: list[str] = field(default_factory=list)  # accepted, never written
     unknown: list[str] = field(default_factory=list)  # written, never accepted
-    overlaps: list[str] = field(default_factory=list)  # one id in two writes at the same time
-    stale_final: list[str] = field(default_factory=list)  # record's last write is not its last
-    order: list[str] = field(default_factory=list)  # last writes out of enqueue order
+    overlaps: list[str] = field(default_factory=list)  # one record in two writes at once
+    stale_final: list[str] = field(default_factory=list)  # record's final state is not its last
     statuses: dict[str, int] = field(default_factory=dict)
     rows_missing: int = 0  # accepted ids with no row in sync_queue
     rows_unknown: int = 0  # rows whose id was never accepted
@@ -351,9 +349,8 @@ class Accounting:
         checks: list[tuple[str, list[str]]] = [
             ("lost (accepted, never written)", self.lost),
             ("unknown (written, never accepted)", self.unknown),
-            ("written twice at the same time", self.overlaps),
-            ("record's last write is not its last-enqueued change", self.stale_final),
-            ("last writes out of enqueue order", self.order),
+            ("records in two writes at the same time", self.overlaps),
+            ("records whose final write is not their last change", self.stale_final),
         ]
         for what, items in checks:
             if items:
@@ -380,11 +377,9 @@ class Accounting:
             "written_ids": self.written_ids,
             "written_lines": self.written_lines,
             "duplicates": self.duplicates,
-            "repeats_in_one_write": self.repeats_in_one_write,
             "lost": len(self.lost),
             "overlapping": len(self.overlaps),
             "stale_final": len(self.stale_final),
-            "order_violations": len(self.order),
             "statuses": self.statuses,
             "latency_max": round(max(self.latencies, default=0.0), 3),
             "latency_p99": round(_p(self.latencies, 0.99), 3),
@@ -406,48 +401,31 @@ def _db_rows(ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         return {r["id"]: dict(r) for r in rows}
 
 
-def _origins() -> dict[str, str]:
-    """Copy id -> the change it replays, where the schema has ``origin_id`` (else empty)."""
-    with get_engine().connect() as conn:
-        has_column = conn.execute(
-            text(
-                "SELECT count(*) FROM information_schema.columns "
-                "WHERE table_name = 'sync_queue' AND column_name = 'origin_id'"
-            )
-        ).scalar_one()
-        if not has_column:
-            return {}
-        rows = conn.execute(
-            text("SELECT id, origin_id FROM sync_queue WHERE origin_id IS DISTINCT FROM id")
-        ).all()
-    return dict(rows)
-
-
 def account(accepted: list[dict[str, Any]], written_path: Path, *, db: bool = True) -> Accounting:
-    """Check the destination (the recording writer's file) against the accepted changes.
+    """Check the destination (the recording writer's file, one line per record write) against
+    the accepted changes.
 
-    - every accepted change was written at least once; nothing else was written;
-    - no two writes of one id overlap in time ([started, finished] of different calls);
-    - per record, the last line in file order is the record's last-enqueued change, and the
-      changes' last writes follow enqueue order (``seq``): a late change may be written after
-      later ones only if they are written again after it;
+    - every accepted change was written at least once (in some write's ``changes``); nothing
+      else was written;
+    - no two writes of one record overlap in time ([started, finished] of different calls);
+    - per record, the state of its last write (file order: writes of one record never
+      overlap, so that is the order they were applied in) is that of its last-enqueued change
+      (the producer's changes each set ``seq``; in id order the last one wins);
     - with ``db``: every accepted id has a row, no other row exists, all are COMPLETED.
     """
     acc = Accounting(accepted=len(accepted))
     by_id = {a["id"]: a for a in accepted}
     assert len(by_id) == len(accepted), "the producer returned one id twice"
     lines = read_jsonl(written_path)
-    origins = _origins() if db else {}
-    for line in lines:  # a replayed copy of a change counts as a write of that change
-        line["id"] = origins.get(line["id"]) or line.get("origin_id") or line["id"]
     acc.written_lines = len(lines)
-    writes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    per_record: dict[tuple[str, str], list[str]] = defaultdict(list)
+    writes: dict[str, list[dict[str, Any]]] = defaultdict(list)  # change id -> its writes
+    per_record: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for line in lines:
-        writes[line["id"]].append(line)
-        per_record[(line["model"], line["record_id"])].append(line["id"])
+        per_record[(line["model"], line["record_id"])].append(line)
+        for change_id in line["changes"]:
+            writes[change_id].append(line)
     acc.written_ids = len(writes)
-    acc.duplicates = acc.written_lines - acc.written_ids
+    acc.duplicates = sum(len(w) for w in writes.values()) - len(writes)
     acc.lost = [i for i in by_id if i not in writes]
     acc.unknown = [i for i in writes if i not in by_id]
     db_rows = _db_rows(acc.lost) if db and acc.lost else {}
@@ -460,51 +438,29 @@ def account(accepted: list[dict[str, Any]], written_path: Path, *, db: bool = Tr
         )
         for i in acc.lost
     ]
-
     for item_id, ws in writes.items():
-        ws.sort(key=lambda w: w["started"])
-        for a, b in itertools.pairwise(ws):
-            if (a["pid"], a["started"]) == (b["pid"], b["started"]):
-                acc.repeats_in_one_write += 1  # one call wrote it twice, one after the other
-            elif b["started"] < a["finished"]:
-                acc.overlaps.append(
-                    f"{item_id}: pid {a['pid']} [{a['started']:.3f}, {a['finished']:.3f}] and "
-                    f"pid {b['pid']} [{b['started']:.3f}, {b['finished']:.3f}]"
-                )
         if item_id in by_id:
             acc.latencies.append(min(w["finished"] for w in ws) - by_id[item_id]["t"])
 
-    expected: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for a in accepted:
-        expected[(a["model"], a["record_id"])].append(a)
-    late_ids: list[str] = []
-    for record, changes in expected.items():
-        changes.sort(key=lambda a: a["seq"])
-        seen = per_record.get(record, [])
-        if not seen:
-            continue  # reported as lost
-        last = by_id.get(seen[-1])
-        if last is None or last["seq"] != changes[-1]["seq"]:
+    expected: dict[tuple[str, str], dict[str, Any]] = {}
+    for a in sorted(accepted, key=lambda a: a["id"]):  # applied in id order, the last wins
+        expected[(a["model"], a["record_id"])] = a
+    for record, record_writes in per_record.items():
+        spans = sorted(record_writes, key=lambda w: w["started"])
+        for a, b in itertools.pairwise(spans):
+            if (a["pid"], a["started"]) != (b["pid"], b["started"]) and b["started"] < a[
+                "finished"
+            ]:
+                acc.overlaps.append(
+                    f"{record[1]}: pid {a['pid']} [{a['started']:.3f}, {a['finished']:.3f}] and "
+                    f"pid {b['pid']} [{b['started']:.3f}, {b['finished']:.3f}]"
+                )
+        last = expected.get(record)
+        final = record_writes[-1]["state"] or {}
+        if last is not None and final.get("seq") != last["seq"]:
             acc.stale_final.append(
-                f"{record[1]}: last write is #{last['seq'] if last else '?'}, "
-                f"last enqueued #{changes[-1]['seq']}"
+                f"{record[1]}: final state has seq {final.get('seq')!r}, last change #{last['seq']}"
             )
-        # Each change's LAST write, in file order, must follow enqueue order: a change stored
-        # late (its first write after later ones) is fine when the later ones were written
-        # again after it, which is what makes the final state the enqueue-order state.
-        last_index = {i: n for n, i in enumerate(seen) if i in by_id}
-        lasts = [by_id[i]["seq"] for i in sorted(last_index, key=last_index.__getitem__)]
-        if lasts != sorted(lasts):
-            bad = next(k for k in range(1, len(lasts)) if lasts[k] < lasts[k - 1])
-            late = next(c for c in changes if c["seq"] == lasts[bad])
-            late_ids.append(late["id"])
-            acc.order.append(f"{record[1]}: last writes #{lasts} (#{lasts[bad]} not re-followed)")
-    if db and late_ids:  # why late: when was the late change stored, relative to its call?
-        rows = _db_rows(late_ids)
-        for n, late_id in enumerate(late_ids[:5]):
-            if late_id in rows:
-                delay = rows[late_id]["created"] - by_id[late_id]["t"]
-                acc.order[n] += f"; stored {delay:.2f}s after its .delay() returned"
 
     if db:
         acc.statuses = statuses()
@@ -514,8 +470,6 @@ def account(accepted: list[dict[str, Any]], written_path: Path, *, db: bool = Tr
                     text("SELECT id, extract(epoch FROM created_at)::float8 FROM sync_queue")
                 ).all()
             )
-        for copy in origins:  # replayed copies are not changes of their own
-            created.pop(copy, None)
         stored = set(created)
         acc.store_delays = [created[i] - by_id[i]["t"] for i in by_id if i in created]
         acc.rows_missing = len(by_id.keys() - stored)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from syncqueue_tasks.models import QueueItem, SyncAction

@@ -21,6 +21,7 @@ from syncqueue_tasks import queue
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import MAX_ERROR_LENGTH, sanitize_error
 from syncqueue_tasks.models import QueueItem, QueueStatus
+from syncqueue_tasks.records import RecordWrite
 
 DB_PASSWORD = "s3cr3t-Pa55w0rd"
 REDIS_PASSWORD = "r3d1s-Pa55w0rd"
@@ -304,7 +305,7 @@ def test_mark_failed_many_masks_string_and_exception_errors() -> None:
 class _LeakyWriter:
     """A writer whose failure message carries credentials, as a client library's might."""
 
-    def write(self, items: Sequence[QueueItem]) -> dict[str, object]:
+    def write_records(self, writes: Sequence[RecordWrite]) -> dict[object, object]:
         raise ConnectionError(
             f"POST https://sheets.googleapis.com/v4/x?access_token={OAUTH_TOKEN} via "
             f"redis://:{REDIS_PASSWORD}@cache:6379/0 failed\nTraceback-looking detail"
@@ -326,7 +327,7 @@ def test_logged_errors_contain_no_secret(
     assert status is QueueStatus.PENDING
     assert len(queue.dequeue()) == 1
     with get_engine().begin() as conn:
-        conn.execute(text("UPDATE sync_queue SET claimed_at = now() - interval '1 hour'"))
+        conn.execute(text("UPDATE sync_record SET claimed_at = now() - interval '1 hour'"))
     assert queue.reset_stuck(older_than_minutes=10) == 1
 
     # batch.process: the writer raises; the batch's failure is logged and stored.

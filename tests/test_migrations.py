@@ -7,6 +7,7 @@ database that conftest migrated for the other tests.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,22 +29,13 @@ from syncqueue_tasks.models import Base
 
 # Partial index -> (key columns, predicate) as PostgreSQL prints them in pg_indexes.indexdef.
 PARTIAL_INDEXES = {
-    "ix_sync_queue_pending": ('("position")', "WHERE (status = 'PENDING'::queue_status)"),
-    "ix_sync_queue_record_pending": (
-        '(model, record_id, "position")',
-        "WHERE (status = 'PENDING'::queue_status)",
-    ),
-    "ix_sync_queue_processing": (
-        "(model, record_id)",
-        "WHERE (status = 'PROCESSING'::queue_status)",
-    ),
     "ix_sync_queue_completed": ("(processed_at)", "WHERE (status = 'COMPLETED'::queue_status)"),
     "ix_sync_queue_failed": ("(model, id)", "WHERE (status = 'FAILED'::queue_status)"),
-    "ix_sync_queue_backoff": (
-        "(available_at)",
-        "WHERE ((status = 'PENDING'::queue_status) AND (available_at > created_at))",
-    ),
+    "ix_sync_record_pending": ("(available_at, waiting_id)", "WHERE (pending > 0)"),
+    "ix_sync_record_claimed": ("(claimed_at)", "WHERE (claim_token IS NOT NULL)"),
 }
+# The functions every path that stores changes shares (migration 0004).
+FUNCTIONS = ["syncqueue_enqueue", "syncqueue_mark_waiting", "syncqueue_new_id"]
 ENUMS = {
     "sync_action": ["CREATE", "UPDATE", "DELETE"],
     "queue_status": ["PENDING", "PROCESSING", "COMPLETED", "FAILED"],
@@ -90,6 +82,14 @@ def _schema(engine: Engine) -> dict[str, Any]:
             "table": conn.execute(
                 text("SELECT to_regclass('public.sync_queue') IS NOT NULL")
             ).scalar_one(),
+            "records": conn.execute(
+                text("SELECT to_regclass('public.sync_record') IS NOT NULL")
+            ).scalar_one(),
+            "functions": list(
+                conn.execute(
+                    text("SELECT proname FROM pg_proc WHERE proname LIKE 'syncqueue%' ORDER BY 1")
+                ).scalars()
+            ),
             "enums": {
                 name: labels
                 for name, labels in conn.execute(
@@ -103,7 +103,8 @@ def _schema(engine: Engine) -> dict[str, Any]:
             "indexes": dict(
                 conn.execute(
                     text(
-                        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'sync_queue'"
+                        "SELECT indexname, indexdef FROM pg_indexes"
+                        " WHERE tablename IN ('sync_queue', 'sync_record')"
                     )
                 ).all()
             ),
@@ -114,8 +115,9 @@ def _schema(engine: Engine) -> dict[str, Any]:
                         """SELECT column_name, data_type, udt_name, character_maximum_length,
                                   collation_name, is_nullable, column_default
                            FROM information_schema.columns
-                           WHERE table_schema = 'public' AND table_name = 'sync_queue'
-                           ORDER BY ordinal_position"""
+                           WHERE table_schema = 'public'
+                             AND table_name IN ('sync_queue', 'sync_record')
+                           ORDER BY table_name, ordinal_position"""
                     )
                 )
             ],
@@ -133,7 +135,7 @@ def _index_columns(conn: Connection) -> dict[str, tuple[list[str], bool]]:
                JOIN pg_class i ON i.oid = x.indexrelid
                CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-               WHERE x.indrelid = 'sync_queue'::regclass
+               WHERE x.indrelid IN ('sync_queue'::regclass, 'sync_record'::regclass)
                GROUP BY i.relname, x.indpred"""
         )
     )
@@ -145,11 +147,13 @@ def test_upgrade_builds_everything_downgrade_removes_it_and_upgrade_works_again(
     with _throwaway_database() as (url, engine):
         _alembic(url, "upgrade", "head")
         built = _schema(engine)
-        assert built["table"] is True
+        assert built["table"] is True and built["records"] is True
         assert built["enums"] == ENUMS
-        # One full index besides the key: late arrivals look up a record's later changes.
+        assert built["functions"] == FUNCTIONS
+        # One full index besides the keys: a record's changes by status and id.
         assert set(built["indexes"]) == {
             "sync_queue_pkey",
+            "sync_record_pkey",
             "ix_sync_queue_record",
             *PARTIAL_INDEXES,
         }
@@ -163,15 +167,19 @@ def test_upgrade_builds_everything_downgrade_removes_it_and_upgrade_works_again(
                 text("SELECT reloptions FROM pg_class WHERE oid = 'sync_queue'::regclass")
             ).scalar_one()
         assert indexes.pop("sync_queue_pkey") == (["id"], False)
-        assert indexes.pop("ix_sync_queue_record") == (["model", "record_id", "origin_id"], False)
+        assert indexes.pop("sync_record_pkey") == (["model", "record_id"], False)
+        assert indexes.pop("ix_sync_queue_record") == (
+            ["model", "record_id", "status", "id"],
+            False,
+        )
         assert all(partial for _, partial in indexes.values())
         assert not any(columns == ["status"] for columns, _ in indexes.values())
         assert "autovacuum_analyze_scale_factor=0.02" in reloptions
 
         _alembic(url, "downgrade", "base")
         gone = _schema(engine)
-        assert gone["table"] is False
-        assert gone["enums"] == {}
+        assert gone["table"] is False and gone["records"] is False
+        assert gone["enums"] == {} and gone["functions"] == []
         assert gone["indexes"] == {} and gone["columns"] == []
         with engine.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
@@ -192,6 +200,7 @@ def test_autogenerate_finds_no_difference_between_migration_and_model() -> None:
 
             # Not vacuous: a model that differs from the migration is reported.
             changed = MetaData()
+            Base.metadata.tables["sync_record"].to_metadata(changed)
             table = Base.metadata.tables["sync_queue"].to_metadata(changed)
             table.append_column(Column("extra", Integer))
             table.indexes.discard(
@@ -216,7 +225,9 @@ def test_migration_builds_the_same_schema_as_the_model() -> None:
         assert ("id", "character varying", "varchar", 26, "C", "NO", None) in from_model["columns"]
 
 
-def test_the_claim_uses_the_partial_pending_index_on_a_big_history() -> None:
+def test_the_claim_reads_the_records_index_not_the_history() -> None:
+    """200,000 COMPLETED changes over 5,000 records, 5 waiting: the claim finds the waiting
+    records on ix_sync_record_pending and their changes on ix_sync_queue_record, no scan."""
     with _throwaway_database() as (_, engine):
         _upgrade_in_process(engine)
         with engine.connect() as conn:
@@ -225,10 +236,8 @@ def test_the_claim_uses_the_partial_pending_index_on_a_big_history() -> None:
                 conn.execute(
                     text(
                         """INSERT INTO sync_queue
-                               (id, origin_id, position, action, model, record_id, payload,
-                                status, processed_at)
-                           SELECT lpad(g::text, 26, '0'), lpad(g::text, 26, '0'),
-                                  lpad(g::text, 26, '0'), 'UPDATE', 'Request',
+                               (id, action, model, record_id, payload, status, processed_at)
+                           SELECT lpad(g::text, 26, '0'), 'UPDATE', 'Request',
                                   (g % 5000)::text, '{}'::jsonb,
                                   CASE WHEN g > 200000 THEN 'PENDING' ELSE 'COMPLETED' END
                                       ::queue_status,
@@ -236,30 +245,73 @@ def test_the_claim_uses_the_partial_pending_index_on_a_big_history() -> None:
                            FROM generate_series(1, 200005) AS g"""
                     )
                 )
-                conn.execute(text("ANALYZE sync_queue"))
-                params = {"batch_size": 25, "token": uuid.uuid4()}
+                conn.execute(
+                    text(
+                        """INSERT INTO sync_record (model, record_id, pending, waiting_id)
+                           SELECT 'Request', (g % 5000)::text,
+                                  CASE WHEN g <= 5 THEN 1 ELSE 0 END, NULL
+                           FROM generate_series(1, 5000) AS g"""
+                    )
+                )
+                conn.execute(text("ANALYZE sync_queue; ANALYZE sync_record"))
+                params = {"max_records": 25, "max_changes": 1000, "token": uuid.uuid4()}
                 plan = "\n".join(conn.execute(text(f"EXPLAIN {sql.CLAIM.text}"), params).scalars())
                 claimed = conn.execute(sql.CLAIM, params).all()
             finally:
                 transaction.rollback()
     assert "Seq Scan on sync_queue" not in plan, plan
-    assert "ix_sync_queue_pending" in plan, plan
+    assert "ix_sync_record_pending" in plan and "ix_sync_queue_record" in plan, plan
     assert sorted(r.id for r in claimed) == [f"{g:026d}" for g in range(200001, 200006)]
 
 
-def test_upgrade_from_0001_keeps_the_rows_and_allows_nested_positions() -> None:
+def test_upgrade_to_records_converts_the_queue_of_0003() -> None:
+    """0003 -> 0004: claims in flight go back to PENDING, replayed copies go, each record's
+    waiting count and synced state (from its COMPLETED changes, by the change they applied)."""
+    rows = [  # id, origin_id, action, record, payload, status
+        ("A1", "A1", "CREATE", "a", {"name": "Ann", "n": 1}, "COMPLETED"),
+        ("A2", "A2", "UPDATE", "a", {"n": 2}, "COMPLETED"),
+        ("A3", "A3", "UPDATE", "a", {"n": 3}, "PENDING"),
+        ("A4", "A2", "UPDATE", "a", {"n": 2}, "PENDING"),  # a replayed copy of A2
+        ("B1", "B1", "CREATE", "b", {"x": 1}, "COMPLETED"),
+        ("B2", "B2", "DELETE", "b", {}, "COMPLETED"),
+        ("B3", "B3", "UPDATE", "b", {"y": 2}, "PROCESSING"),
+        ("C1", "C1", "UPDATE", "c", {"z": 1}, "FAILED"),
+    ]
     with _throwaway_database() as (url, engine):
-        _alembic(url, "upgrade", "0001")
+        _alembic(url, "upgrade", "0003")
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO sync_queue (id, origin_id, position, action, model, record_id, "
-                    "payload) VALUES (:i, :i, :i, 'UPDATE', 'Request', 'a', '{}')"
-                ),
-                {"i": "0" * 26},
-            )
+            for rid, origin, action, record, payload, status in rows:
+                conn.execute(
+                    text(
+                        """INSERT INTO sync_queue (id, origin_id, position, action, model,
+                               record_id, payload, status, claim_token, claimed_at)
+                           VALUES (:i, :o, :i, CAST(:a AS sync_action), 'Request', :r,
+                                   CAST(:p AS jsonb), CAST(:s AS queue_status),
+                                   CASE WHEN :s = 'PROCESSING' THEN gen_random_uuid() END,
+                                   CASE WHEN :s = 'PROCESSING' THEN now() END)"""
+                    ),
+                    {
+                        "i": f"{rid:0>26}",
+                        "o": f"{origin:0>26}",
+                        "a": action,
+                        "r": record,
+                        "p": json.dumps(payload),
+                        "s": status,
+                    },
+                )
         _alembic(url, "upgrade", "head")
-        nested = "0" * 26 + ".000001" * 20  # 166 characters: a replay of a replay of ...
-        with engine.begin() as conn:
-            conn.execute(text("UPDATE sync_queue SET position = :p"), {"p": nested})
-            assert conn.execute(text("SELECT position FROM sync_queue")).scalar_one() == nested
+        with engine.connect() as conn:
+            records = {
+                r.record_id: r
+                for r in conn.execute(
+                    text("SELECT * FROM sync_record ORDER BY record_id")
+                ).mappings()
+            }
+            statuses = dict(conn.execute(text("SELECT id, status::text FROM sync_queue")).all())
+    assert set(statuses) == {f"{i:0>26}" for i in ("A1", "A2", "A3", "B1", "B2", "B3", "C1")}
+    assert statuses[f"{'B3':0>26}"] == "PENDING"  # the claim in flight was given back
+    a, b, c = records["a"], records["b"], records["c"]
+    assert (a["fields"], a["pending"], a["claim_token"]) == ({"name": "Ann", "n": 2}, 1, None)
+    assert a["versions"] == {"name": f"{'A1':0>26}", "n": f"{'A2':0>26}"}
+    assert (b["fields"], b["deleted_id"], b["pending"]) == ({}, f"{'B2':0>26}", 1)
+    assert (c["fields"], c["pending"], c["touched_id"]) == ({}, 0, None)

@@ -10,7 +10,7 @@ from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from syncqueue_tasks import queue
-from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.db import get_autocommit_engine, get_engine
 from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.models import QueueStatus, SyncAction, SyncQueue
 from syncqueue_tasks.outcomes import Outcome
@@ -217,11 +217,12 @@ def test_cleanup_completed_deletes_exactly_old_completed_rows_in_chunks() -> Non
         if statement.lstrip().startswith("DELETE"):
             deletes.append(cursor.rowcount)
 
-    event.listen(get_engine(), "after_cursor_execute", count_deletes)
+    engine = get_autocommit_engine()  # the queue's one-statement operations
+    event.listen(engine, "after_cursor_execute", count_deletes)
     try:
         assert queue.cleanup_completed(older_than_days=7, chunk_size=10) == 35
     finally:
-        event.remove(get_engine(), "after_cursor_execute", count_deletes)
+        event.remove(engine, "after_cursor_execute", count_deletes)
     assert deletes == [10, 10, 10, 5]
     assert count_rows("id = ANY(:old)", old=ids[:35]) == 0
     assert count_rows() == 25

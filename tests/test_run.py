@@ -30,6 +30,7 @@ from processes import child_env
 
 from syncqueue_tasks import runstate
 from syncqueue_tasks.embedded import PG_SYSTEM_USER, free_port
+from syncqueue_tasks.schema import head_revisions
 from syncqueue_tasks.stack import Stack, StackError, StackOptions
 from syncqueue_tasks.supervise import Child, RestartPolicy
 
@@ -155,8 +156,9 @@ def _stop_and_check(run: Run, data: Path, pids: dict[str, int]) -> None:
 
 def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    flower, metrics = free_port(), free_port()
+    flower, metrics, dashboard = free_port(), free_port(), str(free_port())
     env = _env(data, SYNCQUEUE_FLOWER_PORT=str(flower), SYNCQUEUE_METRICS_PORT=str(metrics))
+    env["SYNCQUEUE_DASHBOARD_PORT"] = dashboard
     seen: dict[str, int] = {}
     runs: list[Run] = []
     try:
@@ -168,13 +170,14 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert state is not None and state.pid == run.proc.pid and state.ready
         pids = state.processes
         seen.update(pids)
-        assert set(pids) == {"postgres", "redis", "worker", "beat", "flower"}
+        assert set(pids) == {"postgres", "redis", "worker", "beat", "flower", "dashboard"}
         assert all(runstate.pid_alive(p) for p in pids.values())
         output = run.output()
         steps = [
             "starting PostgreSQL (embedded, data in ", "first run: creating the cluster)",
             "starting Redis (embedded, password-protected", "migrating the database...",
-            "migrated the database: empty -> 0003", "starting the Celery worker, beat and Flower",
+            f"migrated the database: empty -> {head_revisions()[0]}",
+            "starting the Celery worker, beat and Flower",
             "syncqueue is running",
         ]  # fmt: skip
         at = [output.find(step) for step in steps]
@@ -248,7 +251,12 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         # Second run: same data, nothing to migrate, the completed changes are still there;
         # the broker kept its data (append-only file); Flower takes the login it is given.
         given = "ops:given-secret"
-        env2 = _env(data, SYNCQUEUE_FLOWER_PORT=str(flower), FLOWER_BASIC_AUTH=given)
+        env2 = _env(
+            data,
+            SYNCQUEUE_FLOWER_PORT=str(flower),
+            FLOWER_BASIC_AUTH=given,
+            SYNCQUEUE_DASHBOARD_PORT=dashboard,
+        )
         run = Run(tmp_path, env2, tmp_path / "run2.log")
         runs.append(run)
         run.wait_ready()

@@ -164,7 +164,7 @@ class LocalWorkbookWriter:
             sheet.next_row += 1
             rows = sheet.rows[write.record_id] = [row]
             _set(sheet.ws, row, sheet.columns[self.id_column], write.record_id)
-        targets = rows if plan.action is RowAction.TOMBSTONE else [row]
+        targets = rows if plan.action is RowAction.TOMBSTONE or row is None else [row]
         for target in targets:
             for name, value in values.items():
                 if name in sheet.columns:
