@@ -232,7 +232,7 @@ def test_the_cli_backfills_a_tracked_model_or_a_named_table_with_progress_on_std
     assert [c["payload"] for c in queued("Revenue")] == [{"title": f"r{i}"} for i in range(5)]
     result = CliRunner().invoke(main, ["backfill", "--model", "Revenue"])
     assert result.exit_code == 1
-    assert "not tracked in this process: name the module" in result.stderr
+    assert "neither tracked in this process nor captured by triggers" in result.stderr
     assert registry.find("Revenue") is None
 
 

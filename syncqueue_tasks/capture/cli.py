@@ -1,7 +1,8 @@
-"""``syncqueue backfill``: enqueue the current state of every row of a tracked table.
+"""``syncqueue backfill`` and ``syncqueue capture add|list|remove|upgrade``.
 
-Added to the ``syncqueue`` group by ``syncqueue_tasks.cli`` (which turns ``CaptureError`` and
-database errors into one ``Error:`` line); imports nothing from it.
+``register(group)`` adds them to the ``syncqueue`` group (``syncqueue_tasks.cli`` calls it, and
+turns ``CaptureError``, ``ValidationError`` and database errors into one ``Error:`` line);
+this module imports nothing from it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import importlib
 
 import click
 
-from syncqueue_tasks.capture import registry
+from syncqueue_tasks.capture import registry, trigger_sql, triggers
 from syncqueue_tasks.capture.backfill import MAX_BATCH
 from syncqueue_tasks.capture.backfill import backfill as run_backfill
 from syncqueue_tasks.capture.errors import CaptureError
@@ -53,7 +54,7 @@ def backfill(
     $SYNCQUEUE_DATA_DIR/backfill/MODEL.json); running it again after it finished is
     harmless. Progress goes to stderr.
     """
-    source = _source(model, modules, table, key, columns)
+    source = _source(model, modules, table, key, _names(columns))
     printer = ProgressPrinter()
     try:
         report = run_backfill(
@@ -80,7 +81,7 @@ def _source(
     modules: tuple[str, ...],
     table: str | None,
     key: str | None,
-    columns: str | None,
+    columns: list[str] | None,
 ) -> Tracked:
     for module in modules:
         try:
@@ -88,13 +89,81 @@ def _source(
         except ImportError as exc:
             raise CaptureError(f"cannot import {module!r}: {exc}") from None
     if table is not None:
-        names = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
-        return table_source(get_engine(), model, table, key=key, columns=names)
+        return table_source(get_engine(), model, table, key=key, columns=columns)
     if key is not None or columns is not None:
         raise click.UsageError("--key and --columns go with --table")
-    if registry.find(model) is None:
+    found = registry.find(model) or triggers.tracked(get_engine(), model)
+    if found is None:
         raise CaptureError(
-            f"model {model!r} is not tracked in this process: name the module that calls "
-            "capture.track with --app, or the table with --table"
+            f"model {model!r} is neither tracked in this process nor captured by triggers: "
+            "name the module that calls capture.track with --app, or the table with --table"
         )
-    return registry.get(model)
+    return found
+
+
+def _names(columns: str | None) -> list[str] | None:
+    """``--columns a,b,c`` as a list (None when not given)."""
+    return None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+
+
+@click.group()
+def capture() -> None:
+    """Database triggers that put a table's changes into the queue (any writer: raw SQL,
+    bulk statements, COPY, other services), in the writer's transaction."""
+
+
+@capture.command("add")
+@click.option("--table", required=True, help="the table, schema.name (default schema: public)")
+@click.option("--model", required=True, help="the model its rows are, e.g. Request")
+@click.option("--key", help="the column whose value is the record id (default: primary key)")
+@click.option("--columns", help="the columns to send, comma-separated (default: all but the key)")
+def capture_add(table: str, model: str, key: str | None, columns: str | None) -> None:
+    """Install the triggers of TABLE, or upgrade them (run it again after upgrading the
+    package, or use `capture upgrade`)."""
+    before = {i.name: i for i in triggers.installed(get_engine())}
+    spec = triggers.install(get_engine(), table, model, key=key, columns=_names(columns))
+    name = f"{spec.schema}.{spec.table}"
+    old = before.get(name)
+    done = "installed" if old is None else f"reinstalled (was v{old.version})"
+    click.echo(
+        f"Capturing {name} as {spec.model} (key {spec.key}; {', '.join(spec.columns)}): "
+        f"triggers v{trigger_sql.VERSION} {done}."
+    )
+
+
+@capture.command("list")
+def capture_list() -> None:
+    """Show the captured tables: installed version, current version, and what differs."""
+    found = triggers.installed(get_engine())
+    if not found:
+        click.echo("No table is captured by triggers.")
+        return
+    for item in found:
+        state = "current" if item.current else "OUTDATED: " + "; ".join(item.problems)
+        click.echo(
+            f"{item.name}  {item.model}  key {item.key}  columns {','.join(item.columns)}  "
+            f"installed v{item.version}, package v{trigger_sql.VERSION}  {state}"
+        )
+
+
+@capture.command("remove")
+@click.option("--table", required=True, help="the table, schema.name")
+def capture_remove(table: str) -> None:
+    """Remove the triggers of TABLE (its changes are no longer captured)."""
+    removed = triggers.remove(get_engine(), table)
+    click.echo(f"Removed the capture of {removed.name} ({removed.model}).")
+
+
+@capture.command("upgrade")
+def capture_upgrade() -> None:
+    """Reinstall every captured table whose triggers are not what this package generates."""
+    upgraded = triggers.upgrade(get_engine())
+    for item in upgraded:
+        click.echo(f"Upgraded {item.name} ({item.model}) from v{item.version}.")
+    click.echo(f"{len(upgraded)} upgraded; every captured table is current.")
+
+
+def register(group: click.Group) -> None:
+    """Add ``backfill`` and ``capture`` to the ``syncqueue`` command group."""
+    group.add_command(backfill)
+    group.add_command(capture)

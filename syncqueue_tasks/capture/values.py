@@ -1,36 +1,52 @@
 """Column values as JSON payload values: the one conversion table of change capture.
 
-| Python value (column type)                 | JSON value                                      |
-|--------------------------------------------|-------------------------------------------------|
-| ``None``                                   | ``null``                                        |
-| ``bool``                                   | ``true`` / ``false``                            |
-| ``int`` within +-(2**53 - 1)               | number                                          |
-| ``int`` beyond that (``BIGINT`` ids, ...)   | string of its digits (a sheet keeps numbers as  |
-|                                            | doubles, which would round it)                  |
-| ``float`` (``REAL``, ``DOUBLE PRECISION``)  | number; NaN and infinities as the strings       |
-|                                            | ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; a   |
-|                                            | magnitude of 1e16 or more as ``repr`` text      |
-| ``Decimal`` (``NUMERIC``)                  | string, exactly as PostgreSQL prints it         |
-|                                            | (``"12.30"``: digits and scale kept, never an   |
-|                                            | exponent); ``"NaN"``, ``"Infinity"``            |
-| ``str`` (``TEXT``, ``VARCHAR``)            | string (a NUL character is refused)             |
-| ``datetime`` aware (``TIMESTAMPTZ``)       | ISO 8601 in UTC: ``"2026-11-30T12:00:00+00:00"``|
-|                                            | (microseconds only when not zero)               |
-| ``datetime`` naive (``TIMESTAMP``)         | ISO 8601 without offset, as stored: wall-clock  |
-|                                            | time, no time zone assumed                      |
-| ``date``                                   | ``"2026-11-30"``                                |
-| ``time``                                   | ``"12:00:00"``; an aware time keeps its offset  |
-| ``enum.Enum``                              | its ``.value``, converted by this table         |
-| ``uuid.UUID``                              | ``"0f8e...-..."`` (lower-case, hyphenated)      |
-| ``list`` / ``tuple`` (``ARRAY``, ``JSON``) | array, each element converted by this table     |
-| ``dict`` (``JSON``, ``JSONB``)             | object with string keys, values converted       |
-| ``bytes`` (``BYTEA``)                      | refused: a sheet cell cannot show or edit       |
-|                                            | binary data; leave the column out (``fields=``) |
-| anything else (``timedelta``, ...)         | refused                                         |
+ORM capture, bulk capture and backfill convert Python values (``to_json``); the database
+triggers convert PostgreSQL values with SQL that prints the same JSON (``sqlvalues``), so a
+row gives the same payload whichever path captured it (``tests/test_capture_triggers.py``
+compares them value by value).
+
+| Python value (PostgreSQL type)                  | JSON value                                  |
+|-------------------------------------------------|---------------------------------------------|
+| ``None`` (NULL)                                 | ``null``                                    |
+| ``bool`` (``boolean``)                          | ``true`` / ``false``                        |
+| ``int`` within +-(2**53 - 1) (``smallint``,     | number                                      |
+| ``integer``, ``bigint``)                        |                                             |
+| ``int`` beyond that (``bigint``)                | string of its digits (a sheet keeps numbers |
+|                                                 | as doubles, which would round it)           |
+| ``float`` (``real``, ``double precision``)      | number; NaN and infinities as the strings   |
+|                                                 | ``"NaN"``, ``"Infinity"``, ``"-Infinity"``; |
+|                                                 | a magnitude of 1e16 or more as text with 17 |
+|                                                 | significant digits, trailing zeros dropped  |
+|                                                 | (``"1e+20"``, ``"6.1031396318624816e+16"``) |
+| ``Decimal`` (``numeric``)                       | string, exactly as PostgreSQL prints it     |
+|                                                 | (``"12.30"``: digits and scale kept, never  |
+|                                                 | an exponent); ``"NaN"``, ``"Infinity"``     |
+| ``str`` (``text``, ``varchar``, ``char(n)``     | string (a NUL character is refused)         |
+| with its padding, ``citext``, ``name``)         |                                             |
+| ``datetime`` aware (``timestamptz``)            | ISO 8601 in UTC:                            |
+|                                                 | ``"2026-11-30T12:00:00+00:00"``             |
+|                                                 | (microseconds only when not zero)           |
+| ``datetime`` naive (``timestamp``)              | ISO 8601 without offset, as stored: wall-   |
+|                                                 | clock time, no time zone assumed            |
+| ``date`` (``date``)                             | ``"2026-11-30"``                            |
+| ``time`` (``time``, ``timetz``)                 | ``"12:00:00"``; an aware time keeps its     |
+|                                                 | offset (``"12:00:00+01:00"``)               |
+| ``enum.Enum`` (an enum type: its label)         | its ``.value``, converted by this table     |
+| ``uuid.UUID`` (``uuid``)                        | ``"0f8e...-..."`` (lower-case, hyphenated)  |
+| ``list`` / ``tuple`` (an array; triggers: of    | array, each element converted by this table |
+| ``boolean``, ``smallint``, ``integer``,         |                                             |
+| ``text``, ``varchar`` or ``uuid``)              |                                             |
+| ``dict`` (``json``, ``jsonb``)                  | object with string keys, values converted   |
+|                                                 | (a JSON number: an int if written without   |
+|                                                 | ``.`` or exponent, else a float, as above)  |
+| ``bytes`` (``bytea``)                           | refused: a sheet cell cannot show or edit   |
+|                                                 | binary data; leave the column out           |
+|                                                 | (``fields=``, ``--columns``)                |
+| anything else (``timedelta``/``interval``, ...) | refused                                     |
 
 A refusal raises ``ValidationError`` naming ``Model.field``. ``check_column_type`` applies the
-same table to a column's declared type, so ``track`` refuses an unfit column before
-any row is written.
+same table to a column's declared type, so ``track`` refuses an unfit column before any row
+is written (and ``sqlvalues`` refuses it before a trigger is installed).
 """
 
 from __future__ import annotations
@@ -85,21 +101,24 @@ def check_column_type(model: str, field: str, column_type: TypeEngine[Any]) -> N
     if python_type is object:
         return
     if issubclass(python_type, bytes | bytearray | memoryview):
-        raise ValidationError(f"{model}.{field}", _BYTES)
+        raise ValidationError(f"{model}.{field}", BINARY_REFUSED)
     if not issubclass(python_type, _ACCEPTED_TYPES):
-        raise ValidationError(f"{model}.{field}", _unsupported(python_type))
+        raise ValidationError(f"{model}.{field}", unsupported(python_type.__name__))
 
 
 class _Refused(Exception):
     """A value the table does not convert (the message says why)."""
 
 
-_BYTES = "binary values (bytes) are not written to a sheet; leave the column out with fields=[...]"
+BINARY_REFUSED = (
+    "binary values (bytes) are not written to a sheet; leave the column out with fields=[...]"
+)
 
 
-def _unsupported(kind: type) -> str:
+def unsupported(kind: str) -> str:
+    """Why values of type ``kind`` are refused (the same words for ORM and trigger capture)."""
     return (
-        f"values of type {kind.__name__} have no JSON form in the capture table; "
+        f"values of type {kind} have no JSON form in the capture table; "
         "leave the column out with fields=[...] or convert it in the database"
     )
 
@@ -131,8 +150,8 @@ def _convert(value: Any) -> Any:
     if isinstance(value, Mapping):
         return _mapping(value)
     if isinstance(value, bytes | bytearray | memoryview):
-        raise _Refused(_BYTES)
-    raise _Refused(_unsupported(kind))
+        raise _Refused(BINARY_REFUSED)
+    raise _Refused(unsupported(kind.__name__))
 
 
 def _float(value: float) -> float | str:
@@ -140,7 +159,16 @@ def _float(value: float) -> float | str:
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
-    return value if abs(value) < _FLOAT_EXACT_LIMIT else repr(value)
+    if abs(value) < _FLOAT_EXACT_LIMIT:
+        return value
+    return _float_text(value)
+
+
+def _float_text(value: float) -> str:
+    """17 significant digits (exact for a double), trailing zeros dropped: ``"1e+20"``,
+    ``"6.1031396318624816e+16"``; what C's ``%.16e`` prints, so SQL's ``to_char`` can match."""
+    mantissa, exponent = format(value, ".16e").split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
 
 
 def _decimal(value: decimal.Decimal) -> str:
