@@ -1,7 +1,8 @@
 """The application schema the capture tests write to, and how they read the sheet back.
 
 Two tables: ``capture_request`` (autoincrement integer key, tracked as ``Request``) and
-``capture_operator`` (text key, tracked as ``Operator``). Their changes are drained through
+``capture_operator`` (text key, tracked as ``Operator``), captured by the ORM (fixture ``app``)
+or by triggers (fixture ``trigger_app``). Their changes are drained through
 the real workbook writer (``batch.process``, the driver behind ``process_batch``), and
 the workbook is compared with the tables.
 """
@@ -14,7 +15,7 @@ import enum
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,13 @@ from sqlalchemy import (
     func,
     select,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from syncqueue_tasks import batch, capture
-from syncqueue_tasks.capture import registry
+from syncqueue_tasks.capture import registry, triggers
 from syncqueue_tasks.capture.registry import Tracked
 from syncqueue_tasks.capture.values import to_json
 from syncqueue_tasks.db import get_engine
@@ -63,6 +65,7 @@ class Request(AppBase):
     status: Mapped[Status] = mapped_column(
         Enum(Status, name="capture_status", values_callable=lambda e: [m.value for m in e]),
         default=Status.OPEN,
+        server_default="open",
     )
     amount: Mapped[decimal.Decimal | None] = mapped_column(Numeric(12, 2))
     due: Mapped[dt.date | None]
@@ -79,7 +82,7 @@ class Operator(AppBase):
     code: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     rate: Mapped[float | None]
-    active: Mapped[bool] = mapped_column(default=True)
+    active: Mapped[bool] = mapped_column(default=True, server_default=true())
     tags: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
@@ -94,9 +97,8 @@ def empty_tables() -> None:
         conn.execute(text("ALTER SEQUENCE capture_request_id_seq RESTART"))
 
 
-@pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Empty tables and queue, both classes tracked, a fresh workbook; yields its path."""
+def _fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Empty tables and queue, a fresh workbook (the writer's settings point at it)."""
     book = tmp_path / "book.xlsx"
     monkeypatch.setenv("SYNCQUEUE_WRITER", WORKBOOK)
     monkeypatch.setenv("SYNCQUEUE_WORKBOOK_PATH", str(book))
@@ -104,6 +106,13 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     get_settings.cache_clear()
     create_schema()
     empty_tables()
+    return book
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Empty tables and queue, both classes tracked, a fresh workbook; yields its path."""
+    book = _fresh(tmp_path, monkeypatch)
     try:
         capture.track(Request, model="Request", fields=REQUEST_FIELDS)
         capture.track(Operator)
@@ -113,6 +122,35 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             if registry.find(model) is not None:
                 capture.untrack(model)
         get_settings.cache_clear()
+
+
+@pytest.fixture
+def trigger_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Empty tables and queue, both tables captured by triggers (no ORM capture), with the
+    fields the ``app`` fixture tracks; a fresh workbook; yields its path."""
+    book = _fresh(tmp_path, monkeypatch)
+    try:
+        triggers.install(get_engine(), "capture_request", "Request", columns=REQUEST_FIELDS)
+        triggers.install(get_engine(), "public.capture_operator", "Operator")
+        yield book
+    finally:
+        remove_triggers()
+        get_settings.cache_clear()
+
+
+def remove_triggers() -> None:
+    """Remove every capture trigger the tests installed."""
+    for found in triggers.installed(get_engine()):
+        triggers.remove(get_engine(), found.name)
+
+
+def trigger_sources() -> dict[str, Tracked]:
+    """What the triggers of ``trigger_app`` capture, as ``Tracked`` (for the comparisons)."""
+    return {
+        model: found
+        for model in ("Request", "Operator")
+        if (found := triggers.tracked(get_engine(), model)) is not None
+    }
 
 
 def session() -> Session:
@@ -181,8 +219,10 @@ def _cell(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
 
 
-def assert_sheet_equals_tables(book: Path) -> None:
-    """Drain the queue, then: the workbook holds exactly the rows of both tables."""
+def assert_sheet_equals_tables(book: Path, sources: Mapping[str, Tracked] | None = None) -> None:
+    """Drain the queue, then: the workbook holds exactly the rows of both tables (as
+    ``sources`` describe them; default: the classes ``track`` registered)."""
     drain()
     for model in ("Request", "Operator"):
-        assert sheet(book, model) == table_as_sheet(registry.get(model)), model
+        source = registry.get(model) if sources is None else sources[model]
+        assert sheet(book, model) == table_as_sheet(source), model

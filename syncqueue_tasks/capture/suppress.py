@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, event, text
 from sqlalchemy.orm import Session, SessionTransaction
+
+from syncqueue_tasks.capture.errors import CaptureError
 
 GUC = "syncqueue.capture"  # 'off' while suppressed; the trigger functions read it
 _DEPTH = "syncqueue.capture.suppressed"  # session.info: open suppressed() blocks
@@ -28,11 +30,20 @@ _SWITCH_OFF = text(
     "SELECT value, set_config(:guc, 'off', true) FROM before"
 )
 _PUT_BACK = text("SELECT set_config(:guc, :value, true)")
+_Bound = TypeVar("_Bound", Session, Connection)
 
 
 @contextlib.contextmanager
-def suppressed(session: Session) -> Iterator[Session]:
-    """Within the block, nothing ``session`` writes is enqueued (importers of sheet edits)."""
+def suppressed(session: _Bound) -> Iterator[_Bound]:
+    """Within the block, nothing ``session`` writes is enqueued (importers of sheet edits).
+
+    A Core ``Connection`` works too (in a transaction): the triggers' switch is off for the
+    block, then put back.
+    """
+    if isinstance(session, Connection):
+        with _suppressed_connection(session):
+            yield session
+        return
     session.flush()
     session.info[_DEPTH] = session.info.get(_DEPTH, 0) + 1
     try:
@@ -44,6 +55,18 @@ def suppressed(session: Session) -> Iterator[Session]:
         if not session.info[_DEPTH]:
             del session.info[_DEPTH]
             _put_back(session)
+
+
+@contextlib.contextmanager
+def _suppressed_connection(connection: Connection) -> Iterator[None]:
+    if not connection.in_transaction():
+        raise CaptureError(
+            "capture.suppressed(connection) needs a transaction (connection.begin())"
+        )
+    before = connection.execute(_SWITCH_OFF, {"guc": GUC}).scalar()
+    yield
+    if not _aborted(connection):
+        connection.execute(_PUT_BACK, {"guc": GUC, "value": before or ""})
 
 
 def is_suppressed(session: Session | None) -> bool:

@@ -354,7 +354,8 @@ def _trigger_problems(conn: Connection, row: Any, wanted: TriggerSpec) -> list[s
 
 def _helper_problems(conn: Connection, queue_schema: str) -> list[str]:
     helpers = trigger_sql.helper_functions(trigger_sql.quote(queue_schema))
-    actual = dict(conn.execute(_HELPERS, {"schema": queue_schema, "names": list(helpers)}).all())
+    rows = conn.execute(_HELPERS, {"schema": queue_schema, "names": list(helpers)})
+    actual: dict[str, str] = {name: source for name, source in rows}
     return [
         f"helper function {name} is missing or differs from what this package generates"
         for name, statement in helpers.items()
