@@ -111,15 +111,16 @@ class _Refused(Exception):
 
 
 BINARY_REFUSED = (
-    "binary values (bytes) are not written to a sheet; leave the column out with fields=[...]"
+    "binary values (bytes) are not written to a sheet; leave the column out "
+    "(fields=[...], --columns)"
 )
 
 
 def unsupported(kind: str) -> str:
     """Why values of type ``kind`` are refused (the same words for ORM and trigger capture)."""
     return (
-        f"values of type {kind} have no JSON form in the capture table; "
-        "leave the column out with fields=[...] or convert it in the database"
+        f"values of type {kind} have no JSON form in the capture table; leave the column "
+        "out (fields=[...], --columns) or convert it in the database"
     )
 
 
