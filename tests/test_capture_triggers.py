@@ -27,6 +27,7 @@ from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError
 
 from syncqueue_tasks import capture, queue
+from syncqueue_tasks.capture import triggers
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.ids import is_valid_id
 
@@ -264,3 +265,18 @@ def _rows() -> list[tuple[str, str]]:
 
 def _libpq_url() -> str:
     return get_engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_a_table_in_another_schema_is_captured_whatever_the_writers_search_path() -> None:
+    sql("CREATE SCHEMA capture_elsewhere")
+    sql("CREATE TABLE capture_elsewhere.ledger (id int PRIMARY KEY, doc jsonb, total numeric)")
+    try:
+        triggers.install(get_engine(), "capture_elsewhere.ledger", "Revenue")
+        with get_engine().begin() as conn:  # the queue's schema (public) is not on the path
+            conn.execute(text("SET LOCAL search_path = capture_elsewhere"))
+            conn.execute(text("""INSERT INTO ledger VALUES (1, '{"n": 1e20}', 1.50)"""))
+        assert changes() == [
+            ("CREATE", "1", {"doc": {"n": "100000000000000000000"}, "total": "1.50"})
+        ]
+    finally:
+        sql("DROP SCHEMA capture_elsewhere CASCADE")

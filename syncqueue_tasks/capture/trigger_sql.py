@@ -127,7 +127,8 @@ def install_statements(spec: TriggerSpec) -> list[str]:
     statements = [*helper_functions(qs).values()]
     statements.append(
         f"CREATE OR REPLACE FUNCTION {spec.qualified_function}() RETURNS trigger\n"
-        f"LANGUAGE plpgsql SET extra_float_digits = 1 AS $syncqueue${function_body(spec)}"
+        f"LANGUAGE plpgsql SET search_path = {qs}, pg_catalog SET extra_float_digits = 1\n"
+        f"AS $syncqueue${function_body(spec)}"
         "$syncqueue$"
     )
     statements.append(
@@ -240,6 +241,17 @@ def helper_functions(qs: str) -> dict[str, str]:
 def helper_body(statement: str) -> str:
     """The body (``prosrc``) of a helper function's CREATE statement."""
     return statement.split("$syncqueue$")[1]
+
+
+def settings(function: str, schema: str) -> list[str]:
+    """The ``proconfig`` PostgreSQL keeps for a generated function (its SET clauses), given
+    the queue's schema as ``quote_ident`` prints it."""
+    path = f"search_path={schema}, pg_catalog"
+    if function == ENQUEUE_FUNCTION:
+        return [path]
+    if function == sqlvalues.JSON_FUNCTION:
+        return ["extra_float_digits=1"]
+    return [path, "extra_float_digits=1"]
 
 
 def _encode(value: str) -> str:

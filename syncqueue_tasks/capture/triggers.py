@@ -85,7 +85,8 @@ _TRIGGERS_OF = text("""
 """)
 
 _HELPERS = text("""
-    SELECT p.proname, p.prosrc FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+    SELECT p.proname, p.prosrc, p.proconfig
+    FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
     WHERE n.nspname = :schema AND p.proname = ANY(:names)
 """)
 
@@ -310,7 +311,11 @@ def _compare(conn: Connection, row: Any) -> Installed:
     except SyncQueueError as exc:  # a column dropped, a type the table refuses, ...
         problems.append(f"cannot be generated again: {exc}")
         return _with(found, problems)
-    if row.prosrc != trigger_sql.function_body(wanted) or row.proconfig != ["extra_float_digits=1"]:
+    schema = conn.execute(text("SELECT quote_ident(:s)"), {"s": wanted.queue_schema}).scalar_one()
+    if (row.prosrc, row.proconfig) != (
+        trigger_sql.function_body(wanted),
+        trigger_sql.settings(wanted.function, schema),
+    ):
         problems.append(
             "its function differs from what this package generates (edited, or the table's "
             "columns changed)"
@@ -318,7 +323,7 @@ def _compare(conn: Connection, row: Any) -> Installed:
     if row.function != wanted.function:
         problems.append(f"its function is named {row.function}, not {wanted.function}")
     problems += _trigger_problems(conn, row, wanted)
-    problems += _helper_problems(conn, wanted.queue_schema)
+    problems += _helper_problems(conn, wanted.queue_schema, schema)
     return _with(found, problems)
 
 
@@ -352,12 +357,15 @@ def _trigger_problems(conn: Connection, row: Any, wanted: TriggerSpec) -> list[s
     return problems
 
 
-def _helper_problems(conn: Connection, queue_schema: str) -> list[str]:
+def _helper_problems(conn: Connection, queue_schema: str, quoted: str) -> list[str]:
+    """The shared helpers that are missing or differ (``quoted``: the schema as PostgreSQL
+    quotes it)."""
     helpers = trigger_sql.helper_functions(trigger_sql.quote(queue_schema))
     rows = conn.execute(_HELPERS, {"schema": queue_schema, "names": list(helpers)})
-    actual: dict[str, str] = {name: source for name, source in rows}
+    actual = {r.proname: (r.prosrc, r.proconfig) for r in rows}
     return [
         f"helper function {name} is missing or differs from what this package generates"
         for name, statement in helpers.items()
-        if actual.get(name) != trigger_sql.helper_body(statement)
+        if actual.get(name)
+        != (trigger_sql.helper_body(statement), trigger_sql.settings(name, quoted))
     ]
