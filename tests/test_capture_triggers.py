@@ -92,6 +92,18 @@ def test_raw_sql_inserts_updates_and_deletes_reach_the_sheet(trigger_app: Path) 
     assert set(sheet(trigger_app, "Request")) == {"1", "2"}
 
 
+def test_an_upsert_is_a_create_of_the_new_rows_and_an_update_of_the_others() -> None:
+    sql("INSERT INTO capture_operator (code, name, rate) VALUES ('a', 'old', 1)")
+    sql(
+        "INSERT INTO capture_operator (code, name, rate) VALUES ('a', 'new', 1), ('b', 'b', 2) "
+        "ON CONFLICT (code) DO UPDATE SET name = excluded.name, rate = excluded.rate"
+    )
+    assert sorted(changes(1)) == [
+        ("CREATE", "b", {"name": "b", "rate": 2.0, "active": True, "tags": None}),
+        ("UPDATE", "a", {"name": "new"}),
+    ]
+
+
 def test_an_update_that_changes_no_tracked_value_queues_nothing() -> None:
     sql("INSERT INTO capture_request (title, status, amount) VALUES ('a', 'open', 12.3)")
     sql("INSERT INTO capture_operator (code, name) VALUES ('op', 'n')")

@@ -300,10 +300,14 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     base := syncqueue_new_id();
-    FOR i IN 15..26 LOOP
-        low := low * 32 + strpos(alphabet, substr(base, i, 1)) - 1;
-    END LOOP;
-    IF low + n > 1152921504606846975 THEN  -- 2^60 - 1: the last ids would carry; make each
+    IF n > 1 THEN
+        FOR i IN 15..26 LOOP
+            low := low * 32 + strpos(alphabet, substr(base, i, 1)) - 1;
+        END LOOP;
+    END IF;
+    IF n = 1 THEN
+        ids := ARRAY[base];
+    ELSIF low + n > 1152921504606846975 THEN  -- 2^60 - 1: the last would carry; make each
         ids := ARRAY(SELECT syncqueue_new_id() FROM generate_series(1, n));
     ELSE
         ids := ARRAY(
