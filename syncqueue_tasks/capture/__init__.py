@@ -6,6 +6,8 @@
 - ``backfill(bind, source)``: enqueue the current state of every row (``backfill``);
   ``table_source(...)`` describes a table no ORM class tracks (triggers, the CLI).
 - ``tracked_fields(model)``: the fields in declared order; ``values``: the JSON table.
+- ``triggers``: PostgreSQL trigger capture of a table (``install``, ``installed``, ``remove``,
+  ``upgrade``, ``install_sql``); ``alembic_ops``: the same as Alembic operations.
 """
 
 from syncqueue_tasks.capture import bulk as _bulk  # noqa: F401  (installs do_orm_execute)

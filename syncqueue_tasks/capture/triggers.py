@@ -87,7 +87,7 @@ _TRIGGERS_OF = text("""
 _HELPERS = text("""
     SELECT p.proname, p.prosrc, p.proconfig
     FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
-    WHERE n.nspname = :schema AND p.proname = ANY(:names)
+    WHERE n.nspname = :schema AND p.proname = ANY(:names) AND p.pronargs > 0
 """)
 
 
@@ -114,13 +114,6 @@ class Installed:
     def name(self) -> str:
         """``schema.table``."""
         return f"{self.schema}.{self.table}"
-
-    def add_command(self) -> str:
-        """The ``syncqueue capture add`` command that (re)installs it as it is."""
-        return (
-            f"syncqueue capture add --table {self.name} --model {self.model} --key {self.key} "
-            f"--columns {','.join(self.columns)}"
-        )
 
 
 def spec(

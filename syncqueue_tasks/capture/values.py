@@ -2,7 +2,7 @@
 
 ORM capture, bulk capture and backfill convert Python values (``to_json``); the database
 triggers convert PostgreSQL values with SQL that prints the same JSON (``sqlvalues``), so a
-row gives the same payload whichever path captured it (``tests/test_capture_triggers.py``
+row gives the same payload whichever path captured it (``tests/test_capture_trigger_values.py``
 compares them value by value).
 
 | Python value (PostgreSQL type)                  | JSON value                                  |
