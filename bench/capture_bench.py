@@ -195,14 +195,16 @@ def _trigger_rows(singles: int, bulk_rounds: int) -> tuple[list[tuple[str, float
     return rows, note
 
 
+_PAYLOAD = "jsonb_build_object('title', t.title, 'status', t.status, 'amount', t.amount::text)"
+
+
 def _plain_insert_select(rows: int) -> float:
     """Seconds for one INSERT ... SELECT of the tracked table's rows into sync_queue."""
     prefix = new_id()[:10]
     statement = text(
         "INSERT INTO sync_queue (id, action, model, record_id, payload, max_retries) "
         f"SELECT '{prefix}' || lpad(t.id::text, 16, '0'), 'CREATE', 'Request', t.id::text, "
-        "jsonb_build_object('title', t.title, 'status', t.status, 'amount', t.amount::text), 3 "
-        "FROM bench_tracked AS t"
+        f"{_PAYLOAD}, 3 FROM bench_tracked AS t"
     )
     with get_engine().begin() as conn:
         began = time.perf_counter()
@@ -210,6 +212,22 @@ def _plain_insert_select(rows: int) -> float:
         seconds = time.perf_counter() - began
         assert inserted == rows, inserted
         conn.execute(text("DELETE FROM sync_queue WHERE id LIKE :p"), {"p": prefix + "%"})
+    return seconds
+
+
+def _store_in_sql(rows: int) -> float:
+    """Seconds for storing the same CREATEs with the SQL store in one statement (ids, the
+    changes and their records marked waiting, as a trigger does); rolled back."""
+    statement = text(
+        "SELECT syncqueue_capture_enqueue('Request', array_agg('CREATE'::sync_action), "
+        f"array_agg(t.id::text), array_agg({_PAYLOAD}), false) FROM bench_tracked AS t"
+    )
+    with get_engine().connect() as conn, conn.begin() as transaction:
+        began = time.perf_counter()
+        stored = conn.execute(statement).scalar_one()
+        seconds = time.perf_counter() - began
+        assert stored == rows, stored
+        transaction.rollback()
     return seconds
 
 
@@ -257,6 +275,7 @@ def main() -> int:
             )
             conn.execute(text("ANALYZE bench_tracked"))
         plain_seconds = _plain_insert_select(backfill_rows)
+        store_seconds = _store_in_sql(backfill_rows)
         report = capture.backfill(
             get_engine(), "Request", restart=True, state_dir=Path(f"/tmp/{name}")
         )
@@ -270,6 +289,8 @@ def main() -> int:
             f"| `capture.backfill` (batches of 1,000, FOR SHARE, one enqueue_many each) "
             f"| {ours_rate:,.0f} |\n"
             f"| plain `INSERT INTO sync_queue ... SELECT` (one statement) | {plain_rate:,.0f} |\n"
+            f"| the queue's SQL store, one statement (`syncqueue_capture_enqueue`: ids, changes, "
+            f"records marked waiting) | {backfill_rows / store_seconds:,.0f} |\n"
             f"| ratio | {ours_rate / plain_rate:.2f}x |"
         )
     finally:
