@@ -99,6 +99,8 @@ class SyncRecord(Base):
     # this token); every outcome compares it.
     claim_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # How many of its changes the claim still holds: the claim ends when it reaches 0.
+    in_flight: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     # What was last written (records.RecordState): field values, the change id that set each
     # field, and the newest DELETE / CREATE / CREATE-or-UPDATE applied.
     fields: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
@@ -111,7 +113,9 @@ class SyncRecord(Base):
     __table_args__ = (
         CheckConstraint("pending >= 0", name="ck_sync_record_pending"),
         CheckConstraint(
-            "(claim_token IS NULL) = (claimed_at IS NULL)", name="ck_sync_record_claim"
+            "(claim_token IS NULL) = (claimed_at IS NULL)"
+            " AND (claim_token IS NULL) = (in_flight = 0)",
+            name="ck_sync_record_claim",
         ),
         # Claims: records with waiting changes, in the order they became claimable. Holds only
         # records with work, so its size is the backlog's records, not its changes.

@@ -197,15 +197,7 @@ def store(
     slow database, raise within ``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``; a connection that died is
     retried once on a fresh one.
     """
-    params = {
-        "ids": list(ids),
-        "actions": [c.action.value for c in changes],
-        "models": [c.model for c in changes],
-        "record_ids": [c.record_id for c in changes],
-        "sheet_row_indexes": [c.sheet_row_index for c in changes],
-        "payloads": [c.payload_json for c in changes],
-        "max_retries": [c.max_retries for c in changes],
-    }
+    params = {"changes": changes_json(changes, ids)}
     if session is not None:
         return int(session.execute(sql.ENQUEUE, params).scalar_one())
     if connection is not None:
@@ -221,6 +213,21 @@ def store(
             return int(conn.execute(sql.ENQUEUE, params).scalar_one())
     with get_autocommit_engine().connect() as conn:
         return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+
+
+def changes_json(changes: Sequence[Change], ids: Sequence[str]) -> str:
+    """``sql.ENQUEUE``'s parameter: the changes as one JSON array (payloads as serialized)."""
+    dumps = json.dumps
+    return (
+        "["
+        + ",".join(
+            f'{{"id":{dumps(i)},"action":"{c.action.value}","model":{dumps(c.model)},'
+            f'"record_id":{dumps(c.record_id)},"row_hint":{dumps(c.sheet_row_index)},'
+            f'"payload":{c.payload_json},"max_retries":{c.max_retries}}}'
+            for c, i in zip(changes, ids, strict=True)
+        )
+        + "]"
+    )
 
 
 # ---------------------------------------------------------------------------- claiming
@@ -278,16 +285,14 @@ def finish_records(
     ``states[key]`` is the record's new synced state, required where the outcome is done.
     A record without an outcome is retried. Returns what happened, counted in changes.
     """
-    rows: list[tuple[QueueItem, Outcome]] = []
+    endings = []
     for record in batch.records:
         outcome = outcomes.get(record.key) or Outcome.retry("the writer gave no outcome")
-        if outcome.kind is OutcomeKind.DONE and record.key not in states:
+        state = states.get(record.key) if outcome.kind is OutcomeKind.DONE else None
+        if outcome.kind is OutcomeKind.DONE and state is None:
             raise ValueError(f"no new state for the done record {record.key}")
-        rows.extend((change, outcome) for change in record.changes)
-    done_states = {
-        k: states[k] for k, o in outcomes.items() if o.kind is OutcomeKind.DONE and k in states
-    }
-    return _report(rows, _finish(rows, done_states))
+        endings.append(_Ending(record.key, batch.token, None, outcome, state))
+    return _report([c.id for r in batch.records for c in r.changes], _finish(endings))
 
 
 def dequeue(batch_size: int = 25) -> list[QueueItem]:
@@ -314,21 +319,23 @@ def mark_complete_many(items: Iterable[QueueItem | Claim]) -> int:
     """Complete every change the caller still owns; return how many.
 
     Each record's synced state takes the completed changes (folded by version), in the same
-    transaction that completes them.
+    statement that completes them.
     """
     claims = [(_claim(i), i) for i in items]
-    if not claims:
-        return 0
     changes = _changes_of(claims)
-    states = _claimed_states({(c.model, c.record_id, c.claim_token) for c in changes.values()})
-    new_states: dict[RecordKey, RecordState] = {}
+    if not changes:
+        return 0
+    groups: dict[tuple[RecordKey, uuid.UUID], list[_Claimed]] = {}
     for change in changes.values():
         key = RecordKey(change.model, change.record_id)
-        base = new_states.get(key) or states.get((*key, change.claim_token))
-        if base is not None:
-            new_states[key] = fold(base, [change])
-    rows = [(changes[c.id], Outcome.done()) for c, _ in claims if c.id in changes]
-    return _report(rows, _finish(rows, new_states)).completed
+        groups.setdefault((key, change.claim_token), []).append(change)
+    bases = _claimed_states({(k.model, k.record_id, t) for k, t in groups})
+    endings = [
+        _Ending(key, token, tuple(c.id for c in group), Outcome.done(), fold(base, group))
+        for (key, token), group in groups.items()
+        if (base := bases.get((key.model, key.record_id, token))) is not None
+    ]
+    return _report(list(changes), _finish(endings)).completed
 
 
 def mark_failed(
@@ -352,22 +359,26 @@ def mark_failed(
 def mark_failed_many(failures: Iterable[Failure]) -> dict[str, QueueStatus]:
     """Record many failures in one statement; return the new status of each owned item."""
     failures = list(failures)
-    if not failures:
-        return {}
     changes = _changes_of([(_claim(f.item), f.item) for f in failures])
-    rows = []
+    groups: dict[tuple[RecordKey, uuid.UUID, Outcome], list[str]] = {}
     for f in failures:
         change = changes.get(_claim(f.item).id)
         if change is None:
             continue
         error = sanitize_error(f.error)
-        if f.retryable:
-            rows.append(
-                (change, Outcome.retry(error, f.retry_after, count_attempt=f.count_attempt))
-            )
-        else:
-            rows.append((change, Outcome.fail(error)))
-    return _finish(rows, {})
+        outcome = (
+            Outcome.retry(error, f.retry_after, count_attempt=f.count_attempt)
+            if f.retryable
+            else Outcome.fail(error)
+        )
+        key = RecordKey(change.model, change.record_id)
+        groups.setdefault((key, change.claim_token, outcome), []).append(change.id)
+    return _finish(
+        [
+            _Ending(key, token, tuple(ids), outcome, None)
+            for (key, token, outcome), ids in groups.items()
+        ]
+    )
 
 
 def _claim(item: QueueItem | Claim) -> Claim:
@@ -420,93 +431,128 @@ def _claimed_states(
     return {(r.model, r.record_id, r.claim_token): _state(r) for r in rows}
 
 
-def _finish(
-    rows: Sequence[tuple[Any, Outcome]], states: Mapping[RecordKey, RecordState]
-) -> dict[str, QueueStatus]:
-    """Record per-change outcomes and new states; return the new status of each change.
+class _Ending(NamedTuple):
+    """One record's outcome, for the changes a claim holds of it (``ids``; None: all)."""
 
-    One statement for everything it can lock at once; records held by another transaction
-    right now are then recorded one at a time, waiting a little for each.
+    key: RecordKey
+    token: uuid.UUID
+    ids: tuple[str, ...] | None
+    outcome: Outcome
+    state: RecordState | None  # the record's new synced state, for a done outcome
+
+
+def _finish(endings: Sequence[_Ending]) -> dict[str, QueueStatus]:
+    """Record ``endings``; return the new status of each change they covered.
+
+    One statement per round (a round names each record once): everything it can lock at
+    once; records held by another transaction right now are then recorded one at a time,
+    waiting a little for each.
     """
-    if not rows:
-        return {}
-    result = _with_retries(rows, states, None)
-    left = [(c, o) for c, o in rows if c.id not in result]
-    if not left:
-        return result
-    for key, token in _held([c for c, _ in left]):
-        mine = [(c, o) for c, o in left if (c.model, c.record_id) == key]
-        lock = (key, token)
-        mine_states = {key: states[key]} if key in states else {}
-        try:
-            result.update(_with_retries(mine, mine_states, lock))
-        except OperationalError as exc:  # lock_timeout: reset_stuck will hand it out again
-            log.warning(
-                "could not record the outcome of %s %r (held by another transaction): %s",
-                key[0],
-                key[1],
-                sanitize_error(exc),
-            )
+    result: dict[str, QueueStatus] = {}
+    for round_ in _rounds(endings):
+        recorded = _with_retries(round_, None)
+        covered = {key for key, _ in recorded.values()}
+        left = [e for e in round_ if e.key not in covered]
+        for ending in _still_held(left):
+            try:
+                recorded.update(_with_retries([ending], ending))
+            except OperationalError as exc:  # lock_timeout: reset_stuck hands it out again
+                log.warning(
+                    "could not record the outcome of %s %r (held by another transaction): %s",
+                    ending.key.model,
+                    ending.key.record_id,
+                    sanitize_error(exc),
+                )
+        result.update((change_id, status) for change_id, (_, status) in recorded.items())
     return result
 
 
-def _finish_once(
-    rows: Sequence[tuple[Any, Outcome]],
-    states: Mapping[RecordKey, RecordState],
-    lock: tuple[RecordKey, uuid.UUID] | None,
-) -> dict[str, QueueStatus]:
+def _rounds(endings: Sequence[_Ending]) -> list[list[_Ending]]:
+    """Split ``endings`` so that no round names a record twice."""
+    rounds: list[tuple[list[_Ending], set[RecordKey]]] = []
+    for ending in endings:
+        for round_, keys in rounds:
+            if ending.key not in keys:
+                round_.append(ending)
+                keys.add(ending.key)
+                break
+        else:
+            rounds.append(([ending], {ending.key}))
+    return [round_ for round_, _ in rounds]
+
+
+def finish_params(endings: Sequence[_Ending]) -> dict[str, Any]:
+    """``sql.FINISH``'s parameters: one JSON object per record (see the statement)."""
     settings = get_settings()
-    params: dict[str, Any] = {
-        "ids": [c.id for c, _ in rows],
-        "tokens": [c.claim_token for c, _ in rows],
-        "kinds": [o.kind.value for _, o in rows],
-        "errors": [o.error or None for _, o in rows],
-        "retry_after": [
-            None if o.retry_after is None else max(0.0, o.retry_after) for _, o in rows
-        ],
-        "count_attempt": [o.count_attempt for _, o in rows],
-        "s_models": [k.model for k in states],
-        "s_record_ids": [k.record_id for k in states],
-        "s_fields": [json.dumps(s.fields) for s in states.values()],
-        "s_versions": [json.dumps(s.versions) for s in states.values()],
-        "s_deleted": [s.deleted for s in states.values()],
-        "s_created": [s.created for s in states.values()],
-        "s_touched": [s.touched for s in states.values()],
+    rows = [
+        {
+            "model": e.key.model,
+            "record_id": e.key.record_id,
+            "token": str(e.token),
+            "ids": e.ids,
+            "kind": e.outcome.kind.value,
+            "error": e.outcome.error or None,
+            "retry_after": None
+            if e.outcome.retry_after is None
+            else max(0.0, e.outcome.retry_after),
+            "count_attempt": e.outcome.count_attempt,
+            "state": None
+            if e.state is None
+            else {
+                "fields": e.state.fields,
+                "versions": e.state.versions,
+                "deleted": e.state.deleted,
+                "created": e.state.created,
+                "touched": e.state.touched,
+            },
+        }
+        for e in endings
+    ]
+    return {
+        "rows": json.dumps(rows),
         "backoff_base": settings.backoff_base_seconds,
         "backoff_max": settings.backoff_max_seconds,
     }
-    if lock is None:
+
+
+def _finish_once(
+    endings: Sequence[_Ending], waiting_for: _Ending | None
+) -> dict[str, tuple[RecordKey, QueueStatus]]:
+    """One FINISH; ``waiting_for``: first wait (lock_timeout) for that one record's lock."""
+    params = finish_params(endings)
+    if waiting_for is None:
         with get_autocommit_engine().connect() as conn:
-            return {r.id: QueueStatus(r.status) for r in conn.execute(sql.FINISH, params)}
-    (model, record_id), token = lock
-    with get_engine().begin() as conn:
-        conn.execute(sql.SET_LOCK_TIMEOUT, {"ms": f"{int(_RECORD_LOCK_WAIT_SECONDS * 1000)}ms"})
-        conn.execute(sql.LOCK_RECORD, {"model": model, "record_id": record_id, "token": token})
-        return {r.id: QueueStatus(r.status) for r in conn.execute(sql.FINISH, params)}
+            rows = conn.execute(sql.FINISH, params).all()
+    else:
+        key, token = waiting_for.key, waiting_for.token
+        with get_engine().begin() as conn:
+            ms = f"{int(_RECORD_LOCK_WAIT_SECONDS * 1000)}ms"
+            conn.execute(sql.SET_LOCK_TIMEOUT, {"ms": ms})
+            lock = {"model": key.model, "record_id": key.record_id, "token": token}
+            conn.execute(sql.LOCK_RECORD, lock)
+            rows = conn.execute(sql.FINISH, params).all()
+    return {r.id: (RecordKey(r.model, r.record_id), QueueStatus(r.status)) for r in rows}
 
 
-def _held(changes: Sequence[Any]) -> list[tuple[RecordKey, uuid.UUID]]:
-    """The records of ``changes`` whose claims still hold them."""
-    if not changes:
+def _still_held(endings: Sequence[_Ending]) -> list[_Ending]:
+    """The ``endings`` whose records their claims still hold (FINISH skipped them: locked)."""
+    if not endings:
         return []
-    wanted = {(c.model, c.record_id, c.claim_token) for c in changes}
-    models, record_ids, tokens = (list(c) for c in zip(*wanted, strict=True))
+    params = {
+        "models": [e.key.model for e in endings],
+        "record_ids": [e.key.record_id for e in endings],
+        "tokens": [e.token for e in endings],
+    }
     with get_autocommit_engine().connect() as conn:
-        rows = conn.execute(
-            sql.RECORDS_HELD, {"models": models, "record_ids": record_ids, "tokens": tokens}
-        ).all()
-    held = {(r.model, r.record_id) for r in rows}
-    return sorted(
-        {(RecordKey(m, i), t) for m, i, t in wanted if (m, i) in held}, key=lambda h: h[0]
-    )
+        held = {(r.model, r.record_id) for r in conn.execute(sql.RECORDS_HELD, params)}
+    return [e for e in endings if (e.key.model, e.key.record_id) in held]
 
 
-def _report(
-    rows: Sequence[tuple[Any, Outcome]], statuses: Mapping[str, QueueStatus]
-) -> FinishReport:
+def _report(ids: Sequence[str], statuses: Mapping[str, QueueStatus]) -> FinishReport:
+    """What happened to the changes ``ids``, counted."""
     report = FinishReport()
-    for change, _ in rows:
-        status = statuses.get(change.id)
+    for change_id in ids:
+        status = statuses.get(change_id)
         if status is None:
             report.not_owned += 1
         elif status is QueueStatus.COMPLETED:
@@ -525,14 +571,12 @@ _RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 def _with_retries(
-    rows: Sequence[tuple[Any, Outcome]],
-    states: Mapping[RecordKey, RecordState],
-    lock: tuple[RecordKey, uuid.UUID] | None,
-) -> dict[str, QueueStatus]:
+    endings: Sequence[_Ending], waiting_for: _Ending | None
+) -> dict[str, tuple[RecordKey, QueueStatus]]:
     """``_finish_once``, tried again through a short database outage."""
     for delay in _RECORD_RETRY_DELAYS:
         try:
-            return _finish_once(rows, states, lock)
+            return _finish_once(endings, waiting_for)
         except OperationalError as exc:
             if "lock timeout" in str(exc.orig):
                 raise
@@ -540,7 +584,7 @@ def _with_retries(
                 "recording outcomes failed, retrying in %ss: %s", delay, sanitize_error(exc)
             )
             time.sleep(delay)
-    return _finish_once(rows, states, lock)
+    return _finish_once(endings, waiting_for)
 
 
 # ---------------------------------------------------------------------------- operating

@@ -17,12 +17,16 @@ holding locks, and an application's open transaction cannot deadlock against it.
 from sqlalchemy import text
 
 # Store changes (one or many) and mark their records as waiting: one statement, one round
-# trip. A change whose id is already stored (a redelivered message) is skipped.
+# trip. The changes travel as one JSON array of objects (one parameter, parsed once; arrays
+# of payload strings cost the client an escape pass per element). A change whose id is
+# already stored (a redelivered message) is skipped.
 ENQUEUE = text("""
-    SELECT syncqueue_enqueue(
-        CAST(:ids AS text[]), CAST(:actions AS sync_action[]), CAST(:models AS text[]),
-        CAST(:record_ids AS text[]), CAST(:sheet_row_indexes AS integer[]),
-        CAST(CAST(:payloads AS text[]) AS jsonb[]), CAST(:max_retries AS integer[]))
+    SELECT syncqueue_enqueue(array_agg(c.id), array_agg(c.action), array_agg(c.model),
+                             array_agg(c.record_id), array_agg(c.row_hint),
+                             array_agg(c.payload), array_agg(c.max_retries))
+    FROM jsonb_to_recordset(CAST(:changes AS jsonb))
+        AS c(id text, action sync_action, model text, record_id text, row_hint integer,
+             payload jsonb, max_retries integer)
 """)
 
 # Claim a batch of records with their waiting changes, in one statement.
@@ -65,7 +69,7 @@ CLAIM = text("""
     ),
     claimed AS (
         UPDATE sync_record AS r
-        SET claim_token = :token, claimed_at = now(), pending = r.pending - t.n
+        SET claim_token = :token, claimed_at = now(), pending = r.pending - t.n, in_flight = t.n
         FROM (SELECT model, record_id, count(*) AS n FROM taken GROUP BY model, record_id) AS t
         WHERE r.model = t.model AND r.record_id = t.record_id
         RETURNING r.model, r.record_id, r.fields, r.versions, r.deleted_id, r.created_id,
@@ -78,96 +82,88 @@ CLAIM = text("""
     ORDER BY c.model, c.record_id, t.id
 """)
 
-# Record outcomes, in one statement: per claimed change (id, token) an outcome, and per
-# record whose changes are done its new state. Compare-and-set on the token throughout: a
-# claim that reset_stuck took away matches nothing.
-# - locked: the records concerned that the caller's claims still hold, locked in key order
-#   with SKIP LOCKED. A record another transaction holds right now (an application storing a
-#   change of it) is skipped: the caller records it again on its own (RECORDS_HELD tells
-#   which), so a worker never waits holding locks and cannot deadlock.
-# - changed: done -> COMPLETED; fail -> FAILED; retry -> PENDING, or FAILED once
-#   max_retries attempts failed (count_attempt = false, a quota answer, leaves retries alone).
-# - the record: back-to-PENDING changes count as waiting again; a retry sets the record's
-#   backoff, retry_after (seconds) or min(cap, base * 2^(retries - 1)) with equal jitter, so
-#   all its changes wait together; done records take their new state; the claim ends when
-#   none of the record's claimed changes is left PROCESSING.
+# Record outcomes, in one statement. One row per record (a JSON array of objects, one
+# parameter: no array of strings to escape): its claim's token, the changes the outcome covers
+# (a JSON array of ids; null: every change the claim holds of the record), the outcome, and
+# for a done record its new synced state. Compare-and-set on the token
+# throughout: a claim that reset_stuck took away matches nothing.
+# Every step starts from the given rows (or the locked ones) and looks rows up by an index,
+# never joins two computed lists: the planner guesses one row for such lists, and a join of
+# two of them compares every pair (a batch of a thousand records: a million comparisons).
+# - locked: the given records still held by those claims, locked in key order with SKIP
+#   LOCKED. A record another transaction holds right now (an application storing a change of
+#   it) is skipped: the caller records it again on its own (RECORDS_HELD tells which), so a
+#   worker never waits holding locks and cannot deadlock.
+# - changed: the covered changes (ix_sync_queue_record, per record): done -> COMPLETED; fail
+#   -> FAILED; retry -> PENDING, or FAILED once max_retries attempts failed (count_attempt =
+#   false, a quota answer, leaves retries alone).
+# - the record (counting its covered changes as they were before this statement): those back
+#   to PENDING count as waiting again; a retry sets the record's backoff, retry_after
+#   (seconds) or min(cap, base * 2^(retries - 1)) with equal jitter, so all its changes wait
+#   together; a done record takes its new state; ``in_flight`` (how many of its changes the
+#   claim still holds) goes down, and at 0 the claim ends.
 FINISH = text("""
-    WITH o AS (
-        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:tokens AS uuid[]),
-                             CAST(:kinds AS text[]), CAST(:errors AS text[]),
-                             CAST(:retry_after AS float8[]), CAST(:count_attempt AS boolean[]))
-            AS o(id, token, kind, error, retry_after, count_attempt)
-    ),
-    s AS (
-        SELECT * FROM unnest(CAST(:s_models AS text[]), CAST(:s_record_ids AS text[]),
-                             CAST(CAST(:s_fields AS text[]) AS jsonb[]),
-                             CAST(CAST(:s_versions AS text[]) AS jsonb[]),
-                             CAST(:s_deleted AS text[]), CAST(:s_created AS text[]),
-                             CAST(:s_touched AS text[]))
-            AS s(model, record_id, fields, versions, deleted_id, created_id, touched_id)
-    ),
-    locked AS (
-        SELECT r.model, r.record_id, r.claim_token FROM sync_record AS r
-        WHERE (r.model, r.record_id, r.claim_token) IN (
-            SELECT q.model, q.record_id, o.token FROM o JOIN sync_queue AS q ON q.id = o.id)
-        ORDER BY r.model, r.record_id
-        FOR UPDATE SKIP LOCKED
-    ),
-    held AS (
-        SELECT q.model, q.record_id, count(*) AS n
-        FROM locked AS l JOIN sync_queue AS q
-          ON q.model = l.model AND q.record_id = l.record_id AND q.status = 'PROCESSING'
-         AND q.claim_token = l.claim_token
-        GROUP BY q.model, q.record_id
+    WITH locked AS MATERIALIZED (
+        SELECT g.* FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+            AS g(model text, record_id text, token uuid, ids jsonb, kind text, error text,
+                 retry_after float8, count_attempt boolean, state jsonb)
+        JOIN sync_record AS r
+          ON r.model = g.model AND r.record_id = g.record_id AND r.claim_token = g.token
+        ORDER BY g.model, g.record_id
+        FOR UPDATE OF r SKIP LOCKED
     ),
     changed AS (
         UPDATE sync_queue AS q SET
             status = CASE
-                WHEN o.kind = 'done' THEN 'COMPLETED'::queue_status
-                WHEN o.kind = 'fail' OR (o.count_attempt AND q.retries + 1 >= q.max_retries)
+                WHEN l.kind = 'done' THEN 'COMPLETED'::queue_status
+                WHEN l.kind = 'fail' OR (l.count_attempt AND q.retries + 1 >= q.max_retries)
                 THEN 'FAILED'::queue_status
                 ELSE 'PENDING'::queue_status END,
-            retries = q.retries + CASE WHEN o.kind <> 'done' AND o.count_attempt THEN 1 ELSE 0 END,
+            retries = q.retries + CASE WHEN l.kind <> 'done' AND l.count_attempt THEN 1 ELSE 0 END,
             processed_at = CASE
-                WHEN o.kind <> 'retry' OR (o.count_attempt AND q.retries + 1 >= q.max_retries)
+                WHEN l.kind <> 'retry' OR (l.count_attempt AND q.retries + 1 >= q.max_retries)
                 THEN now() END,
-            last_error = CASE WHEN o.kind = 'done' THEN q.last_error ELSE o.error END,
+            last_error = CASE WHEN l.kind = 'done' THEN q.last_error ELSE l.error END,
             claim_token = NULL,
             claimed_at = NULL
-        FROM o, locked AS l
-        WHERE q.id = o.id AND q.claim_token = o.token AND q.status = 'PROCESSING'
-          AND q.model = l.model AND q.record_id = l.record_id AND l.claim_token = o.token
-        RETURNING q.id, q.model, q.record_id, q.status, q.retries, o.retry_after
-    ),
-    per AS (
-        SELECT c.model, c.record_id, count(*) AS n,
-               count(*) FILTER (WHERE c.status = 'PENDING') AS back,
-               max(c.retries) FILTER (WHERE c.status = 'PENDING') AS retries,
-               max(c.retry_after) FILTER (WHERE c.status = 'PENDING') AS retry_after
-        FROM changed AS c GROUP BY c.model, c.record_id
+        FROM locked AS l
+        WHERE q.model = l.model AND q.record_id = l.record_id AND q.status = 'PROCESSING'
+          AND q.claim_token = l.token AND (l.ids IS NULL OR l.ids ? q.id)
+        RETURNING q.id, q.model, q.record_id, q.status
     ),
     records AS (
         UPDATE sync_record AS r SET
-            pending = r.pending + p.back,
-            available_at = CASE WHEN p.back = 0 THEN r.available_at
-                ELSE now() + make_interval(secs => coalesce(p.retry_after,
-                    least(:backoff_max, :backoff_base * power(2, greatest(p.retries - 1, 0)))
+            pending = r.pending + c.back,
+            available_at = CASE WHEN c.back = 0 THEN r.available_at
+                ELSE now() + make_interval(secs => coalesce(l.retry_after,
+                    least(:backoff_max, :backoff_base * power(2, greatest(c.retries - 1, 0)))
                     * (0.5 + random() / 2))) END,
-            fields = CASE WHEN s.model IS NULL THEN r.fields ELSE s.fields END,
-            versions = CASE WHEN s.model IS NULL THEN r.versions ELSE s.versions END,
-            deleted_id = CASE WHEN s.model IS NULL THEN r.deleted_id ELSE s.deleted_id END,
-            created_id = CASE WHEN s.model IS NULL THEN r.created_id ELSE s.created_id END,
-            touched_id = CASE WHEN s.model IS NULL THEN r.touched_id ELSE s.touched_id END,
-            synced_at = CASE WHEN s.model IS NULL THEN r.synced_at ELSE now() END,
-            claim_token = CASE WHEN p.n = h.n THEN NULL ELSE r.claim_token END,
-            claimed_at = CASE WHEN p.n = h.n THEN NULL ELSE r.claimed_at END
-        FROM per AS p
-        JOIN held AS h USING (model, record_id)
-        LEFT JOIN s USING (model, record_id)
-        WHERE r.model = p.model AND r.record_id = p.record_id
+            fields = CASE WHEN l.state IS NULL THEN r.fields ELSE l.state -> 'fields' END,
+            versions = CASE WHEN l.state IS NULL THEN r.versions ELSE l.state -> 'versions' END,
+            deleted_id = CASE WHEN l.state IS NULL THEN r.deleted_id
+                              ELSE l.state ->> 'deleted' END,
+            created_id = CASE WHEN l.state IS NULL THEN r.created_id
+                              ELSE l.state ->> 'created' END,
+            touched_id = CASE WHEN l.state IS NULL THEN r.touched_id
+                              ELSE l.state ->> 'touched' END,
+            synced_at = CASE WHEN l.state IS NULL THEN r.synced_at ELSE now() END,
+            in_flight = r.in_flight - c.n,
+            claim_token = CASE WHEN r.in_flight = c.n THEN NULL ELSE r.claim_token END,
+            claimed_at = CASE WHEN r.in_flight = c.n THEN NULL ELSE r.claimed_at END
+        FROM locked AS l
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS n,
+                   count(*) FILTER (WHERE l.kind = 'retry'
+                       AND NOT (l.count_attempt AND q.retries + 1 >= q.max_retries)) AS back,
+                   max(q.retries + CASE WHEN l.count_attempt THEN 1 ELSE 0 END) AS retries
+            FROM sync_queue AS q
+            WHERE q.model = l.model AND q.record_id = l.record_id AND q.status = 'PROCESSING'
+              AND q.claim_token = l.token AND (l.ids IS NULL OR l.ids ? q.id)
+        ) AS c
+        WHERE r.model = l.model AND r.record_id = l.record_id AND c.n > 0
         RETURNING r.model
     )
-    SELECT c.id, c.status FROM changed AS c
+    SELECT c.id, c.model, c.record_id, c.status FROM changed AS c
 """)
 
 # Which of these records (model, record_id, token) do the given claims still hold? After a
@@ -228,7 +224,8 @@ RESET_STUCK = text("""
     ),
     records AS (
         UPDATE sync_record AS r
-        SET claim_token = NULL, claimed_at = NULL, pending = r.pending + coalesce(b.n, 0)
+        SET claim_token = NULL, claimed_at = NULL, in_flight = 0,
+            pending = r.pending + coalesce(b.n, 0)
         FROM stuck AS s
         LEFT JOIN (SELECT model, record_id, count(*) AS n FROM back GROUP BY model, record_id)
             AS b USING (model, record_id)

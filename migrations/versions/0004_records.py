@@ -160,6 +160,7 @@ def upgrade() -> None:
         sa.Column("waiting_id", sa.String(26, collation="C"), nullable=True),
         sa.Column("claim_token", postgresql.UUID(as_uuid=True), nullable=True),
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("in_flight", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column(
             "fields", postgresql.JSONB(), server_default=sa.text("'{}'::jsonb"), nullable=False
         ),
@@ -172,7 +173,9 @@ def upgrade() -> None:
         sa.Column("synced_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint("pending >= 0", name="ck_sync_record_pending"),
         sa.CheckConstraint(
-            "(claim_token IS NULL) = (claimed_at IS NULL)", name="ck_sync_record_claim"
+            "(claim_token IS NULL) = (claimed_at IS NULL)"
+            " AND (claim_token IS NULL) = (in_flight = 0)",
+            name="ck_sync_record_claim",
         ),
     )
     op.execute(
