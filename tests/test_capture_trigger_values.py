@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from capture_app import Status, create_schema, empty_tables, queued, session
 from sqlalchemy import (
+    CHAR,
     JSON,
     REAL,
-    CHAR,
     BigInteger,
     Double,
     Integer,
