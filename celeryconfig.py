@@ -31,7 +31,7 @@ accept_content = ["json"]
 result_backend = None
 task_ignore_result = True
 task_default_queue = os.environ.get("CELERY_QUEUE", "") or "syncqueue"
-imports = ("syncqueue_tasks.tasks",)
+imports = ("syncqueue_tasks.tasks", "syncqueue_tasks.verify_task")
 timezone = "UTC"
 enable_utc = True
 
@@ -103,3 +103,15 @@ beat_schedule = {
         "kwargs": {"older_than_days": _env_float("SYNCQUEUE_CLEANUP_DAYS", 7.0)},
     },
 }
+# verify (and with SYNCQUEUE_VERIFY_REPAIR=true, repair) the destination every so many seconds
+VERIFY_EVERY = _env_float("SYNCQUEUE_VERIFY_EVERY", 0.0)  # 0: off
+if VERIFY_EVERY > 0:
+    beat_schedule["verify"] = {
+        "task": "syncqueue.verify",
+        "schedule": VERIFY_EVERY,
+        "kwargs": {
+            "repair": os.environ.get("SYNCQUEUE_VERIFY_REPAIR", "").strip().lower()
+            in ("1", "true", "yes")
+        },
+        "options": {"expires": VERIFY_EVERY},
+    }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import random
 import sys
 import time
 import uuid
@@ -31,8 +32,56 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 from redis import Redis  # noqa: E402
 
-from syncqueue_tasks.writers.flow import AccountLimiter, Budget, RateLimiter  # noqa: E402
+from syncqueue_tasks.writers.flow import AccountLimiter, Budget  # noqa: E402
 from tests.fake_sheets import FakeSheets, Quota  # noqa: E402
+
+# The sliding-window log the Sheets writer used before issue 11 (for comparison only).
+_SLIDING_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+
+
+class RateLimiter:
+    """At most ``limit`` grants per sliding ``window`` seconds, shared through ``key``."""
+
+    def __init__(self, redis: Redis, key: str, limit: int, window: float = 60.0) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("limit must be >= 1 and window > 0")
+        self.key = key
+        self.limit = limit
+        self.window = window
+        self._script = redis.register_script(_SLIDING_WINDOW)
+
+    def try_acquire(self) -> float:
+        """Take a slot if one is free: return 0.0, else the seconds until one frees up."""
+        wait_us = self._script(
+            keys=[self.key],
+            args=[self.limit, int(self.window * 1_000_000), uuid.uuid4().hex],
+        )
+        return int(wait_us) / 1_000_000
+
+    def acquire(self, max_wait: float) -> float:
+        """Wait up to ``max_wait`` seconds for a slot: 0.0 when granted, else a retry-after hint."""
+        deadline = time.monotonic() + max_wait
+        while True:
+            wait = self.try_acquire()
+            if wait == 0.0:
+                return 0.0
+            remaining = deadline - time.monotonic()
+            if wait > remaining:
+                return wait
+            time.sleep(wait + random.uniform(0.0, 0.01))  # jitter: don't stampede together
+
 
 REDIS_URL = os.environ.get("SYNCQUEUE_REDIS_URL", "redis://127.0.0.1:6379/0")
 ACCOUNT = "bench-sa@fake.iam.gserviceaccount.com"

@@ -42,45 +42,79 @@ def process(
     time_budget: float,
     interrupts: tuple[type[BaseException], ...] = (),
 ) -> BatchReport:
-    """Drain the queue in batches of ``batch_size`` records until it is empty or
-    ``time_budget`` seconds are spent.
+    """Drain the queue in batches until it is empty or ``time_budget`` seconds are spent.
 
-    An exception of a type in ``interrupts`` (Celery's soft time limit) raised while writing
-    is recorded as a retryable failure of the batch, then re-raised.
+    A batch is ``batch_size`` records, or more for a writer that asks for more: its
+    ``batch_records`` attribute (the Sheets writer sizes it to what fits one request; claims
+    of at most ``_CLAIM_RECORDS`` records each are taken until that many are held or the queue
+    has no more), with up to ``batch_changes`` changes per claim. All of it goes to one
+    ``write_records`` call. An exception of a type in ``interrupts`` (Celery's soft time limit)
+    raised while writing is recorded as a retryable failure of the batch, then re-raised.
     """
     report = BatchReport()
     started = time.monotonic()
     while time.monotonic() - started < time_budget:
-        batch = queue.claim_records(batch_size)
-        if not batch.records:
+        claims = _claim(writer, batch_size)
+        records = [r for claim in claims for r in claim.records]
+        if not records:
             break
         report.batches += 1
-        report.records += len(batch.records)
-        report.claimed += sum(len(r.changes) for r in batch.records)
-        writes = [record_write(r.key, r.base, r.changes, r.row_hint) for r in batch.records]
+        report.records += len(records)
+        report.claimed += sum(len(r.changes) for r in records)
+        writes = [record_write(r.key, r.base, r.changes, r.row_hint) for r in records]
         try:
             outcomes = writer.write_records(writes)
         except Exception as exc:
             error = sanitize_error(exc)
             log.warning("writer failed on a batch of %d record(s): %s", len(writes), error)
-            _record(batch, writes, {w.key: Outcome.retry(error) for w in writes}, report)
+            outcomes = {w.key: Outcome.retry(error) for w in writes}
+            _record(claims, writes, outcomes, report)
             if isinstance(exc, interrupts):
                 raise
             continue
-        _record(batch, writes, outcomes, report)
+        _record(claims, writes, outcomes, report)
     report.seconds = time.monotonic() - started
     return report
 
 
+# The most records one claim takes (queue.claim_records' limit); a writer that wants more
+# gets several claims in one batch.
+_CLAIM_RECORDS = 1000
+
+
+def _claim(writer: Writer, batch_size: int) -> list[queue.RecordBatch]:
+    """Claim the records of one batch: ``batch_size``, or the writer's ``batch_records``."""
+    wanted = max(batch_size, int(getattr(writer, "batch_records", 0) or 0))
+    max_changes = getattr(writer, "batch_changes", None)
+    claims: list[queue.RecordBatch] = []
+    held = 0
+    while held < wanted:
+        asked = min(_CLAIM_RECORDS, wanted - held)
+        claim = queue.claim_records(asked, max_changes=max_changes)
+        if claim.records:
+            claims.append(claim)
+        held += len(claim.records)
+        if len(claim.records) < asked:
+            break
+    return claims
+
+
 def _record(
-    batch: queue.RecordBatch,
+    claims: Sequence[queue.RecordBatch],
     writes: Sequence[RecordWrite],
     outcomes: Mapping[RecordKey, Outcome],
     report: BatchReport,
 ) -> None:
-    done = queue.finish_records(batch, outcomes, {w.key: w.state for w in writes})
-    report.completed += done.completed
-    report.retried += done.retried
-    report.failed += done.failed
-    report.not_owned += done.not_owned
-    metrics.record_outcomes(completed=done.completed, retried=done.retried, failed=done.failed)
+    states = {w.key: w.state for w in writes}
+    for claim in claims:
+        keys = [r.key for r in claim.records]
+        done = queue.finish_records(
+            claim,
+            {k: outcomes[k] for k in keys if k in outcomes},
+            {k: states[k] for k in keys},
+        )
+        report.completed += done.completed
+        report.retried += done.retried
+        report.failed += done.failed
+        report.not_owned += done.not_owned
+        metrics.record_outcomes(completed=done.completed, retried=done.retried, failed=done.failed)

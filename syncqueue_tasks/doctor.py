@@ -14,7 +14,7 @@ from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import sanitize_error
 from syncqueue_tasks.runstate import cli_command, migrate_hint, using_default_database
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.writers.loading import load_writer, writer_spec
+from syncqueue_tasks.writers.loading import SHEETS, load_writer, writer_spec
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ def run_checks() -> list[Check]:
     )
     checks.append(_guarded("broker", check_broker, fix_broker))
     checks.append(_guarded("writer", check_writer, FIX_WRITER))
+    if writer_spec(get_settings()) == SHEETS:
+        checks.append(_guarded("sheet", check_sheet, FIX_SHEET))
     return checks
 
 
@@ -53,6 +55,29 @@ FIX_WRITER = (
     "SYNCQUEUE_SHEETS_SPREADSHEET_ID and SYNCQUEUE_SHEETS_CREDENTIALS_FILE for Google Sheets, "
     "or SYNCQUEUE_WRITER=package.module:factory"
 )
+
+
+FIX_SHEET = (
+    "share the spreadsheet with the service account and check SYNCQUEUE_SHEETS_SPREADSHEET_ID; "
+    "when it is nearly full, delete unused rows, columns or tabs, or map models to another "
+    "spreadsheet"
+)
+SHEET_FULL = 0.9  # fraction of the cell limit at which the check fails
+
+
+def check_sheet() -> Check:
+    """The spreadsheet answers (one read, within the quota), and how full its grids are."""
+    from syncqueue_tasks.writers.sheets import create_writer
+
+    writer = create_writer()
+    try:
+        used, limit, tabs = writer.usage()
+    finally:
+        writer.close()
+    detail = f"{used:,} of {limit:,} cells in use ({used / limit:.0%}) in {tabs} tab(s)"
+    if used >= SHEET_FULL * limit:
+        return Check("sheet", False, f"{detail}: new rows will soon be refused", FIX_SHEET)
+    return Check("sheet", True, detail)
 
 
 def check_database() -> Check:

@@ -8,6 +8,7 @@ count is dropped, never the work.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -29,6 +30,9 @@ COUNTERS = {
     "failed": "Items parked as FAILED (dead letters)",
     "writer_requests": "Requests the writer sent to its destination (e.g. Sheets API calls)",
     "writer_throttled": "Answers that asked the writer to slow down (HTTP 429)",
+    "writer_conflicts": "Owned cells a person edited since the writer last wrote them",
+    "writer_astray": "Writes that met rows or columns moved by a person, repaired at once",
+    "verify_findings": "Differences verify found between the destination and the synced states",
 }
 
 
@@ -52,6 +56,27 @@ def record_outcomes(*, completed: int, retried: int, failed: int) -> None:
         pipe.execute()
     except RedisError as exc:
         log.debug("metrics outcomes dropped: %s", type(exc).__name__)
+
+
+def record_sheet_usage(spreadsheet: str, cells: int, limit: int) -> None:
+    """Note how many cells a spreadsheet's grids hold (of ``limit``), as last seen."""
+    try:
+        get_redis().hset(key("sheets_cells"), spreadsheet, json.dumps([cells, limit]))
+    except RedisError as exc:
+        log.debug("sheet usage dropped: %s", type(exc).__name__)
+
+
+def read_sheet_usage() -> dict[str, tuple[int, int]]:
+    """Spreadsheet -> (cells in use, limit), as the writers last saw them."""
+    try:
+        raw: dict[Any, Any] = get_redis().hgetall(key("sheets_cells"))
+    except RedisError:
+        return {}
+    out = {}
+    for sid, value in raw.items():
+        cells, limit = json.loads(value)
+        out[sid.decode() if isinstance(sid, bytes) else sid] = (int(cells), int(limit))
+    return out
 
 
 def read_counters() -> dict[str, int]:
@@ -85,6 +110,46 @@ class QueueCollector:
         )
         for name, value in read_counters().items():
             yield CounterMetricFamily(f"syncqueue_{name}", COUNTERS[name], value=value)
+        yield from _sheet_gauges()
+        yield from _verify_gauges()
+
+
+def _sheet_gauges() -> Iterator[Any]:
+    usage = read_sheet_usage()
+    cells = GaugeMetricFamily(
+        "syncqueue_sheets_cells",
+        "Cells in a spreadsheet's grids (all tabs)",
+        labels=["spreadsheet"],
+    )
+    limit = GaugeMetricFamily(
+        "syncqueue_sheets_cells_limit", "Cells a spreadsheet may hold", labels=["spreadsheet"]
+    )
+    for sid, (used, most) in sorted(usage.items()):
+        cells.add_metric([sid], used)
+        limit.add_metric([sid], most)
+    yield cells
+    yield limit
+
+
+def _verify_gauges() -> Iterator[Any]:
+    from syncqueue_tasks.verify import last_result
+
+    result = last_result()
+    findings = GaugeMetricFamily(
+        "syncqueue_verify_last_findings",
+        "Differences the latest verify found, per model and kind",
+        labels=["model", "kind"],
+    )
+    for model in (result or {}).get("models", []):
+        for kind, n in model["counts"].items():
+            findings.add_metric([model["model"], kind], n)
+    yield findings
+    if result:
+        yield GaugeMetricFamily(
+            "syncqueue_verify_last_finished_timestamp_seconds",
+            "When the latest verify finished (Unix time)",
+            value=result["finished_at"],
+        )
 
 
 def registry() -> CollectorRegistry:

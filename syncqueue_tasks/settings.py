@@ -70,6 +70,22 @@ def _mapping(name: str) -> dict[str, str]:
     return result
 
 
+def _lists(name: str) -> dict[str, tuple[str, ...]]:
+    """Parse ``A=x,y;B=z`` into ``{"A": ("x", "y"), "B": ("z",)}``."""
+    result: dict[str, tuple[str, ...]] = {}
+    for part in os.environ.get(name, "").split(";"):
+        if not part.strip():
+            continue
+        key, sep, values = part.partition("=")
+        items = tuple(v.strip() for v in values.split(",") if v.strip())
+        if not sep or not key.strip() or not items:
+            raise ConfigurationError(
+                f"{name} must look like Model=field1,field2;Other=field3; got {part!r}"
+            )
+        result[key.strip()] = items
+    return result
+
+
 @dataclass(frozen=True)
 class Settings:
     """Typed view of the environment. See the README's configuration table."""
@@ -101,8 +117,12 @@ class Settings:
     unknown_fields: str
     update_missing: str
     delete_mode: str
-    sheets_writes_per_minute: int
     sheets_max_request_bytes: int
+    sheets_batch_records: int
+    sheets_conflicts: str
+    sheets_long_cells: str
+    sheets_columns: dict[str, tuple[str, ...]]
+    sheets_max_cells: int
     sheets_read_quota: int
     sheets_write_quota: int
     sheets_quota_margin: float
@@ -159,16 +179,24 @@ class Settings:
             ),
             update_missing=_choice("SYNCQUEUE_UPDATE_MISSING", "create", ("create", "fail")),
             delete_mode=_choice("SYNCQUEUE_DELETE_MODE", "tombstone", ("tombstone", "remove")),
-            sheets_writes_per_minute=_int("SYNCQUEUE_SHEETS_WRITES_PER_MINUTE", 55, 1, 10000),
+            # One write request per batch: as many records as fit this many bytes.
             sheets_max_request_bytes=_int(
-                "SYNCQUEUE_SHEETS_MAX_REQUEST_BYTES", 2_000_000, 10_000, 10_000_000
+                "SYNCQUEUE_SHEETS_MAX_REQUEST_BYTES", 1_000_000, 10_000, 10_000_000
             ),
+            sheets_batch_records=_int("SYNCQUEUE_SHEETS_BATCH_RECORDS", 5000, 1, 100_000),
+            sheets_conflicts=_choice(
+                "SYNCQUEUE_SHEETS_CONFLICTS", "overwrite", ("overwrite", "keep")
+            ),
+            sheets_long_cells=_choice("SYNCQUEUE_SHEETS_LONG_CELLS", "fail", ("fail", "truncate")),
+            sheets_columns=_lists("SYNCQUEUE_SHEETS_COLUMNS"),
+            sheets_max_cells=_int("SYNCQUEUE_SHEETS_MAX_CELLS", 10_000_000, 1, 10_000_000),
             # Google's per-user quota per minute (a service account is one user), per kind.
             sheets_read_quota=_int("SYNCQUEUE_SHEETS_READ_QUOTA", 60, 1, 100_000),
             sheets_write_quota=_int("SYNCQUEUE_SHEETS_WRITE_QUOTA", 60, 1, 100_000),
             # Seconds added to the 60 s window when pacing (covers network jitter).
             sheets_quota_margin=_float("SYNCQUEUE_SHEETS_QUOTA_MARGIN", 2.0, 0.0, 60.0),
-            sheets_quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", 2, 1, 60),
+            # Requests that may go at once: a round's tabs read, ids read and rows read.
+            sheets_quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", 3, 1, 60),
             redis_url=(
                 env("SYNCQUEUE_REDIS_URL", "")
                 or env("CELERY_BROKER_URL", "")

@@ -327,3 +327,15 @@ RECORD_CHANGES = text("""
     ORDER BY id
     LIMIT :limit
 """)
+
+# The synced state of a model's records (all, or those of :record_ids), by record id (primary
+# key), with whether a claim holds the record now (its row may be mid-write): ``verify``
+# compares a tab with them, the Sheets writer repairs rows from them.
+SYNCED_RECORDS = text("""
+    SELECT record_id, fields, versions, deleted_id, created_id, touched_id,
+           claim_token IS NOT NULL AS claimed, synced_at
+    FROM sync_record
+    WHERE model = :model
+      AND (CAST(:record_ids AS text[]) IS NULL OR record_id = ANY(CAST(:record_ids AS text[])))
+    ORDER BY record_id
+""")

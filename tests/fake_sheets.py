@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import sys
 import threading
 import time
@@ -314,6 +315,7 @@ class FakeSheets:
         self._faults: list[_Fault] = []
         self._tokens: dict[str, str] = {}  # access token -> account
         self._read_since_write: set[str] = set()
+        self._chaos: tuple[float, random.Random] | None = None
         self.lock = threading.RLock()
         self.calls: list[Call] = []
         self.delay = 0.0  # seconds to sleep before handling each request
@@ -550,11 +552,30 @@ class FakeSheets:
             self._faults.clear()
             self._store.poison.clear()
 
+    def chaos(self, rate: float, seed: int = 0) -> None:
+        """From now on, each admitted API request meets a fault with probability ``rate``:
+        a 429, a 503 (neither applied), or its answer lost (applied, then the connection
+        dropped or a 503); ``rate`` 0 stops it."""
+        with self.lock:
+            self._chaos = (rate, random.Random(seed)) if rate else None
+
     def _take_fault(self, kind: str) -> _Fault | None:
         for fault in self._faults:
             if fault.remaining > 0 and (fault.kinds is None or kind in fault.kinds):
                 fault.remaining -= 1
                 return fault
+        if self._chaos is not None and kind in READ_KINDS | WRITE_KINDS:
+            rate, rng = self._chaos
+            if rng.random() < rate:
+                status, lose, mode = rng.choice(
+                    [
+                        (429, False, ""),
+                        (503, False, ""),
+                        (503, True, "disconnect"),
+                        (503, True, "503"),
+                    ]
+                )
+                return _Fault(1, status, None, None, lose, mode)
         return None
 
     # -- quota
@@ -655,5 +676,5 @@ class FakeSheets:
         if kind == "values.append":
             return store.append(sid, target or "", query, body)
         if kind == "spreadsheets.batchUpdate":
-            return store.batch_update(sid, body)
+            return store.batch_update(sid, body, _q(query, "fields"))
         raise ApiError(404, "Not found")

@@ -319,3 +319,6 @@ class Options:
     max_subrequests: int | None = None  # per spreadsheets.batchUpdate
     max_body_bytes: int | None = None  # larger request bodies get a 413
     max_cells: int = MAX_CELLS
+    # A batchUpdate response range that does not resolve (a tab renamed since): "refuse" (400,
+    # nothing applied) or "after" (400, the update stays applied).
+    response_range_error: str = "refuse"

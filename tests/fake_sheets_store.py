@@ -14,6 +14,7 @@ from typing import Any
 
 import fake_sheets_batch as batch
 import fake_sheets_metadata as md
+import fake_sheets_response as response
 from fake_sheets_model import (
     ApiError,
     Book,
@@ -336,8 +337,35 @@ class Store:
             self.books[sid], self.next_sheet_id = saved, saved_next  # nothing applied
             raise
 
-    def batch_update(self, sid: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def batch_update(
+        self, sid: str, body: Mapping[str, Any], fields: str | None = None
+    ) -> dict[str, Any]:
+        """Apply the subrequests; with ``includeSpreadsheetInResponse`` answer the spreadsheet
+        after them too (``fake_sheets_response``). A response range that does not resolve is a
+        400; by ``Options.response_range_error`` nothing was applied ("refuse") or the update
+        stays applied ("after") — the documentation does not say which."""
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
             raise ApiError(400, "Invalid requests: at least one request is required")
-        return {"spreadsheetId": sid, "replies": self.apply_batch(sid, requests)}
+        mask = response.parse_mask(fields) if fields else None
+        saved, saved_next = self.book(sid).copy(), self.next_sheet_id
+        out: dict[str, Any] = {"spreadsheetId": sid, "replies": self.apply_batch(sid, requests)}
+        if body.get("includeSpreadsheetInResponse"):
+            ranges = body.get("responseRanges") or None
+            try:
+                resolved = (
+                    None if ranges is None else response.resolve_ranges(self.book(sid), ranges)
+                )
+            except ApiError:
+                if self.options.response_range_error == "refuse":
+                    self.books[sid], self.next_sheet_id = saved, saved_next
+                raise
+            with_data = (
+                bool(body.get("responseIncludeGridData"))
+                if mask is None
+                else (response.mask_mentions(mask, ("updatedSpreadsheet", "sheets", "data")))
+            )
+            out["updatedSpreadsheet"] = response.spreadsheet(
+                sid, self.book(sid), resolved, with_data
+            )
+        return out if mask is None else response.apply_mask(out, mask)

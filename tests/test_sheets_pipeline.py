@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from sqlalchemy import text
 from syncqueue_tasks import batch as batch_module
 from syncqueue_tasks.celery_app import app as celery_app
 from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.models import QueueItem
+from syncqueue_tasks.records import RecordKey, RecordWrite
 from syncqueue_tasks.redis_client import get_redis, key
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch
@@ -43,7 +43,7 @@ QUOTA_ERROR = (
     "limit 'Write requests per minute per user' of service 'sheets.googleapis.com'"
 )
 # Every kind of Sheets API call the writer makes (the OAuth token endpoint excluded).
-API_KINDS = frozenset({"spreadsheets.get", "values.batchGet"} | WRITE_KINDS)
+API_KINDS = frozenset({"spreadsheets.get", "values.batchGetByDataFilter"} | WRITE_KINDS)
 
 
 @dataclass
@@ -133,7 +133,9 @@ def sheet(
         SYNCQUEUE_SHEETS_CREDENTIALS_FILE=str(credentials),
         SYNCQUEUE_SHEETS_API_URL=fake.url,
         SYNCQUEUE_SHEETS_TABS="Request=Requests",
-        SYNCQUEUE_SHEETS_WRITES_PER_MINUTE="10000",
+        SYNCQUEUE_SHEETS_READ_QUOTA="100000",
+        SYNCQUEUE_SHEETS_WRITE_QUOTA="100000",
+        SYNCQUEUE_SHEETS_BATCH_RECORDS=None,
         SYNCQUEUE_BACKOFF_BASE_SECONDS="0.05",
         SYNCQUEUE_BACKOFF_MAX_SECONDS="0.5",
         SYNCQUEUE_KICK_DELAY="0.05",
@@ -156,7 +158,8 @@ def sheet(
         fake.stop()
         celery_app.control.purge()  # kicks still queued (the worker has stopped by now)
         redis = get_redis()
-        redis.delete(f"{KEY_PREFIX}:rate:{account}", f"{KEY_PREFIX}:lock:{sid}", key("kick"))
+        stale = [*redis.scan_iter(f"{KEY_PREFIX}:quota:{account}*"), key("kick")]
+        redis.delete(*stale, f"{KEY_PREFIX}:lock:{sid}", f"{KEY_PREFIX}:tabs:{sid}")
         get_settings.cache_clear()
     assert count_rows("status = 'PROCESSING'") == 0
 
@@ -168,16 +171,18 @@ def pipeline(sheet: Sheet, celery_worker: Any) -> Sheet:
 
 
 @pytest.fixture
-def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[QueueItem]]:
-    """The items of every ``GoogleSheetsWriter.write`` call, in call order."""
-    seen: list[list[QueueItem]] = []
-    write = GoogleSheetsWriter.write
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[list[RecordWrite]]:
+    """The record writes of every ``GoogleSheetsWriter.write_records`` call, in call order."""
+    seen: list[list[RecordWrite]] = []
+    write = GoogleSheetsWriter.write_records
 
-    def recording(self: GoogleSheetsWriter, items: Sequence[QueueItem]) -> dict[str, Outcome]:
-        seen.append(list(items))
-        return dict(write(self, items))
+    def recording(
+        self: GoogleSheetsWriter, writes: Sequence[RecordWrite]
+    ) -> Mapping[RecordKey, Outcome]:
+        seen.append(list(writes))
+        return write(self, writes)
 
-    monkeypatch.setattr(GoogleSheetsWriter, "write", recording)
+    monkeypatch.setattr(GoogleSheetsWriter, "write_records", recording)
     return seen
 
 
@@ -245,15 +250,19 @@ def queue_rows() -> list[dict[str, Any]]:
 
 def applied_rows(fake: FakeSheets) -> list[list[Any]]:
     """Every row of cells carried by a write the fake applied, in the order it applied them
-    (values.append rows and values.batchUpdate ranges; refused calls left out)."""
+    (the rows of each ``updateCells``; refused calls left out)."""
     with fake.lock:
         calls = [c for c in fake.calls if c.status in (200, -1)]  # -1: applied, answer lost
     out: list[list[Any]] = []
     for call in calls:
-        if call.kind == "values.append":
-            out += call.body["values"]
-        elif call.kind == "values.batchUpdate":
-            out += [row for vr in call.body["data"] for row in vr["values"]]
+        if call.kind == "spreadsheets.batchUpdate":
+            for request in call.body["requests"]:
+                for row in request.get("updateCells", {}).get("rows", []):
+                    values = [
+                        next(iter(c.get("userEnteredValue", {"": ""}).values()))
+                        for c in row["values"]
+                    ]
+                    out.append(values)
     return out
 
 
@@ -298,7 +307,7 @@ def test_writer_spec_picks_sheets_when_spreadsheet_and_credentials_are_set(
     writer = loading.get_writer()
     assert isinstance(writer, GoogleSheetsWriter)
     assert writer.settings.sheets_api_url == sheet.fake.url
-    assert writer.limiter.key == f"{KEY_PREFIX}:rate:{sheet.account}"
+    assert writer.limiter.key == f"{KEY_PREFIX}:quota:{sheet.account}"
     assert loading.get_writer() is writer  # built once per settings
     credentials = get_settings().sheets_credentials_file
 
@@ -372,9 +381,9 @@ def test_delay_create_update_delete_across_two_models(
 
 
 def test_per_record_order_across_small_batches(
-    pipeline: Sheet, monkeypatch: pytest.MonkeyPatch, batches: list[list[QueueItem]]
+    pipeline: Sheet, monkeypatch: pytest.MonkeyPatch, batches: list[list[RecordWrite]]
 ) -> None:
-    configure(monkeypatch, SYNCQUEUE_BATCH_SIZE="3")
+    configure(monkeypatch, SYNCQUEUE_BATCH_SIZE="3", SYNCQUEUE_SHEETS_BATCH_RECORDS="3")
     records, updates = ["k0", "k1", "k2", "k3"], 9
     ids: dict[str, list[str]] = {r: [] for r in records}
     for seq in range(updates + 1):
@@ -391,9 +400,12 @@ def test_per_record_order_across_small_batches(
     assert sorted(rows[1:]) == [[rec, rec, updates] for rec in records]  # the last update wins
     assert_landed_in_order(sequence_per_record(pipeline.fake, records), last=updates)
     assert all(len(b) <= 3 for b in batches)
-    assert sum(len(b) for b in batches) == total and len(batches) >= total // 3
+    handed = [c for b in batches for w in b for c in w.change_ids]
+    assert sorted(handed) == sorted(i for r in records for i in ids[r])
     for rec in records:  # across batches, a record's changes were handed over in enqueue order
-        assert [i.id for b in batches for i in b if i.record_id == rec] == ids[rec]
+        assert [c for b in batches for w in b if w.record_id == rec for c in w.change_ids] == ids[
+            rec
+        ]
     assert {(r["status"], r["retries"], r["last_error"]) for r in queue_rows()} == {
         ("COMPLETED", 0, None)
     }
@@ -428,7 +440,7 @@ def test_a_storm_of_429s_is_ridden_out_without_using_attempts(
 
 
 def test_one_bad_item_fails_alone_with_a_clear_sanitized_error(
-    pipeline: Sheet, batches: list[list[QueueItem]]
+    pipeline: Sheet, batches: list[list[RecordWrite]]
 ) -> None:
     fake = pipeline.fake
     fake.set_rows(
@@ -461,36 +473,31 @@ def test_one_bad_item_fails_alone_with_a_clear_sanitized_error(
     ]
     bad_id = prepared["item_ids"][7]
     outcome = {r["id"]: (r["status"], r["retries"], r["last_error"]) for r in queue_rows()}
-    assert outcome.pop(bad_id) == (
-        "FAILED",
-        1,
-        "Sheets rejected Request 'bad': Sheets API 400 INVALID_ARGUMENT: "
-        "Invalid values[0]: Bad value access_token=*** in cell",
+    status, retries, error = outcome.pop(bad_id)
+    assert (status, retries) == ("FAILED", 1)
+    assert error.startswith(
+        "Sheets rejected Request 'bad': Sheets API 400 INVALID_ARGUMENT: Invalid requests["
     )
+    assert error.endswith("].updateCells: Bad value access_token=*** in cell")
     assert set(outcome.values()) == {("COMPLETED", 0, None)}
 
 
 @pytest.mark.parametrize("mode", ["disconnect", "503"])
 def test_lost_append_answer_then_retry_leaves_one_row(pipeline: Sheet, mode: str) -> None:
     fake = pipeline.fake
-    fake.lose_next(1, kinds={"values.append"}, mode=mode)
+    fake.lose_next(1, kinds={"spreadsheets.batchUpdate"}, mode=mode)
     created = enqueue_change.delay("CREATE", "Request", "once", {"name": "x"}).id
     settle(1)
     assert fake.rows(pipeline.sid, "Requests") == [["id", "name", "status"], ["once", "x"]]
-    assert fake.count({"values.append"}) == 1  # the retry found the row instead of re-appending
+    # The answer was lost: a new round read the ids, found the row and did not add another.
+    assert fake.count({"spreadsheets.batchUpdate"}) == 2
     [row] = queue_rows()
-    assert (row["id"], row["status"], row["retries"]) == (created, "COMPLETED", 1)
-    if mode == "503":
-        assert (
-            row["last_error"] == "Sheets API 503 UNAVAILABLE: The service is currently unavailable."
-        )
-    else:
-        assert row["last_error"].startswith("ConnectionError: ")
+    assert (row["id"], row["status"], row["retries"]) == (created, "COMPLETED", 0)
 
     updated = enqueue_change.delay("UPDATE", "Request", "once", {"status": "y"}).id
     settle(2)
     assert fake.rows(pipeline.sid, "Requests") == [["id", "name", "status"], ["once", "x", "y"]]
-    assert fake.count({"values.append"}) == 1
+    assert fake.count({"spreadsheets.batchUpdate"}) == 3
     assert [(r["id"], r["status"]) for r in queue_rows()] == [
         (created, "COMPLETED"),
         (updated, "COMPLETED"),
@@ -517,8 +524,8 @@ def test_requests_per_batch_stay_fixed_as_the_batch_grows(
     assert calls_by_kind(fake) == {
         "oauth.token": 1,
         "spreadsheets.get": 1,
-        "values.batchGet": 1,
-        "values.batchUpdate": 1,
+        "values.batchGetByDataFilter": 1,
+        "spreadsheets.batchUpdate": 1,
     }
 
     per_batch: dict[int, dict[str, int]] = {}
@@ -542,7 +549,7 @@ def test_requests_per_batch_stay_fixed_as_the_batch_grows(
             changes.append(
                 {"action": "DELETE", "model": "Request", "record_id": f"r{row}", "payload": {}}
             )
-            expected[row + 1] = [f"r{row}", "", "", True]
+            expected[row + 1] = [f"r{row}", f"n{row}", "", True]  # typed in: not blanked
         for _ in range(size - n_update - n_delete):
             changes.append(
                 {
@@ -568,7 +575,7 @@ def test_requests_per_batch_stay_fixed_as_the_batch_grows(
         (1, 10, 10),
         (1, 100, 100),
     ]
-    one_each = {"values.append": 1, "values.batchGet": 1, "values.batchUpdate": 1}
+    one_each = {"values.batchGetByDataFilter": 1, "spreadsheets.batchUpdate": 1}
     assert per_batch == {10: one_each, 100: one_each}
     expected[0] = ["id", "name", "status", "_deleted"]
     assert fake.rows(sid, "Requests") == expected

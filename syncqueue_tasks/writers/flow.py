@@ -8,7 +8,6 @@
   wait and reserves nothing. Fairness: a spreadsheet holds at most one future slot per kind, so
   busy spreadsheets of one account take turns (round robin), while a lone busy spreadsheet still
   gets the whole budget.
-- :class:`RateLimiter`: a sliding-window log: at most ``limit`` grants in any ``window`` seconds.
 - :class:`SpreadsheetLock`: at most one holder at a time (``SET NX PX`` with a random token;
   refreshed and released only by compare-and-set scripts, so an expired holder can't free
   someone else's lock). The holder may publish when it expects to finish (:meth:`expect`); a
@@ -23,7 +22,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from redis import Redis
@@ -32,38 +31,40 @@ from syncqueue_tasks.settings import Settings
 
 KINDS = ("read", "write")
 
-_SLIDING_WINDOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000) + 1000)
-  return 0
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
-"""
-
-# GCRA with reservations. KEYS: the kind's theoretical arrival time (us), the hash of each
-# spreadsheet's last reserved slot. ARGV: emission interval (us), burst tolerance (us), longest
-# wait the caller accepts (us), spreadsheet. Returns the wait (us) before the reserved slot,
-# or minus the expected wait when nothing was reserved.
+# GCRA with reservations, for one or more kinds at once. KEYS: per kind, its theoretical
+# arrival time (us) and the hash of each spreadsheet's last reserved slot. ARGV: the longest
+# wait the caller accepts (us), the spreadsheet, then per kind: emission interval (us), burst
+# tolerance (us), how many requests. Finds the first instant T at which every kind's requests
+# all conform (sent together at T), reserves them there and returns T - now (us); or returns
+# minus the expected wait and reserves nothing (T too far, or the spreadsheet already holds a
+# future slot of one of the kinds: it waits its turn, so busy spreadsheets take turns).
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval, tau, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
-local slot = math.max(tat - tau, now)
-local own = tonumber(redis.call('HGET', KEYS[2], ARGV[4]) or 0)
-if own > now then return -math.max(slot, own + interval) + now end
-if slot - now > max_wait then return -(slot - now) end
-local ttl = math.ceil((tat + interval - now) / 1000) + 1000
-redis.call('SET', KEYS[1], tat + interval, 'PX', ttl)
-redis.call('HSET', KEYS[2], ARGV[4], slot)
-redis.call('PEXPIRE', KEYS[2], ttl)
-return slot - now
+local max_wait, sheet = tonumber(ARGV[1]), ARGV[2]
+local kinds = (#ARGV - 2) / 3
+local at, blocked = now, false
+for i = 1, kinds do
+  local interval, tau, count = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]),
+    tonumber(ARGV[3 * i + 2])
+  local tat = math.max(tonumber(redis.call('GET', KEYS[2 * i - 1]) or now), now)
+  local own = tonumber(redis.call('HGET', KEYS[2 * i], sheet) or 0)
+  at = math.max(at, tat + (count - 1) * interval - tau)
+  if own > now then
+    blocked = true
+    at = math.max(at, own + interval)
+  end
+end
+if blocked or at - now > max_wait then return -(at - now) end
+for i = 1, kinds do
+  local interval, count = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 2])
+  local tat = math.max(tonumber(redis.call('GET', KEYS[2 * i - 1]) or now), now, at)
+  local ttl = math.ceil((tat + count * interval - now) / 1000) + 1000
+  redis.call('SET', KEYS[2 * i - 1], tat + count * interval, 'PX', ttl)
+  redis.call('HSET', KEYS[2 * i], sheet, at)
+  redis.call('PEXPIRE', KEYS[2 * i], ttl)
+end
+return at - now
 """
 
 _RELEASE = """
@@ -147,12 +148,21 @@ class AccountLimiter:
 
     @classmethod
     def from_settings(
-        cls, redis: Redis, account: str, settings: Settings, key_prefix: str
+        cls,
+        redis: Redis,
+        account: str,
+        settings: Settings,
+        key_prefix: str,
+        *,
+        window: float = 60.0,
     ) -> AccountLimiter:
-        """The budgets configured by ``SYNCQUEUE_SHEETS_{READ,WRITE}_QUOTA`` and friends."""
-        margin, burst = settings.sheets_quota_margin, settings.sheets_quota_burst
+        """The budgets configured by ``SYNCQUEUE_SHEETS_{READ,WRITE}_QUOTA`` and friends, on a
+        quota minute of ``window`` seconds (a benchmark shrinks it with a fake's faster clock;
+        the margin shrinks with it)."""
+        margin = settings.sheets_quota_margin * window / 60.0
+        burst = settings.sheets_quota_burst
         quotas = {"read": settings.sheets_read_quota, "write": settings.sheets_write_quota}
-        budgets = {k: Budget(q, 60.0, margin, min(burst, q)) for k, q in quotas.items()}
+        budgets = {k: Budget(q, window, margin, min(burst, q)) for k, q in quotas.items()}
         return cls(redis, account, budgets, key_prefix=f"{key_prefix}:quota")
 
     def reserve(self, kind: str, max_wait: float, spreadsheet: str = "") -> float:
@@ -162,25 +172,42 @@ class AccountLimiter:
         expected wait when nothing was reserved (the slot is further away, or ``spreadsheet``
         already holds a future slot of this kind).
         """
-        budget = self.budgets[kind]
-        waited = self._script(
-            keys=[f"{self.key}:{kind}", f"{self.key}:{kind}:tickets"],
-            args=[
+        return self.reserve_many({kind: 1}, max_wait, spreadsheet)
+
+    def reserve_many(
+        self, needs: Mapping[str, int], max_wait: float, spreadsheet: str = ""
+    ) -> float:
+        """Reserve ``needs`` (kind -> requests) to be sent together at one instant, the first
+        at which all of them conform, if it comes within ``max_wait`` seconds: the seconds
+        until then (>= 0), or minus the expected wait with nothing reserved. Up to a kind's
+        burst can go at one instant (a read, a second read and a write, say)."""
+        keys: list[str] = []
+        args: list[int | str] = [int(max(0.0, max_wait) * 1_000_000), spreadsheet]
+        for kind, count in needs.items():
+            budget = self.budgets[kind]
+            if not 1 <= count <= budget.burst:
+                raise ValueError(f"{count} {kind} request(s) at once: the burst is {budget.burst}")
+            keys += [f"{self.key}:{kind}", f"{self.key}:{kind}:tickets"]
+            args += [
                 math.ceil(budget.interval * 1_000_000),
                 int(budget.tolerance * 1_000_000),
-                int(max(0.0, max_wait) * 1_000_000),
-                spreadsheet,
-            ],
-        )
-        return int(waited) / 1_000_000
+                count,
+            ]
+        return int(self._script(keys=keys, args=args)) / 1_000_000
 
     def wait_for(self, kind: str, max_wait: float, spreadsheet: str = "") -> float:
         """Wait up to ``max_wait`` seconds for a ``kind`` slot: 0.0 once it is time to send,
         else the expected wait (nothing reserved; hand the work back with it)."""
+        return self.wait_for_many({kind: 1}, max_wait, spreadsheet)
+
+    def wait_for_many(
+        self, needs: Mapping[str, int], max_wait: float, spreadsheet: str = ""
+    ) -> float:
+        """:meth:`wait_for` for several requests sent together (see :meth:`reserve_many`)."""
         deadline = time.monotonic() + max_wait
         while True:
             remaining = max(0.0, deadline - time.monotonic())
-            wait = self.reserve(kind, remaining, spreadsheet)
+            wait = self.reserve_many(needs, remaining, spreadsheet)
             if wait >= 0:
                 if wait:
                     self._sleep(wait)
@@ -188,38 +215,6 @@ class AccountLimiter:
             if -wait > remaining:
                 return -wait
             self._sleep(-wait)  # this spreadsheet's own slot comes first: queue behind it
-
-
-class RateLimiter:
-    """At most ``limit`` grants per sliding ``window`` seconds, shared through ``key``."""
-
-    def __init__(self, redis: Redis, key: str, limit: int, window: float = 60.0) -> None:
-        if limit < 1 or window <= 0:
-            raise ValueError("limit must be >= 1 and window > 0")
-        self.key = key
-        self.limit = limit
-        self.window = window
-        self._script = redis.register_script(_SLIDING_WINDOW)
-
-    def try_acquire(self) -> float:
-        """Take a slot if one is free: return 0.0, else the seconds until one frees up."""
-        wait_us = self._script(
-            keys=[self.key],
-            args=[self.limit, int(self.window * 1_000_000), uuid.uuid4().hex],
-        )
-        return int(wait_us) / 1_000_000
-
-    def acquire(self, max_wait: float) -> float:
-        """Wait up to ``max_wait`` seconds for a slot: 0.0 when granted, else a retry-after hint."""
-        deadline = time.monotonic() + max_wait
-        while True:
-            wait = self.try_acquire()
-            if wait == 0.0:
-                return 0.0
-            remaining = deadline - time.monotonic()
-            if wait > remaining:
-                return wait
-            time.sleep(wait + random.uniform(0.0, 0.01))  # jitter: don't stampede together
 
 
 class SpreadsheetLock:
@@ -263,7 +258,7 @@ class SpreadsheetLock:
         """As the holder: publish that the lock should be free in ``seconds``."""
         if not self.held:
             return False
-        args = [self.token, max(0.0, seconds), self.ttl_ms]
+        args: list[str | float] = [self.token, max(0.0, seconds), self.ttl_ms]
         return bool(self._expect(keys=[self.key, self.eta_key], args=args))
 
     def expected_wait(self) -> float:

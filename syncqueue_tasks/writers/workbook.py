@@ -17,7 +17,8 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,20 @@ from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from syncqueue_tasks.errors import ConfigurationError, sanitize_error
-from syncqueue_tasks.outcomes import Outcome
+from syncqueue_tasks.outcomes import Outcome, OutcomeKind
 from syncqueue_tasks.records import RecordKey, RecordWrite
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.synced import SyncedRecord
+from syncqueue_tasks.verify_compare import (
+    REPAIRABLE,
+    Cells,
+    Grid,
+    Kind,
+    ModelReport,
+    compare,
+    restore_write,
+    same,
+)
 from syncqueue_tasks.writers.rules import (
     DELETED_COLUMN,
     DeleteMode,
@@ -206,6 +218,59 @@ class LocalWorkbookWriter:
                 rows.setdefault(key, []).append(row)
         return _Sheet(ws, columns, rows, last + 1)
 
+    def verify_model(
+        self, model: str, load: Callable[[], Mapping[str, SyncedRecord]], *, repair: bool
+    ) -> ModelReport:
+        """Compare the model's worksheet with the synced states (``load``) under the
+        workbook's lock; with ``repair``, rewrite each record a finding names (an id in
+        several rows is reported, not fixed). See ``verify_compare``."""
+        started = time.monotonic()
+        report = ModelReport(model, f"sheet {model!r} of {self.path.name}")
+        with _exclusive_lock(Path(f"{self.path}.lock")):
+            records = load()
+            header, rows = self._grid(model)
+            report.findings, report.in_flight = compare(
+                Grid(header, rows),
+                records,
+                _CELLS,
+                id_column=self.id_column,
+                delete_mode=self.delete_mode,
+            )
+        report.rows, report.records = len(rows), len(records)
+        ids = sorted(
+            {f.record_id for f in report.findings if f.kind in REPAIRABLE - {Kind.DUPLICATE}}
+        )
+        if repair and ids:
+            writes = [restore_write(RecordKey(model, k), records[k].state) for k in ids]
+            outcomes = self.write_records(writes)
+            report.repaired = sum(o.kind is OutcomeKind.DONE for o in outcomes.values())
+            report.unrepaired = len(writes) - report.repaired
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _grid(self, model: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """The worksheet's header and rows (an absent one reads as empty)."""
+        if not self.path.exists():
+            return [self.id_column], []
+        book = openpyxl.load_workbook(self.path, read_only=True)
+        try:
+            if model not in book.sheetnames:
+                return [self.id_column], []
+            rows = list(book[model].iter_rows(values_only=True))
+        finally:
+            book.close()
+        header = [_id_key(v) or "" for v in rows[0]] if rows else [self.id_column]
+        return header, rows[1:]
+
+
+def _expected(value: Any) -> Any:
+    """What a cell reads back as for a payload value (None: it cannot be stored)."""
+    try:
+        stored = _cell_value("field", value)
+    except _Reject:
+        return None
+    return "" if stored is None else stored
+
 
 def create_writer() -> LocalWorkbookWriter:
     """Build a ``LocalWorkbookWriter`` from :func:`get_settings`."""
@@ -311,3 +376,6 @@ def _save_atomic(book: Workbook, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+_CELLS = Cells(_expected, same, _id_key, _is_true)

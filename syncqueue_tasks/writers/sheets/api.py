@@ -1,4 +1,5 @@
-"""Transport for the Google Sheets writer: gspread's HTTP client, rebased, and error triage.
+"""Transport for the Google Sheets writer: gspread's HTTP client, rebased, the calls it makes,
+and error triage.
 
 gspread hard-codes ``https://sheets.googleapis.com`` (``gspread.urls``); a
 :class:`RebaseAdapter` mounted on the session rewrites that prefix to the configured base URL
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import gspread
 import requests
@@ -80,53 +83,66 @@ def make_http_client(
     return client.http_client, account
 
 
+# The parts of a batchUpdate's answer the writer reads: the tabs' properties and grid data.
+_RESPONSE_FIELDS = (
+    "replies,updatedSpreadsheet.sheets(properties(sheetId,title,gridProperties),"
+    "data(startRow,startColumn,rowData.values.effectiveValue))"
+)
+
+
 class SheetsApi:
-    """The five calls the writer makes, on one spreadsheet, always with RAW input."""
+    """The three calls the writer makes on one spreadsheet (typed values, never parsed)."""
 
     def __init__(self, http: HTTPClient, spreadsheet_id: str) -> None:
         self.http = http
         self.spreadsheet_id = spreadsheet_id
+        self.sent: Counter[str] = Counter()  # requests sent, per quota kind (read / write)
 
-    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API request, counted in the queue's metrics (and its 429 answers)."""
         metrics.count("writer_requests")
+        self.sent["read" if method == "get" or "batchGet" in path else "write"] += 1
+        url = f"{GOOGLE_SHEETS_URL}/v4/spreadsheets/{quote(self.spreadsheet_id, safe='')}{path}"
         try:
-            return method(*args, **kwargs)
+            return self.http.request(method, url, **kwargs).json()
         except APIError as exc:
             if getattr(exc.response, "status_code", None) == 429:
                 metrics.count("writer_throttled")
             raise
 
     def metadata(self) -> Any:
-        """spreadsheets.get: the tabs' properties (no cell data)."""
-        params = {"includeGridData": "false", "fields": "sheets.properties"}
-        return self._call(self.http.fetch_sheet_metadata, self.spreadsheet_id, params=dict(params))
+        """spreadsheets.get: every tab's properties (ids, titles, grid sizes), no cells."""
+        return self._call("get", "", params={"fields": "sheets.properties"})
 
-    def batch_get(self, ranges: Sequence[str]) -> list[Any]:
-        """values.batchGet, formatted values by rows; one ValueRange per requested range."""
-        params: dict[str, Any] = {"majorDimension": "ROWS", "valueRenderOption": "FORMATTED_VALUE"}
-        answer = self._call(
-            self.http.values_batch_get, self.spreadsheet_id, list(ranges), params=params
-        )
-        ranges_out = answer.get("valueRanges", [])
-        if len(ranges_out) != len(ranges):
-            raise ValueError(f"batchGet returned {len(ranges_out)} ranges for {len(ranges)}")
-        return list(ranges_out)
+    def read(self, filters: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """values:batchGetByDataFilter, unformatted, by rows: one ValueRange per filter, in
+        order. Filters are grid ranges by sheetId, so a renamed tab is still found."""
+        body = {
+            "dataFilters": list(filters),
+            "majorDimension": "ROWS",
+            "valueRenderOption": "UNFORMATTED_VALUE",
+        }
+        answer = self._call("post", "/values:batchGetByDataFilter", json=body)
+        ranges = [m.get("valueRange", {}) for m in answer.get("valueRanges", [])]
+        if len(ranges) != len(filters):
+            raise ValueError(f"read returned {len(ranges)} ranges for {len(filters)} filters")
+        return ranges
 
-    def batch_update_values(self, data: list[dict[str, Any]]) -> Any:
-        """values.batchUpdate (atomic)."""
-        body = {"valueInputOption": "RAW", "data": data}
-        return self._call(self.http.values_batch_update, self.spreadsheet_id, body)
-
-    def append(self, a1: str, rows: list[list[Any]]) -> Any:
-        """values.append: new rows after the table, inserted (the grid grows)."""
-        params: dict[str, Any] = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
-        body = {"majorDimension": "ROWS", "values": rows}
-        return self._call(self.http.values_append, self.spreadsheet_id, a1, params, body)
-
-    def batch_update(self, requests_: list[dict[str, Any]]) -> Any:
-        """spreadsheets.batchUpdate (atomic): structure changes such as deleteDimension."""
-        return self._call(self.http.batch_update, self.spreadsheet_id, {"requests": requests_})
+    def batch_update(
+        self, requests_: list[dict[str, Any]], response_ranges: Sequence[str] = ()
+    ) -> Any:
+        """spreadsheets.batchUpdate (atomic, in order); with ``response_ranges``, the answer
+        holds those ranges as they are right after the update (``updatedSpreadsheet``)."""
+        body: dict[str, Any] = {"requests": requests_}
+        params: dict[str, Any] = {}
+        if response_ranges:
+            body |= {
+                "includeSpreadsheetInResponse": True,
+                "responseRanges": list(response_ranges),
+                "responseIncludeGridData": True,
+            }
+            params["fields"] = _RESPONSE_FIELDS
+        return self._call("post", ":batchUpdate", json=body, params=params)
 
 
 class FailureKind(enum.StrEnum):
@@ -134,6 +150,7 @@ class FailureKind(enum.StrEnum):
 
     QUOTA = "quota"  # 429: not applied; retry later without using up an attempt
     TRANSIENT = "transient"  # 5xx, timeout, connection: maybe applied; retry later
+    STALE = "stale"  # 400 because our view is out of date (tab, grid): read again, retry
     INVALID = "invalid"  # 400/413, protected cells: the content is bad; split to find it
     REJECTED = "rejected"  # 401/403/404...: the whole call is refused, whatever it holds
 
@@ -159,6 +176,17 @@ def classify(exc: BaseException) -> ApiFailure:
     raise exc
 
 
+# 400 answers that mean the spreadsheet changed under the request (a tab renamed or deleted,
+# rows or columns removed), not that a record's content is bad.
+_STALE_MARKERS = (
+    "unable to parse range",
+    "exceeds grid limits",
+    "no grid with id",
+    "invalid dimension range",
+    "already exists",
+)
+
+
 def _classify_api_error(exc: APIError) -> ApiFailure:
     response = exc.response
     code = exc.code if isinstance(exc.code, int) and exc.code > 0 else response.status_code
@@ -171,6 +199,8 @@ def _classify_api_error(exc: APIError) -> ApiFailure:
         kind = FailureKind.QUOTA
     elif code in (401, 408) or code >= 500:
         kind = FailureKind.TRANSIENT
+    elif code == 400 and any(marker in lowered for marker in _STALE_MARKERS):
+        kind = FailureKind.STALE
     elif code in (400, 413) or (code == 403 and "protected" in lowered):
         kind = FailureKind.INVALID
     else:

@@ -1,0 +1,16 @@
+"""The Celery task ``syncqueue.verify``: ``verify`` on a beat schedule (off by default:
+``SYNCQUEUE_VERIFY_EVERY``; ``SYNCQUEUE_VERIFY_REPAIR`` makes it repair too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syncqueue_tasks.celery_app import app
+from syncqueue_tasks.verify import verify
+
+
+@app.task(name="syncqueue.verify")
+def verify_task(repair: bool = False) -> dict[str, Any]:
+    """Verify every model (and repair when asked); the result is stored for the metrics."""
+    result = verify(repair=repair)
+    return {"findings": result.findings, "unresolved": result.unresolved}
