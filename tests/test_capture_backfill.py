@@ -38,7 +38,7 @@ from syncqueue_tasks.writers.loading import load_writer
 pytestmark = pytest.mark.usefixtures("app")
 
 WORKBOOK = "syncqueue_tasks.writers.workbook:create_writer"
-SYNCQUEUE = [sys.executable, "-m", "syncqueue_tasks.cli"]
+SYNCQUEUE = [str(Path(sys.executable).with_name("syncqueue"))]  # the installed command
 
 
 def _existing_rows(requests: int = 7, operators: int = 4) -> None:
