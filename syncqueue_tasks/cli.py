@@ -499,6 +499,7 @@ def _revs(revisions: tuple[str, ...]) -> str:
 
 main.add_command(__import__("syncqueue_tasks.dashboard.command", fromlist=["_"]).dashboard)
 main.add_command(__import__("syncqueue_tasks.verify_cli", fromlist=["_"]).verify)
+__import__("syncqueue_tasks.capture.cli", fromlist=["cli"]).register(main)
 
 if __name__ == "__main__":
     main(prog_name="syncqueue")

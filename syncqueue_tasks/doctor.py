@@ -37,6 +37,7 @@ def run_checks() -> list[Check]:
     checks = [database]
     if database.ok:
         checks.append(_guarded("migrations", check_migrations, migrate_hint()))
+        checks.append(_guarded("capture triggers", check_capture_triggers, _fix_triggers()))
     else:
         checks.append(Check("migrations", False, "not checked: database unreachable", fix_database))
     fix_broker = (
@@ -101,6 +102,30 @@ def check_migrations() -> Check:
     return Check(
         "migrations", False, f"database at {at}, code at {', '.join(head)}", migrate_hint()
     )
+
+
+def check_capture_triggers() -> Check:
+    """Every table captured by triggers has the triggers this package generates (none is
+    fine): an outdated trigger may convert values unlike the rest of the package."""
+    from syncqueue_tasks.capture import triggers
+
+    found = triggers.installed(get_engine())
+    stale = [f for f in found if not f.current]
+    if not found:
+        return Check("capture triggers", True, "none installed")
+    if not stale:
+        return Check("capture triggers", True, f"{len(found)} table(s) captured, all current")
+    detail = "; ".join(f"{f.name}: {f.problems[0]}" for f in stale)
+    return Check(
+        "capture triggers",
+        False,
+        f"{len(stale)} of {len(found)} outdated ({detail})",
+        _fix_triggers(),
+    )
+
+
+def _fix_triggers() -> str:
+    return f"`{cli_command()} capture upgrade` reinstalls them as this package generates them"
 
 
 def check_broker(timeout: float = 3.0) -> Check:

@@ -315,3 +315,39 @@ def test_upgrade_to_records_converts_the_queue_of_0003() -> None:
     assert a["versions"] == {"name": f"{'A1':0>26}", "n": f"{'A2':0>26}"}
     assert (b["fields"], b["deleted_id"], b["pending"]) == ({}, f"{'B2':0>26}", 1)
     assert (c["fields"], c["pending"], c["touched_id"]) == ({}, 0, None)
+
+
+def test_capture_triggers_installed_by_a_migration_are_what_the_package_generates() -> None:
+    """An application's migration captures its tables (``op.capture_table``, or ``op.execute``
+    of ``install_sql``): what the database holds then is exactly what the package generates
+    (function bodies and settings, triggers, helpers, version). Not vacuous: a column whose
+    type changes makes the installed function differ, and a later migration upgrades it."""
+    from alembic.operations import Operations
+
+    import syncqueue_tasks.capture.alembic_ops  # noqa: F401  (registers op.capture_table)
+    from syncqueue_tasks.capture import triggers
+
+    with _throwaway_database() as (_, engine):
+        _upgrade_in_process(engine)
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE app_item (id serial PRIMARY KEY, price numeric(8, 2))"))
+            conn.execute(text("CREATE TABLE app_note (code text PRIMARY KEY, body text)"))
+            op = Operations(MigrationContext.configure(conn))
+            op.capture_table("public.app_item", model="Request")
+            op.execute(triggers.install_sql(conn, "app_note", "Operator"))
+        found = [(i.name, i.version, i.problems) for i in triggers.installed(engine)]
+        assert found == [("public.app_item", 1, ()), ("public.app_note", 1, ())]
+
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE app_item ALTER COLUMN price TYPE double precision"))
+        assert triggers.installed(engine)[0].problems == (
+            "its function differs from what this package generates (edited, or the table's "
+            "columns changed)",
+        )
+        with engine.begin() as conn:
+            op = Operations(MigrationContext.configure(conn))
+            op.capture_table("app_item", model="Request")
+            op.remove_capture("app_note")
+        assert [(i.name, i.problems) for i in triggers.installed(engine)] == [
+            ("public.app_item", ())
+        ]
