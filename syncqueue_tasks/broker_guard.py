@@ -1,5 +1,6 @@
-"""A Redis transport that drops messages which are not kombu envelopes, instead of dying on them.
+"""kombu's Redis transport, guarded: a worker survives malformed messages and Redis restarts.
 
+**Malformed messages.**
 kombu's Redis transport pops a message off the queue's list (BRPOP), decodes it as JSON and
 builds a kombu ``Message`` from it before any Celery code runs. Bytes that are not JSON, or JSON
 that is not an envelope (not an object, no ``properties`` or ``delivery_tag``, headers that are
@@ -7,8 +8,20 @@ not a mapping, a body that does not decode), raise out of the event loop: the wo
 
 Here such a message is logged once (sanitized, bounded, no traceback) and dropped. It has been
 popped already and is never recorded in the ``unacked`` hash, so nothing redelivers it; the
-messages behind it are delivered as usual. ``celeryconfig`` selects this transport
-(``broker_transport``) for a ``redis://`` broker URL.
+messages behind it are delivered as usual.
+
+**Redis restarts.** When the worker loses the connection, Celery closes it twice: once in
+``Connection.collect()``, which detaches the transport (``transport.client = None``) after a
+close that failed half-way (reading the pending BRPOP reply raised), then with
+``connection.close()``, whose channel close restores the unacknowledged messages and, to
+reach Redis, rebuilds the connection pool from ``transport.client``: ``AttributeError:
+'NoneType' object has no attribute 'hostname'``, which Celery calls an "Unrecoverable error"
+and the worker exits (kombu 5.7.0 with redis-py 8.x, and earlier versions alike). Here each
+channel keeps the connection parameters it was made with, so that close restores the
+messages (or fails with a connection error, which Celery expects: they then stay in the
+``unacked`` hash until the visibility timeout) and the worker reconnects.
+
+``celeryconfig`` selects this transport (``broker_transport``) for a ``redis://`` broker URL.
 """
 
 from __future__ import annotations
@@ -69,6 +82,18 @@ class GuardedChannel(kombu_redis.Channel):
     #: Set once a decoded message reaches a consumer callback: an error raised after that is
     #: the consumer's (it propagates as before), not a malformed message's.
     _handed_over = False
+    #: The connection parameters this channel was made with (sync, async), kept for its close.
+    _saved_connparams: dict[bool, dict[str, Any]] | None = None
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        """kombu's parameters, computed once: a channel closed after its transport was
+        detached from the connection can still reach Redis to restore its messages."""
+        if self._saved_connparams is None:
+            self._saved_connparams = {}
+        if asynchronous not in self._saved_connparams:
+            params = super()._connparams(asynchronous=asynchronous)
+            self._saved_connparams[asynchronous] = params
+        return dict(self._saved_connparams[asynchronous])
 
     def basic_consume(
         self,

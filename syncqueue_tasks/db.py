@@ -32,6 +32,7 @@ def get_engine() -> Engine:
                 max_overflow=settings.db_pool_size,
                 pool_pre_ping=True,
                 pool_timeout=10,
+                hide_parameters=True,  # payload values never reach logs or error messages
                 connect_args={"connect_timeout": 5, "application_name": "syncqueue"},
             )
             _engine_pid = os.getpid()
