@@ -95,6 +95,9 @@ else:
         # How often each worker looks for such messages (every interval * throttle seconds).
         "unacked_restore_interval": 5,
         "unacked_restore_throttle": 2,
+        # One list per queue, so the guarded transport takes messages with BLMOVE (see
+        # syncqueue_tasks/broker_guard.py: no message lost between the pop and the unacked hash).
+        "priority_steps": [0],
         "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
         "socket_timeout": BROKER_SOCKET_TIMEOUT,
         "retry_on_timeout": False,

@@ -338,14 +338,16 @@ class RabbitVhost:
 
 def broker_backlog(broker_url: str, queue_name: str, rabbit: RabbitVhost | None = None) -> int:
     """Messages the broker still holds for ``queue_name``: queued, or delivered and not yet
-    acknowledged (Redis: the queue's list plus kombu's ``unacked`` hash)."""
+    acknowledged (Redis: the queue's list, kombu's ``unacked`` hash and the guarded
+    transport's in-flight list)."""
     if rabbit is not None:
         return rabbit.messages(queue_name)
     from redis import Redis
 
     client = Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        return int(client.llen(queue_name)) + int(client.hlen("unacked"))
+        held = int(client.hlen("unacked")) + int(client.llen("unacked_inflight"))
+        return int(client.llen(queue_name)) + held
     finally:
         client.close()
 
@@ -377,6 +379,10 @@ def broker_whereabouts(redis_url: str, queue_name: str, ids: Iterable[str]) -> d
             for i in item_ids(json.loads(raw)):
                 if i in wanted:
                     found.setdefault(i, "queued")
+        for raw in client.lrange("unacked_inflight", 0, -1):
+            for i in item_ids(json.loads(raw)):
+                if i in wanted:
+                    found.setdefault(i, "in flight (taken, not yet saved as unacked)")
     finally:
         client.close()
     return found
