@@ -22,7 +22,11 @@ proven invalid:
   (``Reject(requeue=True)``; if even that fails it stays unacknowledged and the broker
   redelivers it). Nothing is republished, so no retry can be lost on the way;
 - a message that cannot be a change (``ValidationError``, arguments that do not fit the task)
-  is kept for an operator (``syncqueue_tasks.invalid_messages``), then acknowledged.
+  is kept for an operator (``syncqueue_tasks.invalid_messages``), then acknowledged (Celery
+  logs the task as "ignored").
+
+Celery logs a ``Reject`` at WARNING with a traceback; a hand-back is expected and its reason is
+sanitized already, so the traceback is dropped from that record (``_HandBackWithoutTraceback``).
 
 The enqueue tasks acknowledge late (after the store) and a message whose worker process died
 goes back to the queue (``acks_late``, ``reject_on_worker_lost``).
@@ -38,7 +42,7 @@ from typing import Any
 
 import psycopg
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.result import AsyncResult
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -52,6 +56,19 @@ from syncqueue_tasks.errors import EnqueueError, sanitize_error
 from syncqueue_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
+
+
+class _HandBackWithoutTraceback(logging.Filter):
+    """Keep Celery's "Task ...[id] reject requeue=True: <reason>" line, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Reject):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("celery.app.trace").addFilter(_HandBackWithoutTraceback())
 
 #: What a failed store raises when the database, not the change, is the problem.
 STORE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
@@ -182,7 +199,7 @@ class EnqueueTask(Task):
             raise
         except Exception as exc:  # ValidationError, arguments that do not fit, anything else
             self._keep_invalid(args, kwargs, exc)
-            return None
+            raise Ignore() from None
 
     def store_durably(self, prepared: dict[str, Any]) -> None:
         """Store a prepared change, retrying every database error with backoff; after
