@@ -68,6 +68,8 @@ from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from syncqueue_tasks.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
 
+TAKEN_NEVER_SAVED = "restored a message its worker took but never saved"  # broker_guard's log
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -279,6 +281,9 @@ class Soak:
             "lost_messages_still_in_broker": len(where),
             # Redis: gone from the list and never saved as unacknowledged (kombu's window)
             "lost_gone_from_broker": acc.rows_missing - len(where) if self.rabbit is None else 0,
+            # Redis: messages a worker took (BLMOVE) and never saved as unacknowledged, put back
+            # by the guarded transport: what kombu's own transport would have lost
+            "taken_never_saved_restored": self.fleet.logs().count(TAKEN_NEVER_SAVED),
             "duplicates_in_flight": len(acc.overlaps),
             "duplicates_across_time": acc.duplicates,
             "repeats_in_one_write": acc.repeats_in_one_write,

@@ -227,7 +227,7 @@ class GuardedChannel(kombu_redis.Channel):
         key = self._q_for_pri(queues[0], self.priority_steps[0])
         self._moving_from = queues[0]
         self._in_poll = self.client.connection
-        self._brpop_sent_at = time.monotonic()
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         wait = self.brpop_timeout if timeout is None else timeout
         self.client.connection.send_command(
             "BLMOVE", key, self.inflight_key, "RIGHT", "LEFT", wait or 0
@@ -249,7 +249,7 @@ class GuardedChannel(kombu_redis.Channel):
             self.connection._deliver(loads(bytes_to_str(item)), queue)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]
             self._moving_from = None
             self._flush_brpop_reauth()
 
