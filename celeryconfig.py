@@ -41,12 +41,15 @@ PROCESS_BATCH_TIME_LIMIT = _env_float("SYNCQUEUE_BATCH_TIME_LIMIT", 150.0)
 
 # --- delivery ---------------------------------------------------------------------------------
 # The enqueue tasks (syncqueue_tasks.publishing.EnqueueTask) acknowledge late, after the change
-# is stored, and go back to the queue when their worker process dies. Every other task
-# (process_batch, reset_stuck, cleanup_completed) is acknowledged when it starts: a lost one is
-# harmless (beat and the enqueue kicks issue process_batch again; claims of a dead worker go
-# back to PENDING by reset_stuck), and a long process_batch then never holds a message that
-# the broker would redeliver while it still runs.
-task_acks_late = False
+# is stored, and go back to the queue when their worker process dies: that is what keeps an
+# accepted change. The other tasks need no redelivery (a lost process_batch is harmless: beat
+# and the enqueue kicks issue it again, and reset_stuck returns a dead worker's claims), but
+# they acknowledge late too: a running process_batch then holds its process's one prefetch
+# slot, so no enqueue message waits in that worker behind a long batch; the broker keeps it
+# for a free worker. One that runs past the visibility timeout is delivered again: a second,
+# harmless run (claims are exclusive).
+task_acks_late = True
+task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_send_task_events = True  # for Flower
 # A "task sent" event costs every .delay() a second Redis publish; Flower works without it.
@@ -103,9 +106,6 @@ else:
         "retry_on_timeout": False,
         "max_retries": 0,
     }
-    # A worker takes a message only when a pool process is free to run it, so a message never
-    # waits (unacknowledged) behind a long process_batch and gets redelivered meanwhile.
-    worker_disable_prefetch = True
 # Malformed messages (wrong shape, not just bad arguments) are rejected and logged once,
 # instead of stopping or wedging the worker: task messages by the consumer, and bytes that are
 # not even a kombu envelope by the transport (kombu's Redis transport, guarded, which also
