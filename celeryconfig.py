@@ -23,7 +23,7 @@ def _cron(expression: str) -> crontab:
     return crontab(minute, hour, day_of_week, day_of_month, month)
 
 
-# --- broker: Redis, JSON only, no result backend (nothing reads task results) ---------------
+# --- broker: Redis or RabbitMQ, JSON only, no result backend (nothing reads task results) ---
 broker_url = os.environ.get("CELERY_BROKER_URL", "") or "redis://localhost:6379/0"
 task_serializer = "json"
 result_serializer = "json"
@@ -39,8 +39,15 @@ enable_utc = True
 PROCESS_BATCH_SOFT_TIME_LIMIT = _env_float("SYNCQUEUE_BATCH_SOFT_TIME_LIMIT", 120.0)
 PROCESS_BATCH_TIME_LIMIT = _env_float("SYNCQUEUE_BATCH_TIME_LIMIT", 150.0)
 
-# --- delivery: a task that must not be lost is acknowledged after it ran, and goes back to
-# the queue when its worker dies. One message at a time per process: batches are long.
+# --- delivery ---------------------------------------------------------------------------------
+# The enqueue tasks (syncqueue_tasks.publishing.EnqueueTask) acknowledge late, after the change
+# is stored, and go back to the queue when their worker process dies: that is what keeps an
+# accepted change. The other tasks need no redelivery (a lost process_batch is harmless: beat
+# and the enqueue kicks issue it again, and reset_stuck returns a dead worker's claims), but
+# they acknowledge late too: a running process_batch then holds its process's one prefetch
+# slot, so no enqueue message waits in that worker behind a long batch; the broker keeps it
+# for a free worker. One that runs past the visibility timeout is delivered again: a second,
+# harmless run (claims are exclusive).
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
@@ -52,30 +59,61 @@ task_send_sent_event = os.environ.get("CELERY_SEND_SENT_EVENT", "").strip().lowe
     "yes",
 )
 
+# --- the worker side of an enqueue: database errors are retried in the task with backoff for
+# up to ENQUEUE_RETRY_SECONDS, then the message goes back to the broker (never acknowledged
+# unstored); each attempt's statements and lock waits are bounded by ENQUEUE_STATEMENT_TIMEOUT.
+ENQUEUE_RETRY_SECONDS = _env_float("SYNCQUEUE_ENQUEUE_RETRY_SECONDS", 30.0)
+ENQUEUE_STATEMENT_TIMEOUT = _env_float("SYNCQUEUE_ENQUEUE_STATEMENT_TIMEOUT", 10.0)
+# The longest an enqueue task runs: the retry window, then one last attempt (pool checkout
+# 10 s + connect 5 s, see syncqueue_tasks/db.py, + its statement).
+ENQUEUE_LONGEST_SECONDS = ENQUEUE_RETRY_SECONDS + 15.0 + ENQUEUE_STATEMENT_TIMEOUT
+
 # --- publishing never hangs the caller: short socket timeouts, no publish retries; a change
-# that cannot be published is written straight to PostgreSQL (see tasks.EnqueueTask).
+# that cannot be published is written straight to PostgreSQL (see publishing.EnqueueTask).
 BROKER_CONNECT_TIMEOUT = _env_float("CELERY_BROKER_CONNECT_TIMEOUT", 0.05)
+BROKER_SOCKET_TIMEOUT = _env_float("CELERY_BROKER_SOCKET_TIMEOUT", 5.0)
 task_publish_retry = False
 broker_connection_timeout = BROKER_CONNECT_TIMEOUT
 broker_connection_retry_on_startup = True
-broker_transport_options = {
-    # Longer than the hard time limit, or Redis redelivers a batch that is still running.
-    "visibility_timeout": int(_env_float("CELERY_VISIBILITY_TIMEOUT", 3600)),
-    "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
-    "socket_timeout": _env_float("CELERY_BROKER_SOCKET_TIMEOUT", 5.0),
-    "retry_on_timeout": False,
-    "max_retries": 0,
-}
+# A worker that lost the broker reconnects for as long as it takes (Celery's default gives up
+# after 100 attempts and exits).
+broker_connection_max_retries = None
 broker_pool_limit = 10
+BROKER_SCHEME = urlsplit(broker_url).scheme
+if BROKER_SCHEME in ("amqp", "pyamqp", "amqps"):
+    # RabbitMQ: the default queue is durable and messages persistent (Celery's defaults);
+    # every publish waits for the broker's confirm, so .delay() returns only once RabbitMQ has
+    # the message; reads and writes are bounded, so a blocked broker cannot hang a caller.
+    broker_transport_options: dict[str, object] = {
+        "confirm_publish": True,
+        "read_timeout": BROKER_SOCKET_TIMEOUT,
+        "write_timeout": BROKER_SOCKET_TIMEOUT,
+    }
+else:
+    broker_transport_options = {
+        # Redis redelivers a message left unacknowledged this long (its worker died, or lost
+        # the connection). Above the longest enqueue task, so a live one is not delivered
+        # twice; if one is anyway (a task slower than this), storing it again is a no-op.
+        "visibility_timeout": int(_env_float("CELERY_VISIBILITY_TIMEOUT", 120)),
+        # How often each worker looks for such messages (every interval * throttle seconds).
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 2,
+        # One list per queue, so the guarded transport takes messages with BLMOVE (see
+        # syncqueue_tasks/broker_guard.py: no message lost between the pop and the unacked hash).
+        "priority_steps": [0],
+        "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
+        "socket_timeout": BROKER_SOCKET_TIMEOUT,
+        "retry_on_timeout": False,
+        "max_retries": 0,
+    }
 # Malformed messages (wrong shape, not just bad arguments) are rejected and logged once,
 # instead of stopping or wedging the worker: task messages by the consumer, and bytes that are
-# not even a kombu envelope by the transport (kombu's Redis transport, guarded). Any other
-# scheme, rediss:// included (kombu keys its TLS defaults on that name), keeps its own transport.
+# not even a kombu envelope by the transport (kombu's Redis transport, guarded, which also
+# keeps a worker alive through a Redis restart). Any other scheme, rediss:// included (kombu
+# keys its TLS defaults on that name), keeps its own transport.
 worker_consumer = "syncqueue_tasks.consumer:GuardedConsumer"
 broker_transport = (
-    "syncqueue_tasks.broker_guard:GuardedRedisTransport"
-    if urlsplit(broker_url).scheme == "redis"
-    else None
+    "syncqueue_tasks.broker_guard:GuardedRedisTransport" if BROKER_SCHEME == "redis" else None
 )
 
 # --- beat: exactly one beat process per deployment -------------------------------------------

@@ -2,10 +2,15 @@
 
     .venv/bin/python bench/soak.py                      # 100,000 changes, at most 20 minutes
     .venv/bin/python bench/soak.py --changes 10000 --max-minutes 6
+    SYNCQUEUE_ENQUEUE_MODE=broker .venv/bin/python bench/soak.py --changes 30000 --records 300 \
+        --fault-every 8 --max-minutes 9 --seed 1 --broker redis --json soak.json
 
 Everything runs on servers this script starts and stops itself (by pid): an embedded
 PostgreSQL on its own folder and port (migrated with Alembic) and a persistent embedded Redis
-(the broker) on its own port; never the shared ones. The pipeline:
+(the broker, and the package's own Redis) on its own port; never the shared ones. With
+``--broker amqp`` the broker is the local RabbitMQ instead, in a virtual host of this run's
+own (deleted at the end). The enqueue mode is the environment's ``SYNCQUEUE_ENQUEUE_MODE``.
+The pipeline:
 
     producer subprocess (.delay(), tests/fault_producer.py)
       -> PostgreSQL / Redis -> 2 Celery worker processes + beat (process_batch every second)
@@ -13,15 +18,19 @@ PostgreSQL on its own folder and port (migrated with Alembic) and a persistent e
          retryably, half of those after writing: the lost-response case)
 
 Faults, one every ``--fault-every`` seconds while the producer runs, in turn: SIGKILL of a
-worker's process group (a new worker replaces it), a Redis restart, a PostgreSQL restart
-(fast shutdown, or an immediate one every other time). A thread calls ``queue.reset_stuck``
+worker's process group (a new worker replaces it), a broker outage (Redis: a restart, down
+3 s; RabbitMQ: every connection of the run's virtual host closed), a PostgreSQL restart (fast
+shutdown, or an immediate one every other time). ``--seed`` fixes the producer's changes and
+the choice of victims. A thread calls ``queue.reset_stuck``
 like beat would; a worker or beat that exits on its own is restarted (as a supervisor would).
 
 The time bound (``--max-minutes``) covers everything: the producer stops early if needed and
 the drain gets what is left. The report (also written as JSON with ``--json``) gives changes
-accepted and written, lost (must be 0), records in two writes at the same time (must be 0),
-records whose final state is not their last change (must be 0), end-to-end latency (max,
-p99), peak queue depth and the rows left per status. Exit status 1 if a promise was broken.
+accepted and written, lost (must be 0; on Redis, split into those whose message is still in
+the broker and those gone from it: popped and never recorded as unacknowledged), records in
+two writes at the same time (must be 0), records whose final state is not their last change
+(must be 0), end-to-end latency (max, p99), peak queue depth and the rows left per status.
+Exit status 1 if a promise was broken.
 """
 
 from __future__ import annotations
@@ -47,16 +56,19 @@ from faultkit import (  # noqa: E402
     Fleet,
     Janitor,
     Producer,
+    RabbitVhost,
     account,
+    broker_backlog,
     broker_whereabouts,
     completed_of,
     pipeline_env,
     statuses,
 )
-from redis import Redis  # noqa: E402
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from syncqueue_tasks.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+
+TAKEN_NEVER_SAVED = "restored a message its worker took but never saved"  # broker_guard's log
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fault-every", type=float, default=45.0, help="seconds between faults")
     p.add_argument("--fail-rate", type=float, default=0.3, help="flaky writer failure share")
     p.add_argument("--stuck-seconds", type=float, default=30.0, help="reset_stuck threshold")
+    p.add_argument("--seed", type=int, help="producer and fault choices (default: random)")
+    p.add_argument("--broker", choices=("redis", "amqp"), default="redis")
+    p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672", help="RabbitMQ")
     p.add_argument("--workdir", type=Path, help="keep logs and data here (default: temp dir)")
     p.add_argument("--json", type=Path, help="also write the report here")
     return p.parse_args(argv)
@@ -79,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Soak:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
+        self.seed = random.randrange(1 << 30) if args.seed is None else args.seed
+        self.rng = random.Random(self.seed)
+        self.rabbit = RabbitVhost(args.amqp_url) if args.broker == "amqp" else None
         self.workdir = workdir
         self.started = time.monotonic()
         self.deadline = self.started + args.max_minutes * 60
@@ -93,6 +111,10 @@ class Soak:
         self.fleet: Fleet | None = None
         self.producer: Producer | None = None
 
+    @staticmethod
+    def mode() -> str:
+        return os.environ.get("SYNCQUEUE_ENQUEUE_MODE", "") or "direct"
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
@@ -104,13 +126,17 @@ class Soak:
     def start(self) -> None:
         self.pg.start()
         self.redis.start()
+        if self.rabbit is not None:
+            self.rabbit.__enter__()
+        self.broker_url = self.redis.url if self.rabbit is None else self.rabbit.url
         assert self.pg.tcp_url is not None
         use_database(self.pg.tcp_url)
         command.upgrade(alembic_config(), "head")
         env = pipeline_env(
             self.written,
             DATABASE_URL=self.pg.tcp_url,
-            CELERY_BROKER_URL=self.redis.url,
+            CELERY_BROKER_URL=self.broker_url,
+            SYNCQUEUE_REDIS_URL=self.redis.url,
             CELERY_QUEUE="soak",
             SYNCQUEUE_WRITER="recording_writer:flaky_span",
             RECORDING_FAIL_RATE=str(self.args.fail_rate),
@@ -130,9 +156,10 @@ class Soak:
             rate=self.args.rate,
             bulk_every=self.args.bulk_every,
             max_seconds=production,
-            seed=random.randrange(1 << 30),
+            seed=self.seed,
         )
         self.log(
+            f"seed {self.seed}, enqueue mode {self.mode()}, broker {self.args.broker}; "
             f"postgres pid {self.pg.pid} port {self.pg.port}, redis pid {self.redis.pid} "
             f"port {self.redis.port}, {self.args.workers} worker(s), beat, producer "
             f"pid {self.producer.proc.pid} ({self.args.changes} changes, {production:.0f}s max)"
@@ -142,12 +169,13 @@ class Soak:
 
     def fault(self, n: int) -> None:
         assert self.fleet is not None
-        kind = ("kill-worker", "restart-redis", "restart-postgres")[n % 3]
+        broker_fault = "restart-redis" if self.rabbit is None else "drop-amqp-connections"
+        kind = ("kill-worker", broker_fault, "restart-postgres")[n % 3]
         t0 = time.monotonic()
         detail = ""
         if kind == "kill-worker":
             alive = [w for w in self.fleet.workers() if w.proc.poll() is None]
-            victim = random.choice(alive)
+            victim = self.rng.choice(alive)
             processing = self._processing()
             self.fleet.kill(victim)
             self.fleet.worker(self.args.concurrency)
@@ -157,6 +185,9 @@ class Soak:
             time.sleep(3)
             self.redis.start()
             detail = "down 3s"
+        elif kind == "drop-amqp-connections":
+            assert self.rabbit is not None
+            detail = f"{self.rabbit.drop_connections()} connection(s) closed"
         else:
             immediate = (n // 3) % 2 == 1
             self.pg.stop(immediate=immediate)
@@ -182,13 +213,15 @@ class Soak:
             self.db_sample_errors += 1
             return None
         self.peak_backlog = max(self.peak_backlog, counts["PENDING"] + counts["PROCESSING"])
-        try:
-            client = Redis.from_url(self.redis.url, socket_timeout=1, socket_connect_timeout=1)
-            self.peak_broker = max(self.peak_broker, int(client.llen("soak")))
-            client.close()
-        except Exception:
-            pass
+        self.peak_broker = max(self.peak_broker, self._broker_backlog() or 0)
         return counts
+
+    def _broker_backlog(self) -> int | None:
+        """Messages the broker still holds (queued or unacknowledged); None if unknown."""
+        try:
+            return broker_backlog(self.broker_url, "soak", self.rabbit)
+        except Exception:
+            return None
 
     def supervise(self) -> None:
         """Restart what exited on its own (a worker, beat), as a process supervisor would."""
@@ -228,13 +261,16 @@ class Soak:
             reset = janitor.reset
         acc = account(accepted, self.written)
         where = {}
-        if acc.rows_missing:
+        if acc.rows_missing and self.rabbit is None:
             where = broker_whereabouts(self.redis.url, "soak", [a["id"] for a in accepted])
         calls = [a["lat"] for a in self.producer.accepted()]
         errors = self.producer.errors()
         assert self.fleet is not None
         summary_acc = acc.summary()
         report = {
+            "seed": self.seed,
+            "enqueue_mode": self.mode(),
+            "broker": self.args.broker,
             "changes_requested": self.args.changes,
             "changes_accepted": acc.accepted,
             "enqueue_errors": len(errors),
@@ -243,6 +279,11 @@ class Soak:
             "lost": len(acc.lost),
             "lost_never_stored": acc.rows_missing,
             "lost_messages_still_in_broker": len(where),
+            # Redis: gone from the list and never saved as unacknowledged (kombu's window)
+            "lost_gone_from_broker": acc.rows_missing - len(where) if self.rabbit is None else 0,
+            # Redis: messages a worker took (BLMOVE) and never saved as unacknowledged, put back
+            # by the guarded transport: what kombu's own transport would have lost
+            "taken_never_saved_restored": self.fleet.logs().count(TAKEN_NEVER_SAVED),
             "records_in_two_writes_at_once": len(acc.overlaps),
             "duplicates_across_time": acc.duplicates,
             "records_with_stale_final_write": len(acc.stale_final),
@@ -280,6 +321,7 @@ class Soak:
             if counts != last:
                 last, quiet_since = counts, time.monotonic()
             idle = counts["PENDING"] == 0 and counts["PROCESSING"] == 0
+            idle = idle and self._broker_backlog() == 0  # a message still to be stored
             try:
                 if idle and completed_of(ids) == len(ids):
                     break
@@ -295,6 +337,8 @@ class Soak:
             self.producer.stop()
         if self.fleet is not None:
             self.fleet.stop_all()
+        if self.rabbit is not None:
+            self.rabbit.__exit__(None, None, None)
         self.redis.stop()
         self.pg.stop()
 

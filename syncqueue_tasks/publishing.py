@@ -1,41 +1,95 @@
 """``EnqueueTask``: a Celery task base whose ``.delay()`` validates, never blocks, never loses.
 
-In the caller, ``apply_async`` (and so ``delay``) validates the arguments (``ValidationError``
-raised right there) and gives the change its id, which travels with it (a change stored or
-delivered twice never makes a second row). Then, by ``SYNCQUEUE_ENQUEUE_MODE``:
+In the caller, ``apply_async`` (and so ``delay``) checks the arguments against the task's
+public signature (``TypeError`` naming the task) and validates them (``ValidationError``),
+both before anything is published or stored, and gives the change its id, which travels with
+it (a change stored or delivered twice never makes a second row). Then, by
+``SYNCQUEUE_ENQUEUE_MODE``:
 
 - ``direct`` (default): store the change in PostgreSQL, the source of truth, in one short
   transaction, and ask for a ``process_batch`` soon (debounced). Only if the database does not
-  answer, publish the message for a worker to store later. Accepted means committed: a killed
-  worker or a Redis restart cannot lose it, and one process's changes are stored in order.
+  answer, publish the message for a worker to store later.
 - ``broker``: publish the message (no publish retries, short socket timeouts), and store it
-  in PostgreSQL only if publishing fails. The caller never touches the database while the
-  broker is up; but kombu's Redis transport can drop a message whose worker is SIGKILLed
-  between taking it and recording it as unacknowledged, and messages stored by several
-  workers can arrive out of order (the queue replays later changes after a late one).
+  in PostgreSQL only if publishing fails.
 
 Only when both the database and the broker refuse a change does it raise ``EnqueueError``.
+
+In the worker (``__call__``), a message ends only once its change is stored, or once it is
+proven invalid:
+
+- every database error is retried in the task, with backoff, for up to
+  ``celeryconfig.ENQUEUE_RETRY_SECONDS``; then the message is handed back to the broker
+  (``Reject(requeue=True)``; if even that fails it stays unacknowledged and the broker
+  redelivers it). Nothing is republished, so no retry can be lost on the way;
+- a message that cannot be a change (``ValidationError``, arguments that do not fit the task)
+  is kept for an operator (``syncqueue_tasks.invalid_messages``), then acknowledged (Celery
+  logs the task as "ignored").
+
+Celery logs a ``Reject`` at WARNING with a traceback; a hand-back is expected and its reason is
+sanitized already, so the traceback is dropped from that record (``_HandBackWithoutTraceback``).
+
+The enqueue tasks acknowledge late (after the store) and a message whose worker process died
+goes back to the queue (``acks_late``, ``reject_on_worker_lost``).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import random
+import time
 from typing import Any
 
+import psycopg
 from celery import Task
+from celery.exceptions import Ignore, Reject
 from celery.result import AsyncResult
+from redis.exceptions import RedisError
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
+import celeryconfig
+from syncqueue_tasks import invalid_messages
+from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import EnqueueError, sanitize_error
 from syncqueue_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
+class _HandBackWithoutTraceback(logging.Filter):
+    """Keep Celery's "Task ...[id] reject requeue=True: <reason>" line, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], Reject):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("celery.app.trace").addFilter(_HandBackWithoutTraceback())
+
+#: What a failed store raises when the database, not the change, is the problem.
+STORE_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, psycopg.Error, OSError)
+
+_BACKOFF_BASE = 0.2  # seconds before the 2nd attempt; doubles, with jitter, up to the cap
+_BACKOFF_CAP = 5.0
+_KEEP_RETRY_PAUSE = 1.0  # the invalid-message store (Redis) is down: wait before handing back
+
+
+def store_retry_delay(attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...): equal jitter."""
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
 class EnqueueTask(Task):
     """Base of the enqueue tasks. Subclasses define ``prepare`` and ``store``."""
 
     abstract = True
+    acks_late = True  # the message ends after the change is stored
+    reject_on_worker_lost = True  # a pool process killed mid-store: the message is redelivered
 
     @staticmethod
     def prepare(*args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -43,8 +97,8 @@ class EnqueueTask(Task):
         raise NotImplementedError
 
     @staticmethod
-    def store(kwargs: dict[str, Any]) -> None:
-        """Write a prepared change to PostgreSQL (the worker's job, and the fallback)."""
+    def store(kwargs: dict[str, Any], session: Session | None = None) -> None:
+        """Write a prepared change to PostgreSQL (in ``session`` if given)."""
         raise NotImplementedError
 
     @staticmethod
@@ -61,6 +115,20 @@ class EnqueueTask(Task):
     def after_store() -> None:
         """Called after the caller stored a change itself (ask for a ``process_batch``)."""
 
+    # ------------------------------------------------------------------ caller side
+
+    def bind_arguments(self, args: Any, kwargs: Any) -> dict[str, Any]:
+        """The call's arguments by parameter name; ``TypeError`` naming the task if they do
+        not fit its signature (missing, unexpected or too many arguments)."""
+        public = self.name.rsplit(".", 1)[-1]
+        if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
+            raise TypeError(f"{public}(): args must be a list and kwargs a mapping")
+        try:
+            bound = inspect.signature(self.run).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{public}(): {exc}") from None
+        return dict(bound.arguments)
+
     def apply_async(
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
@@ -68,8 +136,8 @@ class EnqueueTask(Task):
         task_id: str | None = None,
         **options: Any,
     ) -> AsyncResult:
-        """Validate, then publish; on a publish failure, store in PostgreSQL instead."""
-        prepared = self.prepare(*(args or ()), **(kwargs or {}))
+        """Validate, then store or publish (by mode), the other one as the fallback."""
+        prepared = self.prepare(**self.bind_arguments(args or (), kwargs or {}))
         task_id = task_id or self.message_id(prepared)
         options["retry"] = False  # a publish retry loop would block the caller
         # Logs and Flower show the message's repr: keep payloads (data) out of it, and small.
@@ -78,7 +146,7 @@ class EnqueueTask(Task):
         if get_settings().enqueue_mode == "direct":
             try:
                 self.store(prepared)
-            except SQLAlchemyError as db_error:
+            except STORE_ERRORS as db_error:
                 return self._publish_instead(prepared, task_id, options, db_error)
             self.after_store()
             return AsyncResult(task_id, app=self.app)
@@ -92,7 +160,7 @@ class EnqueueTask(Task):
         prepared: dict[str, Any],
         task_id: str,
         options: dict[str, Any],
-        db_error: SQLAlchemyError,
+        db_error: BaseException,
     ) -> AsyncResult:
         database = sanitize_error(db_error)
         try:
@@ -111,9 +179,81 @@ class EnqueueTask(Task):
         broker = sanitize_error(publish_error)
         try:
             self.store(prepared)
-        except SQLAlchemyError as db_error:
+        except STORE_ERRORS as db_error:
             raise EnqueueError(
                 f"change not accepted: broker: {broker}; database: {sanitize_error(db_error)}"
             ) from None
         log.warning("%s: broker unavailable (%s); stored in PostgreSQL directly", self.name, broker)
         return AsyncResult(task_id, app=self.app)
+
+    # ------------------------------------------------------------------ worker side
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task on a message: it ends stored, kept as invalid, or handed back."""
+        if self.request.called_directly:
+            return super().__call__(*args, **kwargs)
+        try:
+            self.bind_arguments(args, kwargs)
+            return super().__call__(*args, **kwargs)
+        except Reject:
+            raise
+        except Exception as exc:  # ValidationError, arguments that do not fit, anything else
+            self._keep_invalid(args, kwargs, exc)
+            raise Ignore() from None
+
+    def store_durably(self, prepared: dict[str, Any]) -> None:
+        """Store a prepared change, retrying every database error with backoff; after
+        ``ENQUEUE_RETRY_SECONDS`` hand the message back to the broker (never acknowledge it
+        unstored). Each attempt is bounded by ``ENQUEUE_STATEMENT_TIMEOUT``."""
+        deadline = time.monotonic() + celeryconfig.ENQUEUE_RETRY_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._store_once(prepared)
+                if attempt > 1:
+                    log.info("%s[%s]: stored at attempt %d", self.name, self.request.id, attempt)
+                return
+            except STORE_ERRORS as exc:
+                error = sanitize_error(exc, limit=300)
+                pause = store_retry_delay(attempt)
+                if time.monotonic() + pause >= deadline:
+                    log.warning(
+                        "%s[%s]: not stored after %d attempts (%s); handed back to the broker",
+                        self.name, self.request.id, attempt, error,
+                    )  # fmt: skip
+                    raise Reject(error, requeue=True) from None
+                log.warning(
+                    "%s[%s]: store failed (%s); attempt %d again in %.1fs",
+                    self.name, self.request.id, error, attempt + 1, pause,
+                )  # fmt: skip
+                time.sleep(pause)
+
+    def _store_once(self, prepared: dict[str, Any]) -> None:
+        with Session(get_engine()) as session, session.begin():
+            timeout = str(int(celeryconfig.ENQUEUE_STATEMENT_TIMEOUT * 1000))
+            session.execute(
+                text(
+                    "SELECT set_config('statement_timeout', :ms, true), "
+                    "set_config('lock_timeout', :ms, true)"
+                ),
+                {"ms": timeout},
+            )
+            self.store(prepared, session)
+
+    def _keep_invalid(self, args: Any, kwargs: Any, exc: Exception) -> None:
+        task_id = str(self.request.id)
+        error = sanitize_error(exc, limit=300)
+        try:
+            invalid_messages.keep(self.name, task_id, args, kwargs, error)
+        except (RedisError, OSError) as keep_error:
+            log.error(
+                "%s[%s]: invalid message (%s) could not be kept (%s); handed back to the broker",
+                self.name, task_id, error, sanitize_error(keep_error),
+            )  # fmt: skip
+            time.sleep(_KEEP_RETRY_PAUSE)
+            raise Reject(error, requeue=True) from None
+        log.error(
+            "%s[%s]: invalid message kept for an operator (%s): %s",
+            self.name, task_id, invalid_messages.WHERE, error,
+        )  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 import celeryconfig
 from syncqueue_tasks import batch, queue
@@ -30,18 +31,6 @@ from syncqueue_tasks.validation import (
 from syncqueue_tasks.writers.loading import get_writer
 
 log = logging.getLogger(__name__)
-
-# Worker-side retry of a database outage while storing a change: the message stays with the
-# broker (acks_late) and comes back with exponential backoff, for as long as it takes.
-_STORE_RETRY = {
-    "autoretry_for": (OperationalError,),
-    "retry_backoff": 1,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-    "max_retries": None,
-    # Bad input in a message put on the broker by hand: logged once, acknowledged, not retried.
-    "throws": (ValidationError, TypeError),
-}
 
 
 class EnqueueChangeTask(EnqueueTask):
@@ -73,7 +62,7 @@ class EnqueueChangeTask(EnqueueTask):
         }
 
     @staticmethod
-    def store(kwargs: dict[str, Any]) -> None:
+    def store(kwargs: dict[str, Any], session: Session | None = None) -> None:
         """Insert the change (a no-op if its id is already stored)."""
         queue.enqueue(
             kwargs["action"],
@@ -82,6 +71,7 @@ class EnqueueChangeTask(EnqueueTask):
             kwargs["payload"],
             sheet_row_index=kwargs.get("sheet_row_index"),
             item_id=kwargs.get("item_id"),
+            session=session,
         )
 
     @staticmethod
@@ -112,9 +102,11 @@ class EnqueueChangesTask(EnqueueTask):
         if item_ids is None:
             ids = [new_id() for _ in validated]
         else:
+            if isinstance(item_ids, dict | str | bytes) or not hasattr(item_ids, "__iter__"):
+                raise ValidationError("item_ids", "must be a list of ids")
             ids = [validate_item_id(i) for i in item_ids]
-            if len(ids) != len(validated):
-                raise ValidationError("item_ids", "must give one id per change")
+            if len(ids) != len(validated) or len(set(ids)) != len(ids):
+                raise ValidationError("item_ids", "must be unique, one per change")
         return {
             "changes": [
                 {
@@ -131,9 +123,9 @@ class EnqueueChangesTask(EnqueueTask):
         }
 
     @staticmethod
-    def store(kwargs: dict[str, Any]) -> None:
+    def store(kwargs: dict[str, Any], session: Session | None = None) -> None:
         """Insert all changes in one statement (ids already stored are skipped)."""
-        queue.enqueue_many(kwargs["changes"], item_ids=kwargs["item_ids"])
+        queue.enqueue_many(kwargs["changes"], item_ids=kwargs["item_ids"], session=session)
 
     @staticmethod
     def message_id(kwargs: dict[str, Any]) -> str:
@@ -146,7 +138,7 @@ class EnqueueChangesTask(EnqueueTask):
         return f"{len(kwargs['item_ids'])} changes"
 
 
-@app.task(name="syncqueue.enqueue_change", base=EnqueueChangeTask, bind=True, **_STORE_RETRY)
+@app.task(name="syncqueue.enqueue_change", base=EnqueueChangeTask, bind=True)
 def enqueue_change(
     self: EnqueueChangeTask,
     action: str,
@@ -158,18 +150,18 @@ def enqueue_change(
 ) -> str:
     """Store one change (worker side), then ask for a ``process_batch`` soon."""
     prepared = self.prepare(action, model, record_id, payload, sheet_row_index, item_id)
-    self.store(prepared)
+    self.store_durably(prepared)
     _kick()
     return str(prepared["item_id"])
 
 
-@app.task(name="syncqueue.enqueue_changes", base=EnqueueChangesTask, bind=True, **_STORE_RETRY)
+@app.task(name="syncqueue.enqueue_changes", base=EnqueueChangesTask, bind=True)
 def enqueue_changes(
     self: EnqueueChangesTask, changes: list[dict[str, Any]], item_ids: list[str] | None = None
 ) -> int:
     """Store a list of changes in one statement, then ask for a ``process_batch`` soon."""
     prepared = self.prepare(changes, item_ids)
-    self.store(prepared)
+    self.store_durably(prepared)
     if prepared["item_ids"]:
         _kick()
     return len(prepared["item_ids"])

@@ -7,6 +7,9 @@
 - ``Janitor``: a thread calling ``queue.reset_stuck`` with a short threshold, as beat would.
 - ``settle``: wait until every accepted change is COMPLETED (or nothing moves any more).
 - ``account`` / ``Accounting.assert_ok``: the exact accounting every fault test ends with.
+- ``RabbitVhost``: a RabbitMQ virtual host of its own on the local server (made with
+  ``rabbitmqctl``, deleted at the end), so a test can drop its own connections and nobody
+  else's; ``broker_backlog``: messages a broker still holds (queued or unacknowledged).
 
 Every process started here is stopped by its pid (or its own process group), never by name.
 """
@@ -285,6 +288,70 @@ def settle(ids: list[str], timeout: float, quiet: float = 15.0) -> dict[str, int
 # ------------------------------------------------------------------------ accounting
 
 
+class RabbitVhost:
+    """A throwaway virtual host on the local RabbitMQ for one test or soak run.
+
+    ``url`` is its ``amqp://`` URL (user guest, which gets every permission on it);
+    ``drop_connections`` closes every client connection to it (a broker outage as the clients
+    see it: only this vhost's clients, so other users of the server are untouched).
+    """
+
+    def __init__(self, base_url: str = "amqp://guest:guest@127.0.0.1:5672") -> None:
+        self.name = f"syncqueue-{uuid.uuid4().hex[:10]}"
+        self.url = f"{base_url.rstrip('/')}/{self.name}"
+
+    def _ctl(self, *args: str) -> str:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
+        )
+        return done.stdout
+
+    def __enter__(self) -> RabbitVhost:
+        self._ctl("add_vhost", self.name)
+        self._ctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self._ctl("delete_vhost", self.name)
+
+    def drop_connections(self) -> int:
+        """Close every connection to this vhost; returns how many there were."""
+        names = [
+            line.split("\t", 1)[1]
+            for line in self._ctl("list_connections", "vhost", "name").splitlines()
+            if line.startswith(self.name + "\t")
+        ]
+        for name in names:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self._ctl("close_connection", name, "syncqueue fault injection")
+        return len(names)
+
+    def messages(self, queue_name: str) -> int:
+        """Messages of ``queue_name`` in this vhost, ready or unacknowledged (0 if none)."""
+        for line in self._ctl("list_queues", "-p", self.name, "name", "messages").splitlines():
+            name, _, count = line.partition("\t")
+            if name == queue_name and count.strip().isdigit():
+                return int(count)
+        return 0
+
+
+def broker_backlog(broker_url: str, queue_name: str, rabbit: RabbitVhost | None = None) -> int:
+    """Messages the broker still holds for ``queue_name``: queued, or delivered and not yet
+    acknowledged (Redis: the queue's list, kombu's ``unacked`` hash and the guarded
+    transport's in-flight list)."""
+    if rabbit is not None:
+        return rabbit.messages(queue_name)
+    from redis import Redis
+
+    client = Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        held = int(client.hlen("unacked")) + int(client.llen("unacked_inflight"))
+        return int(client.llen(queue_name)) + held
+    finally:
+        client.close()
+
+
 def broker_whereabouts(redis_url: str, queue_name: str, ids: Iterable[str]) -> dict[str, str]:
     """Where each id's message is in a Redis broker: ``unacked`` (delivered to a worker that
     never acknowledged it: redelivered only after the visibility timeout) or ``queued``."""
@@ -312,6 +379,10 @@ def broker_whereabouts(redis_url: str, queue_name: str, ids: Iterable[str]) -> d
             for i in item_ids(json.loads(raw)):
                 if i in wanted:
                     found.setdefault(i, "queued")
+        for raw in client.lrange("unacked_inflight", 0, -1):
+            for i in item_ids(json.loads(raw)):
+                if i in wanted:
+                    found.setdefault(i, "in flight (taken, not yet saved as unacked)")
     finally:
         client.close()
     return found
