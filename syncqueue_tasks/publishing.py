@@ -6,9 +6,11 @@ both before anything is published or stored, and gives the change its id, which 
 it (a change stored or delivered twice never makes a second row). Then, by
 ``SYNCQUEUE_ENQUEUE_MODE``:
 
-- ``direct`` (default): store the change in PostgreSQL, the source of truth, in one short
-  transaction, and ask for a ``process_batch`` soon (debounced). Only if the database does not
-  answer, publish the message for a worker to store later.
+- ``direct`` (default): store the change in PostgreSQL, the source of truth, in one statement
+  (one round trip) with short lock and statement timeouts (``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``),
+  and ask for a ``process_batch`` soon (debounced). If the database does not answer, or a
+  record of the change is held by an open transaction, or the store is slow, publish the
+  message for a worker to store later instead: ``.delay()`` never waits long.
 - ``broker``: publish the message (no publish retries, short socket timeouts), and store it
   in PostgreSQL only if publishing fails.
 
@@ -97,8 +99,11 @@ class EnqueueTask(Task):
         raise NotImplementedError
 
     @staticmethod
-    def store(kwargs: dict[str, Any], session: Session | None = None) -> None:
-        """Write a prepared change to PostgreSQL (in ``session`` if given)."""
+    def store(
+        kwargs: dict[str, Any], session: Session | None = None, fail_fast: bool = False
+    ) -> None:
+        """Write a prepared change to PostgreSQL (in ``session`` if given; ``fail_fast``: the
+        caller's direct store, which gives up within ``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``)."""
         raise NotImplementedError
 
     @staticmethod
@@ -145,7 +150,7 @@ class EnqueueTask(Task):
         options.setdefault("kwargsrepr", self.describe(prepared))
         if get_settings().enqueue_mode == "direct":
             try:
-                self.store(prepared)
+                self.store(prepared, fail_fast=True)
             except STORE_ERRORS as db_error:
                 return self._publish_instead(prepared, task_id, options, db_error)
             self.after_store()
@@ -170,7 +175,7 @@ class EnqueueTask(Task):
                 f"change not accepted: database: {database}; broker: "
                 f"{sanitize_error(publish_error)}"
             ) from None
-        log.warning("%s: database unavailable (%s); handed to the broker", self.name, database)
+        log.warning("%s: not stored in time (%s); handed to the broker", self.name, database)
         return result
 
     def _store_instead(

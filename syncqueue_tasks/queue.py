@@ -138,16 +138,19 @@ def enqueue(
     max_retries: int | None = None,
     session: Session | None = None,
     item_id: str | None = None,
+    fail_fast: bool = False,
 ) -> str:
     """Validate and store one change; return its id.
 
     With ``session`` the row joins the caller's transaction (transactional outbox); without,
     it commits on its own. ``item_id`` lets a caller choose the id up front (then a second
     call with the same id is a no-op): the Celery task uses it to make redelivery harmless.
+    ``fail_fast``: raise rather than wait for a record held by an open transaction or a slow
+    database (see :func:`store`), for callers with somewhere else to send the change.
     """
     change = validate_change(action, model, record_id, payload, sheet_row_index, max_retries)
     item_id = new_id() if item_id is None else validate_item_id(item_id)
-    store([change], [item_id], session=session)
+    store([change], [item_id], session=session, fail_fast=fail_fast)
     return item_id
 
 
@@ -156,17 +159,18 @@ def enqueue_many(
     *,
     session: Session | None = None,
     item_ids: Sequence[str] | None = None,
+    fail_fast: bool = False,
 ) -> list[str]:
     """Validate all ``changes`` first, then store them in one statement; all or nothing.
 
     Each change is a mapping (or object) with ``enqueue``'s keys: ``action``, ``model``,
     ``record_id``, ``payload`` and optionally ``sheet_row_index``, ``max_retries``. An error
-    names the element: ``changes[3].payload: ...``.
+    names the element: ``changes[3].payload: ...``. ``fail_fast``: as for :func:`enqueue`.
     """
     validated = validate_changes(changes)
     ids = assign_ids(len(validated), item_ids)
     if validated:
-        store(validated, ids, session=session)
+        store(validated, ids, session=session, fail_fast=fail_fast)
     return ids
 
 

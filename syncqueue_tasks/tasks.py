@@ -62,7 +62,9 @@ class EnqueueChangeTask(EnqueueTask):
         }
 
     @staticmethod
-    def store(kwargs: dict[str, Any], session: Session | None = None) -> None:
+    def store(
+        kwargs: dict[str, Any], session: Session | None = None, fail_fast: bool = False
+    ) -> None:
         """Insert the change (a no-op if its id is already stored)."""
         queue.enqueue(
             kwargs["action"],
@@ -72,6 +74,7 @@ class EnqueueChangeTask(EnqueueTask):
             sheet_row_index=kwargs.get("sheet_row_index"),
             item_id=kwargs.get("item_id"),
             session=session,
+            fail_fast=fail_fast,
         )
 
     @staticmethod
@@ -123,9 +126,13 @@ class EnqueueChangesTask(EnqueueTask):
         }
 
     @staticmethod
-    def store(kwargs: dict[str, Any], session: Session | None = None) -> None:
+    def store(
+        kwargs: dict[str, Any], session: Session | None = None, fail_fast: bool = False
+    ) -> None:
         """Insert all changes in one statement (ids already stored are skipped)."""
-        queue.enqueue_many(kwargs["changes"], item_ids=kwargs["item_ids"], session=session)
+        queue.enqueue_many(
+            kwargs["changes"], item_ids=kwargs["item_ids"], session=session, fail_fast=fail_fast
+        )
 
     @staticmethod
     def message_id(kwargs: dict[str, Any]) -> str:

@@ -353,3 +353,36 @@ def test_reset_stuck_schedules_a_run_for_what_it_returned(celery_worker, recorde
     reset_stuck.delay(30)  # beat's job; it finds the claim and returns it to PENDING
     wait_for(lambda: count_rows("status = 'COMPLETED'") == 1)  # no beat runs here
     assert [line["id"] for line in read_written(recorded)] == [claimed.id] == [item_id]
+
+
+def test_delay_with_its_record_held_by_an_open_transaction_goes_to_the_broker_at_once(
+    tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    """Finding 5 of issue 10: .delay() of a record that an open outbox transaction holds
+    waited for it (8 s, no fallback). Now the direct store gives up after its lock timeout
+    (SYNCQUEUE_ENQUEUE_TIMEOUT_MS) and the change goes to the broker: every call returns while
+    the transaction is still open, and a worker stores the changes once it ends."""
+    from sqlalchemy.orm import Session
+
+    queue.enqueue("CREATE", "Request", "42", {"n": 0})
+    timings: list[float] = []
+    ids: list[str] = []
+    with Session(get_engine()) as outbox:
+        queue.enqueue("UPDATE", "Request", "42", {"n": 1}, session=outbox)  # holds record 42
+        for n in range(2, 22):
+            started = time.perf_counter()
+            ids.append(enqueue_change.delay("UPDATE", "Request", "42", {"n": n}).id)
+            timings.append(time.perf_counter() - started)
+        assert count_rows("id = ANY(:ids)", ids=ids) == 0  # all handed to the broker
+        outbox.commit()  # only now does the record come free
+    timings.sort()
+    record_property("delay_p50_ms", round(timings[len(timings) // 2] * 1000, 1))
+    record_property("delay_max_ms", round(timings[-1] * 1000, 1))
+    env = {
+        "SYNCQUEUE_WRITER": "recording_writer:recording",
+        "SYNCQUEUE_JSONL_PATH": str(tmp_path / "w.jsonl"),
+    }
+    with celery_worker(tmp_path, env):
+        wait_for(lambda: count_rows("id = ANY(:ids) AND status = 'COMPLETED'", ids=ids) == 20)
+    view = queue.get_record("Request", "42")
+    assert view is not None and view.state.fields == {"n": 21}  # the last change wins
