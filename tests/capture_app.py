@@ -87,7 +87,9 @@ class Operator(AppBase):
 
 
 def create_schema() -> None:
-    """Create the application's tables (once per test database)."""
+    """The application's tables, made afresh (a test may have altered a column or left
+    triggers behind)."""
+    AppBase.metadata.drop_all(get_engine())
     AppBase.metadata.create_all(get_engine())
 
 
