@@ -96,11 +96,11 @@ def test_operator_retries_a_failed_item_and_watches_it_complete(
     log_in(page, dashboard)
     assert page.inner_text("#count-failed") == "1" and page.inner_text("#count-pending") == "1"
     page.screenshot(path=screenshots / "overview.png", full_page=True)
+    # htmx refreshes the overview by itself: the new count arrives without a reload (no worker
+    # yet, so nothing drains the queue meanwhile).
+    queue.enqueue("UPDATE", "Operator", "op-7", {"name": "Bo Ek"})
+    sync_api.expect(page.locator("#count-pending")).to_have_text("2", timeout=15_000)
     with celery_worker(tmp_path, writer):
-        # htmx refreshes the overview by itself: the new count arrives without a reload.
-        queue.enqueue("UPDATE", "Operator", "op-7", {"name": "Bo Ek"})
-        sync_api.expect(page.locator("#count-pending")).to_have_text("2", timeout=15_000)
-
         page.click("nav >> text=Failed")
         row = page.locator(f"#item-{item}")
         assert "SheetError: column 'status' is protected" in row.inner_text()

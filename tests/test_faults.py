@@ -699,6 +699,8 @@ def _expected(
         record_id = str(record_id)
     if not isinstance(record_id, str) or not 0 < len(record_id) <= 255 or not _storable(record_id):
         return None
+    if record_id.strip() != record_id or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in record_id):
+        return None  # a sheet would not read it back as written
     if not isinstance(payload, dict) or not _storable(payload):
         return None
     if sheet_row_index is not None and (
