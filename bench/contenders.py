@@ -243,14 +243,23 @@ class Plain(Contender):
 # --- syncqueue-tasks, public API only -------------------------------------------------------
 
 
+class _NoopWriter:
+    """The no-op job: every record is written at once."""
+
+    def write_records(self, writes: Any) -> Any:
+        from syncqueue_tasks.outcomes import Outcome
+
+        return {w.key: Outcome.done() for w in writes}
+
+
 class Ours(Contender):
     """syncqueue-tasks through ``syncqueue_tasks.queue`` (and ``tasks`` for ``.delay``)."""
 
     name = "ours"
     title = "syncqueue-tasks"
     note = (
-        "public API only: queue.enqueue, enqueue_change.delay (direct mode), enqueue_many,"
-        " dequeue(100) + mark_complete_many"
+        "public API only: queue.enqueue, enqueue_change.delay (direct mode), enqueue_many;"
+        " the drain is a worker's path, batch.process with a no-op writer (claims of 100)"
     )
 
     def create_schema(self) -> None:
@@ -262,6 +271,7 @@ class Ours(Contender):
     def open(self, dsn: str) -> None:
         from dbutil import use_database
 
+        os.environ["SYNCQUEUE_CLAIM_MAX_CHANGES"] = str(CLAIM)  # a claim takes 100 changes
         use_database(dsn)
 
     def close(self) -> None:
@@ -289,18 +299,16 @@ class Ours(Contender):
             queue.enqueue_many(batch)
 
     def drain_run(self) -> int:
-        from syncqueue_tasks import queue
+        """What a worker's ``process_batch`` does, with a writer that writes nothing."""
+        from syncqueue_tasks import batch, queue
 
         done = 0
         while True:
-            items = queue.dequeue(CLAIM)
-            if items:
-                queue.mark_complete_many(items)
-                done += len(items)
-            elif queue.get_queue_stats()["pending"] == 0:
+            done += batch.process(_NoopWriter(), batch_size=CLAIM, time_budget=3600).completed
+            stats = queue.get_queue_stats()
+            if stats["pending"] + stats["processing"] == 0:
                 return done
-            else:
-                time.sleep(0.001)  # what is left waits behind another process's claim
+            time.sleep(0.001)  # what is left waits behind another process's claim
 
     def counts(self) -> dict[str, int]:
         from syncqueue_tasks import queue
