@@ -538,7 +538,11 @@ def run(sizes: Sizes, names: list[str], run_id: str, log: Callable[[str], None])
     env = {"CELERY_QUEUE": f"bench_{run_id}", "SYNCQUEUE_ENQUEUE_MODE": "direct"}
     teams = {n: Team(ctx, n, env, max(PROCESSES)) for n in names}
     every = list(teams.values())
-    missing = {n: "not installed (pip install -e '.[bench]')" for n in CONTENDERS if n not in names}
+    missing = {
+        n: "not chosen (--only)" if installed(n) else "not installed (pip install -e '.[bench]')"
+        for n in CONTENDERS
+        if n not in names
+    }
     rows: list[Row] = []
     started = time.perf_counter()
 
