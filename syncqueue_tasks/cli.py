@@ -7,6 +7,7 @@ on stderr and a non-zero exit code, never a traceback. Commands run in the folde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 
@@ -115,6 +117,11 @@ class SafeGroup(click.Group):
             raise OneLineUsageError(exc.format_message() + where) from None
         except (SQLAlchemyError, SyncQueueError) as exc:
             raise OneLineError(describe_error(exc)) from None
+        except RedisError as exc:
+            raise OneLineError(
+                f"Redis unavailable: {sanitize_error(exc)}; check SYNCQUEUE_REDIS_URL "
+                "(default: CELERY_BROKER_URL) and that Redis is running"
+            ) from None
 
 
 @click.group(cls=SafeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -434,6 +441,68 @@ def metrics(port: int, host: str) -> None:
         server.shutdown()
         server.server_close()
     click.echo("stopped")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="a JSON list, for scripts")
+@click.pass_context
+def invalid(ctx: click.Context, as_json: bool) -> None:
+    """Broker messages a worker kept as invalid: list them; then retry or discard."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from syncqueue_tasks.invalid_messages import list_invalid
+
+    kept = list_invalid()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(m) for m in kept], default=str))
+        return
+    if not kept:
+        click.echo("No invalid messages kept.")
+        return
+    now = time.time()
+    for message in kept:
+        what = " ".join(str(a) for a in message.args[:3]) or _kwargs_summary(message.kwargs)
+        click.echo(f"{message.id}  {message.task}  {what}  kept {_age(now - message.kept_at)} ago")
+        click.echo(f"    {message.error}")
+    cli = runstate.cli_command()
+    click.echo(
+        f"{len(kept)} kept. Retry: {cli} invalid retry --id ID (or --all); "
+        f"delete: {cli} invalid discard --id ID"
+    )
+
+
+def _kwargs_summary(kwargs: dict[str, Any]) -> str:
+    """Action, model and record id of a kept message's keyword arguments (no payload values)."""
+    return " ".join(str(kwargs[k]) for k in ("action", "model", "record_id") if k in kwargs)
+
+
+@invalid.command("retry")
+@click.option("--id", "ids", multiple=True, help="a kept message's id (repeatable)")
+@click.option("--all", "all_", is_flag=True, help="every kept message")
+def invalid_retry(ids: tuple[str, ...], all_: bool) -> None:
+    """Send kept messages through their task again (once their cause is fixed)."""
+    from syncqueue_tasks.invalid_messages import retry_invalid
+
+    if all_ == bool(ids):
+        raise click.UsageError("say which messages: --id ID (repeatable) or --all")
+    accepted, refused = retry_invalid(None if all_ else ids)
+    for message_id, why in refused.items():
+        click.echo(f"{message_id}  still kept: {why}")
+    click.echo(f"{accepted} message(s) accepted.")
+    if refused:
+        raise OneLineError(f"{len(refused)} message(s) still kept (listed above)")
+
+
+@invalid.command("discard")
+@click.option("--id", "ids", multiple=True, required=True, help="a kept message's id (repeatable)")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+def invalid_discard(ids: tuple[str, ...], yes: bool) -> None:
+    """Delete kept messages for good (asks first)."""
+    from syncqueue_tasks.invalid_messages import discard_invalid
+
+    if not yes:
+        click.confirm(f"Delete {len(ids)} kept message(s) for good?", abort=True)
+    click.echo(f"Deleted {discard_invalid(ids)} kept message(s).")
 
 
 def _wait_for_signal() -> None:

@@ -71,7 +71,8 @@ def retry_invalid(ids: Iterable[str] | None = None) -> tuple[int, dict[str, str]
     """Send kept messages (all, or those ``ids``) through their task's ``apply_async`` again.
 
     Returns how many were accepted (and removed from the hash) and, for the others, why not
-    (still invalid, or neither the database nor the broker took it); those stay kept.
+    (still invalid, neither the database nor the broker took it, or no message has that id);
+    those stay kept.
     """
     from syncqueue_tasks.celery_app import app
     from syncqueue_tasks.tasks import enqueue_change  # noqa: F401  (registers the tasks)
@@ -79,9 +80,11 @@ def retry_invalid(ids: Iterable[str] | None = None) -> tuple[int, dict[str, str]
     wanted = None if ids is None else set(ids)
     accepted = 0
     refused: dict[str, str] = {}
+    seen: set[str] = set()
     for message in list_invalid():
         if wanted is not None and message.id not in wanted:
             continue
+        seen.add(message.id)
         task = app.tasks.get(message.task)
         if task is None:
             refused[message.id] = f"unknown task {message.task!r}"
@@ -93,6 +96,8 @@ def retry_invalid(ids: Iterable[str] | None = None) -> tuple[int, dict[str, str]
             continue
         get_redis().hdel(key("invalid"), message.id)
         accepted += 1
+    for unknown in sorted((wanted or set()) - seen):
+        refused[unknown] = "no kept message has this id"
     return accepted, refused
 
 

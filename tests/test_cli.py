@@ -28,6 +28,8 @@ from syncqueue_tasks.cli import main
 from syncqueue_tasks.db import dispose_engine, get_engine
 from syncqueue_tasks.embedded import free_port
 from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.redis_client import get_redis
+from syncqueue_tasks.redis_client import key as redis_key
 from syncqueue_tasks.schema import head_revisions
 from syncqueue_tasks.settings import DEFAULT_DATABASE_URL, get_settings
 from syncqueue_tasks.validation import validate_change
@@ -37,6 +39,7 @@ pytestmark = pytest.mark.timeout(120)
 CLI = [sys.executable, "-m", "syncqueue_tasks.cli"]
 
 HEAD = head_revisions()[0]  # the newest migration
+SECRET = "s3cret-payload-value"
 
 
 def cli(*args: str, input: str | None = None) -> Result:
@@ -493,3 +496,52 @@ def test_record_shows_the_synced_state_and_the_changes(db: None) -> None:
     assert [c["status"] for c in as_json["changes"]] == ["COMPLETED", "PENDING"]
     missing = cli("record", "Request", "nope")
     assert missing.exit_code == 1 and "never had a change" in missing.output
+
+
+@pytest.mark.usefixtures("db")
+def test_invalid_lists_retries_and_discards_kept_broker_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from syncqueue_tasks.invalid_messages import keep, list_invalid
+
+    # What a worker keeps (see test_broker_reliability): a model it did not know, and a
+    # message sent by hand without the model argument.
+    args = {"action": "CREATE", "model": "Operator", "record_id": "op-7"}
+    keep("syncqueue.enqueue_change", "m-unknown-model", [], {**args, "payload": {"n": SECRET}},
+         "ValidationError: model 'Operator' is not in SYNCQUEUE_MODELS")  # fmt: skip
+    keep("syncqueue.enqueue_change", "m-misshapen", ["CREATE"], {}, "TypeError: missing 'model'")
+    try:
+        listed = cli("invalid")
+        assert listed.exit_code == 0
+        assert "m-unknown-model  syncqueue.enqueue_change  CREATE Operator op-7" in listed.stdout
+        assert "TypeError: missing 'model'" in listed.stdout
+        assert SECRET not in listed.stdout  # payload values are not shown
+        as_json = json.loads(cli("invalid", "--json").stdout)
+        assert [m["id"] for m in as_json] == ["m-unknown-model", "m-misshapen"]
+        assert as_json[0]["kwargs"]["record_id"] == "op-7"
+
+        assert "--id ID" in assert_one_line_error(cli("invalid", "retry"))
+        # Still refused where Operator is unknown: nothing is stored, both stay kept.
+        monkeypatch.setenv("SYNCQUEUE_MODELS", "Request")
+        monkeypatch.setenv("SYNCQUEUE_ENQUEUE_MODE", "direct")
+        get_settings.cache_clear()
+        refused = cli("invalid", "retry", "--all")
+        assert "2 message(s) still kept" in assert_one_line_error(refused)
+        assert "m-unknown-model  still kept: ValidationError" in refused.stdout
+        assert count_rows() == 0 and len(list_invalid()) == 2
+        # The cause fixed: retried by id, stored, no longer kept.
+        monkeypatch.setenv("SYNCQUEUE_MODELS", "Request,Operator")
+        get_settings.cache_clear()
+        retried = cli("invalid", "retry", "--id", "m-unknown-model", "--id", "m-gone")
+        assert "m-gone  still kept: no kept message has this id" in retried.stdout
+        assert "1 message(s) accepted." in retried.stdout
+        assert count_rows("model = 'Operator' AND record_id = 'op-7'") == 1
+        assert [m.id for m in list_invalid()] == ["m-misshapen"]
+
+        kept = cli("invalid", "discard", "--id", "m-misshapen", input="n\n")
+        assert kept.exit_code != 0 and [m.id for m in list_invalid()] == ["m-misshapen"]
+        gone = cli("invalid", "discard", "--id", "m-misshapen", "--yes")
+        assert "Deleted 1 kept message(s)." in gone.stdout
+        assert cli("invalid").stdout.strip() == "No invalid messages kept."
+    finally:
+        get_redis().delete(redis_key("invalid"))
