@@ -35,7 +35,14 @@ PARTIAL_INDEXES = {
     "ix_sync_record_claimed": ("(claimed_at)", "WHERE (claim_token IS NOT NULL)"),
 }
 # The functions every path that stores changes shares (migration 0004).
-FUNCTIONS = ["syncqueue_enqueue", "syncqueue_mark_waiting", "syncqueue_new_id"]
+FUNCTIONS = [
+    "syncqueue_changes_deleted",
+    "syncqueue_changes_truncated",
+    "syncqueue_enqueue",
+    "syncqueue_mark_waiting",
+    "syncqueue_new_id",
+]
+TRIGGERS = ["syncqueue_changes_deleted", "syncqueue_changes_truncated"]
 ENUMS = {
     "sync_action": ["CREATE", "UPDATE", "DELETE"],
     "queue_status": ["PENDING", "PROCESSING", "COMPLETED", "FAILED"],
@@ -88,6 +95,15 @@ def _schema(engine: Engine) -> dict[str, Any]:
             "functions": list(
                 conn.execute(
                     text("SELECT proname FROM pg_proc WHERE proname LIKE 'syncqueue%' ORDER BY 1")
+                ).scalars()
+            ),
+            "triggers": list(
+                conn.execute(
+                    text(
+                        "SELECT tgname FROM pg_trigger"
+                        " WHERE tgrelid = to_regclass('sync_queue') AND NOT tgisinternal"
+                        " ORDER BY 1"
+                    )
                 ).scalars()
             ),
             "enums": {
@@ -150,6 +166,7 @@ def test_upgrade_builds_everything_downgrade_removes_it_and_upgrade_works_again(
         assert built["table"] is True and built["records"] is True
         assert built["enums"] == ENUMS
         assert built["functions"] == FUNCTIONS
+        assert built["triggers"] == TRIGGERS
         # One full index besides the keys: a record's changes by status and id.
         assert set(built["indexes"]) == {
             "sync_queue_pkey",

@@ -438,3 +438,41 @@ def test_finish_records_records_one_outcome_per_record_for_all_its_changes() -> 
 
 def test_get_record_is_none_for_a_record_the_queue_never_had() -> None:
     assert queue.get_record("Request", "never") is None
+
+
+def test_changes_deleted_by_hand_stop_counting_and_their_claims_end() -> None:
+    queue.enqueue_many(
+        {"action": "UPDATE", "model": "Request", "record_id": r, "payload": {"n": n}}
+        for n, r in enumerate(["held", "held", "held"])
+    )
+    batch = queue.claim_records(10)  # "held": 3 changes in flight
+    waiting = queue.enqueue_many(
+        {"action": "UPDATE", "model": "Request", "record_id": "w", "payload": {"n": n}}
+        for n in range(3)
+    )
+    [first_held, *rest_held] = [c.id for c in batch.items]
+    # An operator's own DELETEs (not discard or cleanup): the counts follow.
+    _exec("DELETE FROM sync_queue WHERE id = ANY(:ids)", ids=[waiting[0], first_held])
+    assert_records_consistent()
+    assert _record_count("record_id = 'w' AND pending = 2") == 1
+    assert _record_count("record_id = 'held' AND in_flight = 2 AND claim_token IS NOT NULL") == 1
+    _exec("DELETE FROM sync_queue WHERE id = ANY(:ids)", ids=[*waiting[1:], *rest_held])
+    assert _record_count("pending = 0 AND claim_token IS NULL") == 2  # the claim ended
+    assert queue.claim_records(10).records == ()
+    outcomes = {r.key: Outcome.done() for r in batch.records}
+    states = {r.key: fold(r.base, r.changes) for r in batch.records}
+    report = queue.finish_records(batch, outcomes, states)
+    assert (report.completed, report.not_owned) == (0, 3)  # the worker's late outcome: nothing
+
+
+def test_truncating_the_queue_leaves_no_record_waiting_for_changes_that_are_gone() -> None:
+    queue.enqueue_many(
+        {"action": "UPDATE", "model": "Request", "record_id": f"old{n}", "payload": {"n": n}}
+        for n in range(40)
+    )
+    queue.claim_records(5)  # five records claimed when the table is emptied
+    _exec("TRUNCATE sync_queue")
+    assert_records_consistent()
+    # New changes are claimed at once, not stuck behind 40 records waiting for nothing.
+    fresh = queue.enqueue("UPDATE", "Request", "new", {"n": 1})
+    assert [c.id for c in queue.claim_records(25).items] == [fresh]

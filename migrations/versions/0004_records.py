@@ -11,7 +11,9 @@ Functions shared by every path that stores changes (the queue module, the trigge
 ``syncqueue_new_id()`` makes an id in SQL that sorts with the ids made in Python
 (milliseconds, then microseconds, then random bits; increasing within a session);
 ``syncqueue_enqueue(...)`` stores changes and marks their records as waiting with
-``syncqueue_mark_waiting(...)``, which retrying dead letters uses too.
+``syncqueue_mark_waiting(...)``, which retrying dead letters uses too. Two statement triggers
+keep the records' counts when changes are deleted by hand (``DELETE`` or ``TRUNCATE`` of
+``sync_queue``).
 
 Data: claims in flight go back to PENDING (stop the workers first: their late outcomes are
 refused and the changes written again); replayed copies are dropped (the change they re-apply
@@ -145,6 +147,58 @@ $$;
 """
 
 
+# A record's counts follow its changes whoever deletes them: cleanup and discard delete only
+# COMPLETED and FAILED changes (which count nowhere), but an operator's own DELETE or TRUNCATE
+# of sync_queue would otherwise leave records waiting for changes that are gone, and claims
+# would pick those records first, forever.
+CHANGES_GONE = r"""
+CREATE FUNCTION syncqueue_changes_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+-- Deleted PENDING changes stop counting as waiting; deleted PROCESSING changes leave their
+-- claim, which ends when none is left. Records are locked in key order first (as every
+-- other statement that locks several records does), so this never deadlocks with them.
+BEGIN
+    PERFORM 1 FROM sync_record AS r
+    WHERE (r.model, r.record_id) IN (
+        SELECT g.model, g.record_id FROM gone AS g WHERE g.status IN ('PENDING', 'PROCESSING'))
+    ORDER BY r.model, r.record_id
+    FOR UPDATE;
+    UPDATE sync_record AS r
+    SET pending = greatest(r.pending - d.waiting, 0),
+        in_flight = greatest(r.in_flight - d.held, 0),
+        claim_token = CASE WHEN r.in_flight - d.held > 0 THEN r.claim_token END,
+        claimed_at = CASE WHEN r.in_flight - d.held > 0 THEN r.claimed_at END
+    FROM (
+        SELECT g.model, g.record_id,
+               count(*) FILTER (WHERE g.status = 'PENDING') AS waiting,
+               count(*) FILTER (WHERE g.status = 'PROCESSING') AS held
+        FROM gone AS g
+        WHERE g.status IN ('PENDING', 'PROCESSING')
+        GROUP BY g.model, g.record_id
+    ) AS d
+    WHERE r.model = d.model AND r.record_id = d.record_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER syncqueue_changes_deleted AFTER DELETE ON sync_queue
+    REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION syncqueue_changes_deleted();
+
+CREATE FUNCTION syncqueue_changes_truncated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+-- No change is left: no record waits, no claim holds anything. The synced states stay.
+BEGIN
+    UPDATE sync_record
+    SET pending = 0, in_flight = 0, claim_token = NULL, claimed_at = NULL
+    WHERE pending <> 0 OR claim_token IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER syncqueue_changes_truncated AFTER TRUNCATE ON sync_queue
+    FOR EACH STATEMENT EXECUTE FUNCTION syncqueue_changes_truncated();
+"""
+
+
 def upgrade() -> None:
     op.create_table(
         "sync_record",
@@ -265,9 +319,14 @@ def upgrade() -> None:
     op.execute(NEW_ID)
     op.execute(MARK_WAITING)
     op.execute(ENQUEUE)
+    op.execute(CHANGES_GONE)
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER syncqueue_changes_truncated ON sync_queue")
+    op.execute("DROP TRIGGER syncqueue_changes_deleted ON sync_queue")
+    op.execute("DROP FUNCTION syncqueue_changes_truncated()")
+    op.execute("DROP FUNCTION syncqueue_changes_deleted()")
     op.execute(
         "DROP FUNCTION syncqueue_enqueue(text[], sync_action[], text[], text[], integer[],"
         " jsonb[], integer[])"
