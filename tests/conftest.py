@@ -38,13 +38,23 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     command.upgrade(alembic_config(), "head")
 
 
+def purge_broker() -> None:
+    """Drop this run's queue and kombu's unacknowledged messages from the test Redis.
+
+    A worker killed by an earlier test leaves messages unacknowledged; the next test's worker
+    would restore and store them, and count one change more than its test sent.
+    """
+    redis = Redis.from_url(REDIS_URL)
+    unacked = ["unacked", "unacked_index", "unacked_mutex", "unacked_inflight"]
+    keys = [*redis.scan_iter(f"{TEST_QUEUE}*"), *redis.scan_iter("unacked_inflight*"), *unacked]
+    redis.delete(*keys)
+    redis.close()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     dispose_engine()
     drop_database(_DB_NAME)
-    redis = Redis.from_url(REDIS_URL)
-    keys = [*list(redis.scan_iter(f"{TEST_QUEUE}*")), TEST_QUEUE]
-    redis.delete(*keys)
-    redis.close()
+    purge_broker()
 
 
 @pytest.fixture
@@ -73,8 +83,9 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def db() -> Iterator[None]:
-    """An empty ``sync_queue`` and default settings for one test."""
+    """An empty ``sync_queue``, an empty broker queue and default settings for one test."""
     get_settings.cache_clear()
     truncate()
+    purge_broker()
     yield
     get_settings.cache_clear()

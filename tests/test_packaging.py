@@ -1,4 +1,4 @@
-"""The built wheel: it installs the Alembic migrations, so ``syncqueue migrate`` works from it."""
+"""The built wheel: every module ships, and the migrations too, so ``syncqueue migrate`` works."""
 
 from __future__ import annotations
 
@@ -46,6 +46,13 @@ def test_the_wheel_carries_the_migrations_and_migrates_an_empty_database(tmp_pat
     ]
     assert any(m.startswith("migrations/versions/") for m in migrations)
     assert {f"syncqueue_tasks/{m}" for m in migrations} <= shipped
+    package = [  # every module and data file of the package, subpackages included
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "syncqueue_tasks").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    assert "syncqueue_tasks/writers/sheets/writer.py" in package
+    assert set(package) - shipped == set()
 
     site = tmp_path / "site"
     subprocess.run(
