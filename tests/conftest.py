@@ -7,10 +7,12 @@ subprocesses inherit it), and dropped at the end of the run.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -39,16 +41,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def purge_broker() -> None:
-    """Drop this run's queue and kombu's unacknowledged messages from the test Redis.
+    """Drop this run's queue, and this run's messages kombu holds as unacknowledged.
 
     A worker killed by an earlier test leaves messages unacknowledged; the next test's worker
-    would restore and store them, and count one change more than its test sent.
+    would restore and store them, and count one change more than its test sent. Entries of
+    other runs sharing this Redis (their routing key is their own queue) are left alone.
     """
     redis = Redis.from_url(REDIS_URL)
-    unacked = ["unacked", "unacked_index", "unacked_mutex", "unacked_inflight"]
-    keys = [*redis.scan_iter(f"{TEST_QUEUE}*"), *redis.scan_iter("unacked_inflight*"), *unacked]
-    redis.delete(*keys)
+    redis.delete(TEST_QUEUE, *redis.scan_iter(f"{TEST_QUEUE}*"))
+    for tag, raw in redis.hgetall("unacked").items():
+        if _routing_key(raw, lambda m: m[2]) == TEST_QUEUE:  # [message, exchange, key]
+            redis.hdel("unacked", tag)
+            redis.zrem("unacked_index", tag)
+    for item in redis.lrange("unacked_inflight", 0, -1):  # popped, not yet in the hash
+        key = _routing_key(item, lambda m: m["properties"]["delivery_info"]["routing_key"])
+        if key == TEST_QUEUE:
+            redis.lrem("unacked_inflight", 1, item)
     redis.close()
+
+
+def _routing_key(raw: bytes, pick: Callable[[Any], object]) -> object:
+    """The routing key of a stored message, or None for bytes that are not one."""
+    try:
+        return pick(json.loads(raw))
+    except (ValueError, LookupError, TypeError):
+        return None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
