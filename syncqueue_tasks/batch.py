@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from syncqueue_tasks import metrics, queue
+from syncqueue_tasks import counters, queue
 from syncqueue_tasks.errors import sanitize_error
 from syncqueue_tasks.outcomes import Outcome
 from syncqueue_tasks.records import RecordKey, RecordWrite, record_write
@@ -117,4 +117,4 @@ def _record(
         report.retried += done.retried
         report.failed += done.failed
         report.not_owned += done.not_owned
-        metrics.record_outcomes(completed=done.completed, retried=done.retried, failed=done.failed)
+        counters.record_outcomes(completed=done.completed, retried=done.retried, failed=done.failed)

@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from syncqueue_tasks import metrics
+from syncqueue_tasks import counters
 from syncqueue_tasks.errors import ConfigurationError
 from syncqueue_tasks.redis_client import get_redis, key
 from syncqueue_tasks.settings import get_settings
@@ -91,7 +91,7 @@ def _store(result: VerifyResult) -> None:
         get_redis().set(key("verify"), json.dumps(result.to_json()))
     except RedisError as exc:
         log.warning("verify result not stored: %s", type(exc).__name__)
-    metrics.count("verify_findings", result.findings)
+    counters.count("verify_findings", result.findings)
 
 
 def last_result() -> dict[str, Any] | None:

@@ -316,9 +316,9 @@ class _LeakyWriter:
 def test_logged_errors_contain_no_secret(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from syncqueue_tasks import batch, metrics  # imported here: batch is a heavier module
+    from syncqueue_tasks import batch, counters  # imported here: batch is a heavier module
 
-    monkeypatch.setattr(metrics, "record_outcomes", lambda **_: None)  # no Redis in tests
+    monkeypatch.setattr(counters, "record_outcomes", lambda **_: None)  # no Redis in tests
     caplog.set_level(logging.DEBUG)
 
     # reset_stuck: an item whose claim is old, after a failure with a secret in it.

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from syncqueue_tasks.metrics import COUNTERS, read_counters
+from syncqueue_tasks.counters import COUNTERS, read_counters
 from syncqueue_tasks.redis_client import get_redis, key
 
 log = logging.getLogger(__name__)

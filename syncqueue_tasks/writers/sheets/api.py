@@ -26,7 +26,7 @@ from gspread.http_client import HTTPClient
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
-from syncqueue_tasks import metrics
+from syncqueue_tasks import counters
 from syncqueue_tasks.errors import ConfigurationError, sanitize_error
 
 GOOGLE_SHEETS_URL = "https://sheets.googleapis.com"
@@ -100,14 +100,14 @@ class SheetsApi:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One API request, counted in the queue's metrics (and its 429 answers)."""
-        metrics.count("writer_requests")
+        counters.count("writer_requests")
         self.sent["read" if method == "get" or "batchGet" in path else "write"] += 1
         url = f"{GOOGLE_SHEETS_URL}/v4/spreadsheets/{quote(self.spreadsheet_id, safe='')}{path}"
         try:
             return self.http.request(method, url, **kwargs).json()
         except APIError as exc:
             if getattr(exc.response, "status_code", None) == 429:
-                metrics.count("writer_throttled")
+                counters.count("writer_throttled")
             raise
 
     def metadata(self) -> Any:

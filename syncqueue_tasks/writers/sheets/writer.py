@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from redis import Redis
 from redis.exceptions import RedisError
 
-from syncqueue_tasks import metrics
+from syncqueue_tasks import counters
 from syncqueue_tasks.errors import ConfigurationError, SyncQueueError, sanitize_error
 from syncqueue_tasks.outcomes import Outcome, OutcomeKind
 from syncqueue_tasks.records import RecordKey, RecordState, RecordWrite
@@ -381,7 +381,7 @@ class GoogleSheetsWriter:
         self._note_usage()
 
     def _note_usage(self) -> None:
-        metrics.record_sheet_usage(
+        counters.record_sheet_usage(
             self.settings.sheets_spreadsheet_id, self.tabs.cells, self.settings.sheets_max_cells
         )
 
@@ -479,7 +479,7 @@ class GoogleSheetsWriter:
         if not found:
             return
         self.conflicts += found
-        metrics.count("writer_conflicts", len(found))
+        counters.count("writer_conflicts", len(found))
         for c in found:
             log.warning(
                 "Sheets: %s %r field %r was edited in the sheet since it was last written; %s",
@@ -571,7 +571,7 @@ class GoogleSheetsWriter:
                     astray[model] = (hits, vanished)
             if not astray:
                 return
-            metrics.count("writer_astray")
+            counters.count("writer_astray")
             log.warning(
                 "Sheets: rows or columns moved while a batch was written (tab(s) %s); "
                 "repairing from the write's answer",
