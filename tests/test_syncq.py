@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from processes import ROOT
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 SYNCQ = ROOT / "syncq"
 
