@@ -46,7 +46,9 @@ TEST_QUEUE = f"syncqueue_test_{_RUN}"
 
 
 TIERS = ("unit", "integration", "system")
-_services = {"used": False}  # set when this run made the database (and so uses Redis too)
+# "tiered": every collected test has one tier; "used": this run made the database (and so
+# uses Redis too).
+_run = {"tiered": False, "used": False}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -75,15 +77,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "with pytestmark = pytest.mark.<tier> (see tests/conftest.py):\n  "
             + "\n  ".join(errors)
         )
+    _run["tiered"] = True
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Make the run's database when a selected test needs services (unit tests do not)."""
-    if session.config.option.collectonly:
-        return
+    if session.config.option.collectonly or not _run["tiered"]:
+        return  # (pytest calls this hook even when the tier check failed)
     if any(not item.get_closest_marker("unit") for item in session.items):
         use_database(create_database(_DB_NAME))
-        _services["used"] = True
+        _run["used"] = True
         command.upgrade(alembic_config(), "head")
 
 
@@ -116,7 +119,7 @@ def _routing_key(raw: bytes, pick: Callable[[Any], object]) -> object:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _services["used"]:
+    if _run["used"]:
         dispose_engine()
         drop_database(_DB_NAME)
         purge_broker()
