@@ -1,6 +1,6 @@
 """The test tiers (tests/conftest.py): every test has exactly one, and unit runs need no service.
 
-conftest.py runs as a plugin of a real pytest process, over a test file of the test's own.
+The second runs conftest.py as a plugin of a real pytest process, over a test file of its own.
 """
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import conftest
 import pytest
 from processes import ROOT, TESTS
 
@@ -44,27 +46,29 @@ def _pytest(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProc
     )  # fmt: skip
 
 
-def test_a_test_without_exactly_one_tier_fails_collection_even_when_deselected(
-    tmp_path: Path,
-) -> None:
-    source = (
-        SAMPLE
-        + """
-def test_untiered():
-    pass
+@dataclass
+class _Item:
+    """What the tier check reads of a collected test."""
 
-@pytest.mark.unit
-@pytest.mark.system
-def test_two_tiers():
-    pass
-"""
+    nodeid: str
+    tiers: tuple[str, ...]
+
+    def get_closest_marker(self, name: str) -> pytest.Mark | None:
+        return getattr(pytest.mark, name).mark if name in self.tiers else None
+
+
+def test_a_test_without_exactly_one_tier_fails_collection_naming_it() -> None:
+    items = [_Item("t.py::one", ("unit",)), _Item("t.py::none", ()),
+             _Item("t.py::two", ("unit", "system"))]  # fmt: skip
+    with pytest.raises(pytest.UsageError) as error:
+        conftest.pytest_collection_modifyitems(None, items)  # type: ignore[arg-type]
+    message = str(error.value)
+    assert message.startswith("every test needs exactly one tier marker (unit, integration, ")
+    assert message.endswith(
+        "\n  t.py::none: tier markers none\n  t.py::two: tier markers unit, system"
     )
-    result = _pytest(tmp_path, source, "-m", "unit")
-    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout
-    assert "every test needs exactly one tier marker" in result.stderr
-    assert "test_sample.py::test_untiered: tier markers none" in result.stderr
-    assert "test_sample.py::test_two_tiers: tier markers unit, system" in result.stderr
-    assert "test_sample.py::test_unit" not in result.stderr
+    # It runs before ``-m`` deselects, so an untiered test fails even a run that skips it.
+    assert conftest.pytest_collection_modifyitems.pytest_impl["tryfirst"]  # type: ignore[attr-defined]
 
 
 def test_a_run_of_unit_tests_touches_no_service(tmp_path: Path) -> None:
