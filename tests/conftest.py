@@ -1,8 +1,15 @@
-"""Test session setup: a throwaway PostgreSQL database for the whole run.
+"""Test session setup: the three tiers, and a throwaway PostgreSQL database for the run.
 
-The database is created on the server named by SYNCQUEUE_TEST_ADMIN_URL (default: the local
-PostgreSQL on 127.0.0.1:5432), migrated with Alembic, exported as DATABASE_URL (so worker
-subprocesses inherit it), and dropped at the end of the run.
+Every test carries exactly one tier marker (``TIERS``), checked at collection:
+
+- ``unit``: no services; PostgreSQL and Redis may be unreachable.
+- ``integration``: a real PostgreSQL and/or Redis.
+- ``system``: real Celery workers and beat, the embedded stack, a browser, soak, packaging.
+
+When the selected tests include one that is not ``unit``, a database is created on the server
+named by SYNCQUEUE_TEST_ADMIN_URL (default: the local PostgreSQL on 127.0.0.1:5432), migrated
+with Alembic, exported as DATABASE_URL before any test runs (so worker subprocesses inherit
+it), and dropped at the end of the run. A run of unit tests alone touches neither service.
 """
 
 from __future__ import annotations
@@ -17,7 +24,14 @@ from typing import Any
 import pytest
 from alembic import command
 from celery import Celery
-from dbutil import alembic_config, create_database, drop_database, truncate, use_database
+from dbutil import (
+    REDIS_URL,
+    alembic_config,
+    create_database,
+    drop_database,
+    truncate,
+    use_database,
+)
 from redis import Redis
 
 from syncqueue_tasks.db import dispose_engine
@@ -29,15 +43,51 @@ _RUN = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
 _DB_NAME = f"syncqueue_test_{_RUN}"
 # Celery: the real Redis, and a queue (and Redis key prefix) of this run's own.
 TEST_QUEUE = f"syncqueue_test_{_RUN}"
-REDIS_URL = os.environ.get("SYNCQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+TIERS = ("unit", "integration", "system")
+# "tiered": every collected test has one tier; "used": this run made the database (and so
+# uses Redis too).
+_run = {"tiered": False, "used": False}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     os.environ["CELERY_QUEUE"] = TEST_QUEUE
     os.environ["CELERY_BROKER_URL"] = REDIS_URL
     os.environ.pop("SYNCQUEUE_REDIS_URL", None)
-    use_database(create_database(_DB_NAME))
-    command.upgrade(alembic_config(), "head")
+
+
+def tier_errors(items: list[pytest.Item]) -> list[str]:
+    """One line per test that does not carry exactly one of the ``TIERS`` markers."""
+    errors = []
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if len(tiers) != 1:
+            found = ", ".join(tiers) or "none"
+            errors.append(f"{item.nodeid}: tier markers {found}")
+    return errors
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects: an untiered test never hides
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    errors = tier_errors(items)
+    if errors:
+        raise pytest.UsageError(
+            f"every test needs exactly one tier marker ({', '.join(TIERS)}); mark the module "
+            "with pytestmark = pytest.mark.<tier> (see tests/conftest.py):\n  "
+            + "\n  ".join(errors)
+        )
+    _run["tiered"] = True
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Make the run's database when a selected test needs services (unit tests do not)."""
+    if session.config.option.collectonly or not _run["tiered"]:
+        return  # (pytest calls this hook even when the tier check failed)
+    if any(not item.get_closest_marker("unit") for item in session.items):
+        use_database(create_database(_DB_NAME))
+        _run["used"] = True
+        command.upgrade(alembic_config(), "head")
 
 
 def purge_broker() -> None:
@@ -69,9 +119,10 @@ def _routing_key(raw: bytes, pick: Callable[[Any], object]) -> object:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    dispose_engine()
-    drop_database(_DB_NAME)
-    purge_broker()
+    if _run["used"]:
+        dispose_engine()
+        drop_database(_DB_NAME)
+        purge_broker()
 
 
 @pytest.fixture

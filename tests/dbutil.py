@@ -1,4 +1,4 @@
-"""Database helpers for tests: throwaway databases, migrations, row counts."""
+"""Database helpers for tests: the test services' URLs, throwaway databases, row counts."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get(
     "SYNCQUEUE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+REDIS_URL = os.environ.get("SYNCQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def create_database(name: str) -> str:

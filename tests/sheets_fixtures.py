@@ -15,10 +15,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from dbutil import REDIS_URL
 from fake_sheets import FakeSheets
 from items import Feeder
 from redis import Redis
-from sheets_helpers import HEADER, REDIS_URL, SID, MakeWriter
+from sheets_helpers import HEADER, SID, MakeWriter
 
 from syncqueue_tasks.records import RecordKey
 from syncqueue_tasks.settings import get_settings

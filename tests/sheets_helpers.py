@@ -10,7 +10,6 @@ from fake_sheets import FakeSheets
 from syncqueue_tasks.models import QueueItem
 from syncqueue_tasks.outcomes import Outcome, OutcomeKind
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SID = "sheet-test"
 HEADER = ["id", "name", "status"]
 

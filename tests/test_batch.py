@@ -14,7 +14,7 @@ from syncqueue_tasks.records import RecordKey, RecordWrite
 from syncqueue_tasks.writers.base import Outcome
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 
 class Interrupted(Exception):

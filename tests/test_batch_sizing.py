@@ -12,7 +12,7 @@ from syncqueue_tasks import batch, queue
 from syncqueue_tasks.outcomes import Outcome
 from syncqueue_tasks.records import RecordKey, RecordWrite
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 
 class Sized:

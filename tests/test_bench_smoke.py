@@ -16,6 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_TINY = ["--quick", "--scale", "0.02", "--reps", "1"]
 ROWS = {"each", "delay", "batched", "drain1", "drain4", "history0", "history", "hot0", "hot"}

@@ -28,6 +28,8 @@ from redis import Redis
 
 from syncqueue_tasks.embedded import EmbeddedRedis
 
+pytestmark = pytest.mark.system
+
 GUARDED = "syncqueue_tasks.broker_guard:GuardedRedisTransport"
 OPTIONS = {"priority_steps": [0], "visibility_timeout": 1}
 

@@ -32,7 +32,7 @@ from syncqueue_tasks.invalid_messages import discard_invalid, list_invalid, retr
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.tasks import enqueue_change, enqueue_changes
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.system, pytest.mark.usefixtures("db")]
 
 SECRET = "p4yl0ad-v4lue-never-logged"
 

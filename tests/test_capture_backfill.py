@@ -35,7 +35,7 @@ from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.models import QueueItem, SyncAction
 from syncqueue_tasks.writers.loading import load_writer
 
-pytestmark = pytest.mark.usefixtures("app")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("app")]
 
 WORKBOOK = "syncqueue_tasks.writers.workbook:create_writer"
 SYNCQUEUE = [str(Path(sys.executable).with_name("syncqueue"))]  # the installed command

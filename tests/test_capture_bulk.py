@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from syncqueue_tasks import capture
 
-pytestmark = pytest.mark.usefixtures("app")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("app")]
 
 REQUESTS = Request.__table__
 OPERATORS = Operator.__table__

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from syncqueue_tasks import capture
 
-pytestmark = pytest.mark.usefixtures("app")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("app")]
 
 
 def test_insert_update_delete_reach_the_sheet_with_the_key_read_after_the_flush(

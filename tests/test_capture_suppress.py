@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from syncqueue_tasks import capture
 from syncqueue_tasks.capture import registry
 
-pytestmark = pytest.mark.usefixtures("app")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("app")]
 
 
 def _switch(s: Session) -> str | None:

@@ -13,7 +13,7 @@ from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.doctor import check_capture_triggers
 from syncqueue_tasks.errors import ValidationError
 
-pytestmark = pytest.mark.usefixtures("trigger_app")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("trigger_app")]
 
 OPERATOR = "public.capture_operator"
 

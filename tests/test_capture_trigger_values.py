@@ -92,7 +92,7 @@ def values_table(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
         ValueBase.metadata.drop_all(get_engine())
 
 
-pytestmark = pytest.mark.usefixtures("values_table")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("values_table")]
 
 PLUS_0530 = dt.timezone(dt.timedelta(hours=5, minutes=30))
 

@@ -31,7 +31,7 @@ from syncqueue_tasks.capture import triggers
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.ids import is_valid_id
 
-pytestmark = pytest.mark.usefixtures("trigger_app")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("trigger_app")]
 _SERIES = "SELECT 'op' || i, 'n' FROM generate_series(1, {n}) AS i"  # operators op1, op2, ...
 
 

@@ -16,6 +16,8 @@ from syncqueue_tasks.capture.values import MAX_EXACT_INT, check_column_type, to_
 from syncqueue_tasks.errors import ValidationError
 from syncqueue_tasks.validation import validate_change
 
+pytestmark = pytest.mark.unit
+
 
 class Color(enum.Enum):
     RED = "red"

@@ -71,6 +71,7 @@ def status_of(item_id: str) -> str | None:
     return rows[0] if rows else None
 
 
+@pytest.mark.integration
 def test_stats_text_and_json(db: None) -> None:
     queue.enqueue("CREATE", "Request", "1", {"a": 1})
     queue.enqueue("CREATE", "Request", "2", {"a": 2})
@@ -86,6 +87,7 @@ def test_stats_text_and_json(db: None) -> None:
     assert data["oldest_pending_age_seconds"] >= 0
 
 
+@pytest.mark.integration
 def test_failed_lists_last_errors_by_model(db: None) -> None:
     assert "No FAILED items." in cli("failed").stdout
     make_failed("Request", "1", "column 'x' is protected")
@@ -100,6 +102,7 @@ def test_failed_lists_last_errors_by_model(db: None) -> None:
     assert len(json.loads(cli("failed", "--limit", "1", "--json").stdout)) == 1
 
 
+@pytest.mark.integration
 def test_retry_by_id_model_and_all(db: None) -> None:
     a = make_failed("Request", "1")
     b = make_failed("Request", "2")
@@ -117,6 +120,7 @@ def test_retry_by_id_model_and_all(db: None) -> None:
     assert "invalid id" in assert_one_line_error(cli("retry", "--id", "nope"))
 
 
+@pytest.mark.integration
 def test_discard_asks_first(db: None) -> None:
     a = make_failed("Request", "1")
     make_failed("Operator", "2")
@@ -133,6 +137,7 @@ def test_discard_asks_first(db: None) -> None:
     assert count_rows() == 0
 
 
+@pytest.mark.integration
 def test_enqueue_good_and_bad_input(db: None) -> None:
     good = cli("enqueue", "CREATE", "Request", "42", "--payload", '{"name": "Ann"}', "--row", "7")
     assert good.exit_code == 0, good.output
@@ -186,6 +191,7 @@ CLI_ARGS = st.fixed_dictionaries(VALID_ARGS).flatmap(
 )
 
 
+@pytest.mark.integration
 @settings(
     max_examples=150,
     deadline=None,
@@ -234,6 +240,7 @@ def _row(item_id: str) -> list[tuple[object, ...]]:
     return [(str(r[0]), r[1], r[2], r[3]) for r in rows]
 
 
+@pytest.mark.integration
 def test_migrate_from_empty_and_without_alembic_ini(
     db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -258,6 +265,7 @@ def test_migrate_from_empty_and_without_alembic_ini(
     assert "migrations are not installed" in assert_one_line_error(cli("migrate"))
 
 
+@pytest.mark.integration
 def test_doctor_all_ok(db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNCQUEUE_WORKBOOK_PATH", str(tmp_path / "book.xlsx"))
     get_settings.cache_clear()
@@ -268,6 +276,7 @@ def test_doctor_all_ok(db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert "All checks passed." in result.stdout
 
 
+@pytest.mark.integration  # doctor's broker check needs Redis
 @pytest.mark.parametrize("command", [["doctor"], ["stats"], ["enqueue", "CREATE", "Request", "1"]])
 def test_unreachable_database_is_one_clear_line(command: list[str]) -> None:
     env = child_env({"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/x"})
@@ -283,6 +292,7 @@ def test_unreachable_database_is_one_clear_line(command: list[str]) -> None:
         assert "database unavailable" in line and "check DATABASE_URL" in line
 
 
+@pytest.mark.system
 def test_demo_and_via_celery_with_a_real_worker(db: None, recorded: Path, tmp_path: Path) -> None:
     with celery_worker(tmp_path):
         result = cli("demo", "--count", "12", "--timeout", "60")
@@ -333,6 +343,7 @@ def metrics_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], in
         log.close()
 
 
+@pytest.mark.integration
 def test_metrics_serves_what_stats_shows(
     db: None, metrics_server: tuple[subprocess.Popen[bytes], int], tmp_path: Path
 ) -> None:
@@ -360,6 +371,7 @@ def test_metrics_serves_what_stats_shows(
     assert "stopped" in (tmp_path / "metrics.log").read_text()
 
 
+@pytest.mark.integration
 def test_metrics_port_in_use_is_one_line(db: None) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -369,6 +381,7 @@ def test_metrics_port_in_use_is_one_line(db: None) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in line
 
 
+@pytest.mark.integration
 def test_enqueue_reads_the_payload_from_a_file_or_stdin(db: None, tmp_path: Path) -> None:
     big = {"notes": "x" * 5000, "name": "Ann", "tags": ["a", "b"]}
     (tmp_path / "change.json").write_text(json.dumps(big, indent=2))
@@ -396,6 +409,7 @@ def test_enqueue_reads_the_payload_from_a_file_or_stdin(db: None, tmp_path: Path
     assert count_rows() == 2
 
 
+@pytest.mark.integration
 def test_demo_says_where_it_writes_and_asks_before_a_google_sheet(
     db: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -438,6 +452,7 @@ def _default_database_tables() -> tuple[str | None, str | None]:
     return row[0], row[1]
 
 
+@pytest.mark.integration
 def test_without_a_running_stack_or_database_url_the_cli_says_so_and_migrate_asks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -484,6 +499,7 @@ def test_without_a_running_stack_or_database_url_the_cli_says_so_and_migrate_ask
         dispose_engine()
 
 
+@pytest.mark.integration
 def test_record_shows_the_synced_state_and_the_changes(db: None) -> None:
     queue.enqueue("CREATE", "Request", "r9", {"name": "Ann", "phone": "555"})
     queue.mark_complete_many(queue.dequeue())
@@ -498,6 +514,7 @@ def test_record_shows_the_synced_state_and_the_changes(db: None) -> None:
     assert missing.exit_code == 1 and "never had a change" in missing.output
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("db")
 def test_invalid_lists_retries_and_discards_kept_broker_messages(
     monkeypatch: pytest.MonkeyPatch,

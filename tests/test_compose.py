@@ -377,6 +377,7 @@ def service_argv(service: dict[str, Any]) -> list[str]:
 # --- compose: structure ---------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_compose_file_is_valid_yaml(compose: dict[str, Any]) -> None:
     allowed = {"name", "services", "volumes", "networks", "configs", "secrets", "include"}
     unknown = {k for k in compose if k not in allowed and not str(k).startswith("x-")}
@@ -385,6 +386,7 @@ def test_compose_file_is_valid_yaml(compose: dict[str, Any]) -> None:
     assert {"postgres", "redis", "migrate", "worker", "beat", "flower"} <= set(compose["services"])
 
 
+@pytest.mark.unit
 def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         assert "image" in service or "build" in service, f"{name}: neither image nor build"
@@ -397,6 +399,7 @@ def test_every_service_has_an_image_or_a_build(services: dict[str, dict[str, Any
             assert (ROOT / context / dockerfile).is_file(), f"{name}: no {dockerfile} in {context}"
 
 
+@pytest.mark.unit
 def test_infrastructure_images_and_healthchecks(services: dict[str, dict[str, Any]]) -> None:
     assert services["postgres"]["image"] == "postgres:16"
     assert services["redis"]["image"] == "redis:7"
@@ -404,6 +407,7 @@ def test_infrastructure_images_and_healthchecks(services: dict[str, dict[str, An
     assert "redis-cli ping" in " ".join(services["redis"]["healthcheck"]["test"])
 
 
+@pytest.mark.unit
 def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
     declared = set(compose.get("volumes") or {})
     for name, service in compose["services"].items():
@@ -423,6 +427,7 @@ def has_healthcheck(service: dict[str, Any]) -> bool:
     return bool(test) and test != ["NONE"]
 
 
+@pytest.mark.unit
 def test_depends_on_conditions_can_be_met(services: dict[str, dict[str, Any]]) -> None:
     problems = []
     for name, service in services.items():
@@ -447,6 +452,7 @@ def test_depends_on_conditions_can_be_met(services: dict[str, dict[str, Any]]) -
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.unit
 def test_start_order(services: dict[str, dict[str, Any]]) -> None:
     def conditions(name: str) -> dict[str, str]:
         return {t: s["condition"] for t, s in services[name].get("depends_on", {}).items()}
@@ -466,6 +472,7 @@ def test_start_order(services: dict[str, dict[str, Any]]) -> None:
 # --- compose: commands ----------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_every_command_names_a_real_module_or_cli_entry(
     services: dict[str, dict[str, Any]],
 ) -> None:
@@ -481,6 +488,7 @@ def test_every_command_names_a_real_module_or_cli_entry(
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.unit
 def test_service_commands(services: dict[str, dict[str, Any]]) -> None:
     def celery(name: str) -> tuple[str | None, str | None]:
         app, sub, _ = celery_parts(argv_of(services[name]["command"])[1:])
@@ -492,12 +500,14 @@ def test_service_commands(services: dict[str, dict[str, Any]]) -> None:
     assert celery("flower") == (CELERY_APP, "flower")
 
 
+@pytest.mark.unit
 def test_dockerfile_default_command_is_a_worker() -> None:
     argv = dockerfile_cmd()
     assert command_problems(argv) == []
     assert celery_parts(argv[1:])[:2] == (CELERY_APP, "worker")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -515,6 +525,7 @@ def test_command_check_rejects_what_cannot_run(argv: list[str], expected: str) -
     assert any(expected in p for p in command_problems(argv)), command_problems(argv)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "argv",
     [
@@ -528,6 +539,7 @@ def test_command_check_accepts_what_runs(argv: list[str]) -> None:
     assert command_problems(argv) == []
 
 
+@pytest.mark.unit
 def test_beat_has_exactly_one_replica(services: dict[str, dict[str, Any]]) -> None:
     beat = services["beat"]
     assert beat.get("deploy", {}).get("replicas") == 1
@@ -542,6 +554,7 @@ def test_beat_has_exactly_one_replica(services: dict[str, dict[str, Any]]) -> No
     assert "--beat" not in dockerfile_cmd() and "-B" not in dockerfile_cmd()
 
 
+@pytest.mark.unit
 def test_flower_uses_basic_auth(
     services: dict[str, dict[str, Any]], env_example: dict[str, str]
 ) -> None:
@@ -561,6 +574,7 @@ def test_flower_uses_basic_auth(
     assert "5555" in targets
 
 
+@pytest.mark.unit
 def test_every_flower_variable_is_a_flower_option() -> None:
     """Flower takes FLOWER_<option> from its environment (all of .env) as that option:
     a FLOWER_* name in .env.example must be a Flower option, set on purpose."""
@@ -577,6 +591,7 @@ def test_every_flower_variable_is_a_flower_option() -> None:
 # --- compose: environment -------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_every_variable_is_listed_in_env_example(
     compose: dict[str, Any], env_example: dict[str, str]
 ) -> None:
@@ -586,6 +601,7 @@ def test_every_variable_is_listed_in_env_example(
     assert not missing, f"used in docker-compose.yml, not set in .env.example: {missing}"
 
 
+@pytest.mark.unit
 def test_variable_defaults_agree(compose: dict[str, Any]) -> None:
     defaults: dict[str, set[str]] = {}
     for text in strings_in(compose):
@@ -595,12 +611,14 @@ def test_variable_defaults_agree(compose: dict[str, Any]) -> None:
     assert all(len(v) == 1 for v in defaults.values()), defaults
 
 
+@pytest.mark.unit
 def test_app_services_take_settings_from_env(services: dict[str, dict[str, Any]]) -> None:
     for name in ("migrate", "worker", "beat", "flower"):
         env_file = services[name].get("env_file")
         assert env_file in (".env", [".env"]), f"{name}: env_file {env_file!r}"
 
 
+@pytest.mark.unit
 def test_secrets_are_never_written_in_compose(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         for key, value in environment_of(service).items():
@@ -616,6 +634,7 @@ def test_secrets_are_never_written_in_compose(compose: dict[str, Any]) -> None:
                     assert interpolations(str(url.password)), f"{name}: {key} has a password"
 
 
+@pytest.mark.unit
 def test_urls_point_at_the_services(
     services: dict[str, dict[str, Any]], env_example: dict[str, str]
 ) -> None:
@@ -643,6 +662,7 @@ def looks_like_a_real_secret(key: str, value: str) -> bool:
     return bool(value) and not PLACEHOLDER.search(value)
 
 
+@pytest.mark.unit
 def test_env_example_holds_no_real_secrets() -> None:
     text = ENV_EXAMPLE.read_text()
     active, commented = parse_env_file(text)
@@ -670,6 +690,7 @@ def test_env_example_holds_no_real_secrets() -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.unit
 def test_env_example_mentions_every_setting_the_code_reads() -> None:
     """All settings come from environment variables: .env.example documents each."""
     text = ENV_EXAMPLE.read_text()
@@ -690,6 +711,7 @@ def test_env_example_mentions_every_setting_the_code_reads() -> None:
 # --- Dockerfile and .dockerignore -----------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_dockerfile_copy_sources_exist() -> None:
     problems = []
     copies = [(n, a) for n, a in dockerfile_instructions() if n in ("COPY", "ADD")]
@@ -717,6 +739,7 @@ def test_dockerfile_copy_sources_exist() -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.unit
 def test_dockerfile_installs_the_package_as_a_non_root_user() -> None:
     instructions = dockerfile_instructions()
     names = [n for n, _ in instructions]
@@ -751,6 +774,7 @@ def test_dockerfile_installs_the_package_as_a_non_root_user() -> None:
     assert names.index("USER") > install
 
 
+@pytest.mark.unit
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     for path in (
         ".env",
@@ -794,6 +818,7 @@ def docker_unavailable() -> str | None:
     return None
 
 
+@pytest.mark.system
 @pytest.mark.docker
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     reason = docker_unavailable()

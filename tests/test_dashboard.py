@@ -22,7 +22,7 @@ from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.queue import Failure
 from syncqueue_tasks.redis_client import get_redis, key
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 PASSWORD = "correct horse battery staple"
 ORIGIN = "http://testserver"

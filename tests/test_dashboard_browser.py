@@ -26,7 +26,7 @@ from syncqueue_tasks import queue
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 PASSWORD = "browser-test-password"
 CHROMIUM_FLAGS = [

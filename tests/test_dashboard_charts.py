@@ -16,6 +16,7 @@ def clean_counters() -> None:
     get_redis().delete(key("metrics"), rates.samples_key())
 
 
+@pytest.mark.integration
 def test_a_counter_reset_or_a_missing_sample_is_a_gap_never_a_zero(clean_counters: None) -> None:
     minute = 29_000_000  # minutes since the epoch; far from now, so nothing else samples it
     metrics.record_outcomes(completed=50, retried=0, failed=0)
@@ -33,6 +34,7 @@ def test_a_counter_reset_or_a_missing_sample_is_a_gap_never_a_zero(clean_counter
     assert len(completed) == rates.WINDOW_MINUTES
 
 
+@pytest.mark.integration
 def test_samples_older_than_the_keep_window_are_pruned(clean_counters: None) -> None:
     minute = 29_000_000
     rates.sample(minute * 60)
@@ -44,6 +46,7 @@ def test_samples_older_than_the_keep_window_are_pruned(clean_counters: None) -> 
     assert 0 < get_redis().ttl(rates.samples_key()) <= rates.KEEP_MINUTES * 60
 
 
+@pytest.mark.unit
 def test_unknown_values_break_the_line_and_lone_values_become_points() -> None:
     chart = charts.line_chart(
         {"completed": [1, 2, None, 7, None, 3, 4], "failed": [None] * 7}, {0: "a", 6: "b"}
@@ -59,6 +62,7 @@ def test_unknown_values_break_the_line_and_lone_values_become_points() -> None:
     assert charts.line_chart({"completed": [None, None]}, {}).empty
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "step"), [(0, 1), (1, 1), (1.5, 2), (3, 5), (7, 10), (12, 20), (450, 500)]
 )

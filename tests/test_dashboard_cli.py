@@ -26,7 +26,7 @@ from syncqueue_tasks.dashboard.auth import LOGIN_FAILURES_ALLOWED
 from syncqueue_tasks.embedded import free_port
 from syncqueue_tasks.supervise import group_members
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
 CLI = [sys.executable, "-m", "syncqueue_tasks.cli"]
 LISTENING = re.compile(r"Dashboard on (http://127\.0\.0\.1:\d+/)")

@@ -26,7 +26,7 @@ from syncqueue_tasks.embedded import (
     free_port,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
 
 def _alive(pid: int) -> bool:

@@ -51,6 +51,7 @@ def _handshake() -> None:
     raise ConnectionError("server closed the connection\n\tunexpectedly (attempt 3)")
 
 
+@pytest.mark.unit
 def test_an_exception_raised_deep_in_a_call_chain_becomes_type_colon_message() -> None:
     with pytest.raises(ConnectionError) as info:
         _connect()
@@ -61,6 +62,7 @@ def test_an_exception_raised_deep_in_a_call_chain_becomes_type_colon_message() -
         assert frame_text not in result
 
 
+@pytest.mark.unit
 def test_a_chained_exception_reports_only_the_outer_one() -> None:
     try:
         try:
@@ -72,11 +74,13 @@ def test_a_chained_exception_reports_only_the_outer_one() -> None:
     assert result == "RuntimeError: sheet write failed"
 
 
+@pytest.mark.unit
 def test_an_exception_without_a_message_is_its_type_name() -> None:
     assert sanitize_error(TimeoutError()) == "TimeoutError"
     assert sanitize_error(KeyError("row")) == "KeyError: 'row'"
 
 
+@pytest.mark.unit
 def test_a_string_error_is_kept_as_given_on_one_line() -> None:
     assert sanitize_error("HTTP 503\r\nretry later") == "HTTP 503 retry later"
     assert sanitize_error("  plain  ") == "plain"
@@ -132,6 +136,7 @@ MASKED = [
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("error", "secret", "kept"), MASKED, ids=[m[2][:40] for m in MASKED])
 @pytest.mark.parametrize("as_exception", [False, True], ids=["str", "exception"])
 def test_credentials_are_masked(error: str, secret: str, kept: str, as_exception: bool) -> None:
@@ -141,6 +146,7 @@ def test_credentials_are_masked(error: str, secret: str, kept: str, as_exception
     _one_line(result)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "error",
     [
@@ -162,6 +168,7 @@ def test_a_json_private_key_is_masked_entirely(error: str) -> None:
     assert "PRIVATE KEY-----" not in result
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "error",
     [
@@ -178,6 +185,7 @@ def test_a_python_dict_repr_with_a_secret_is_masked(error: str) -> None:
     assert OAUTH_TOKEN not in result
 
 
+@pytest.mark.unit
 def test_an_exception_whose_str_fails_is_still_sanitized() -> None:
     """Regression: ``str(error)`` is called unguarded, so ``sanitize_error`` itself raises; in
     ``batch._write`` that escapes ``process`` and leaves the batch PROCESSING until
@@ -195,6 +203,7 @@ def test_an_exception_whose_str_fails_is_still_sanitized() -> None:
 # -------------------------------------------------------------------- length bounded
 
 
+@pytest.mark.unit
 def test_length_is_bounded_by_default_and_by_limit() -> None:
     assert MAX_ERROR_LENGTH <= 1000
     long = sanitize_error(RuntimeError("x" * 5000))
@@ -206,6 +215,7 @@ def test_length_is_bounded_by_default_and_by_limit() -> None:
     assert sanitize_error(exactly) == exactly
 
 
+@pytest.mark.unit
 def test_masking_happens_before_truncation() -> None:
     # The secret straddles the cut: masking after truncation would leave a prefix of it.
     for padding in range(MAX_ERROR_LENGTH - 40, MAX_ERROR_LENGTH + 5):
@@ -230,6 +240,7 @@ SECRET = st.text("ABCDEFGHJKMNPQRSTVWXYZabcdefghijkmnopqrstuvwxyz0123456789._~-"
 )
 
 
+@pytest.mark.unit
 @settings(max_examples=150, deadline=None)
 @given(
     before=st.text(),
@@ -269,6 +280,7 @@ def _leaked(texts: Sequence[str]) -> list[str]:
     return [t for t in texts if any(s in t for s in secrets)]
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("db")
 def test_mark_failed_stores_a_masked_bounded_one_line_error() -> None:
     item = _claim_one()
@@ -288,6 +300,7 @@ def test_mark_failed_stores_a_masked_bounded_one_line_error() -> None:
     assert listed["last_error"] == stored
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("db")
 def test_mark_failed_many_masks_string_and_exception_errors() -> None:
     first, second = _claim_one("a"), _claim_one("b")
@@ -312,6 +325,7 @@ class _LeakyWriter:
         )
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("db")
 def test_logged_errors_contain_no_secret(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch

@@ -11,6 +11,8 @@ import pytest
 import requests
 from fake_sheets import FakeSheets, Formula, Options, Quota
 
+pytestmark = pytest.mark.unit
+
 SID = "fake-self-test"
 V4 = "/v4/spreadsheets/"
 

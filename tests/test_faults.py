@@ -72,7 +72,7 @@ from syncqueue_tasks.ids import is_valid_id, new_id
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch
 
-pytestmark = [pytest.mark.usefixtures("db"), pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.system, pytest.mark.usefixtures("db"), pytest.mark.timeout(150)]
 
 CHANGES = 2000
 RECORDS = 250

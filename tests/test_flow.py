@@ -11,12 +11,14 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from dbutil import REDIS_URL
 from redis import Redis
 
 from syncqueue_tasks.settings import Settings
 from syncqueue_tasks.writers.flow import AccountLimiter, Budget, SpreadsheetLock
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+pytestmark = pytest.mark.integration
+
 SLACK = 0.25  # seconds the machine may stall between two reservations
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -26,6 +27,8 @@ from sqlalchemy.pool import NullPool
 
 from syncqueue_tasks import sql
 from syncqueue_tasks.models import Base
+
+pytestmark = pytest.mark.integration
 
 # Partial index -> (key columns, predicate) as PostgreSQL prints them in pg_indexes.indexdef.
 PARTIAL_INDEXES = {

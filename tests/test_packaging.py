@@ -15,7 +15,7 @@ from processes import ROOT
 
 from syncqueue_tasks import schema
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
 SHOW_ORIGIN = (
     "import sys, syncqueue_tasks; print(syncqueue_tasks.__file__, file=sys.stderr); "

@@ -17,7 +17,7 @@ from syncqueue_tasks.outcomes import Outcome
 from syncqueue_tasks.records import fold
 from syncqueue_tasks.settings import get_settings
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 
 def _exec(sql: str, **params: object) -> None:

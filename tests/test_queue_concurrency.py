@@ -24,7 +24,7 @@ from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.outcomes import Outcome
 from syncqueue_tasks.records import fold
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 SPAWN = mp.get_context("spawn")
 

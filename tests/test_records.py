@@ -124,6 +124,7 @@ def _queue_item(change_id: str, spec: Spec) -> QueueItem:
     )
 
 
+@pytest.mark.unit
 @settings(max_examples=400, deadline=None)
 @given(histories(25), st.randoms(use_true_random=False))
 def test_fold_equals_applying_changes_in_id_order_whatever_the_arrival_and_the_batches(
@@ -154,6 +155,7 @@ def test_fold_equals_applying_changes_in_id_order_whatever_the_arrival_and_the_b
     assert sheet.view() == in_order(history)
 
 
+@pytest.mark.unit
 @given(histories(25))
 def test_fold_is_independent_of_order_and_idempotent(specs: list[Spec]) -> None:
     changes = [_queue_item(f"{n:026d}", s) for n, s in enumerate(specs) if s.record == "a"]
@@ -162,6 +164,7 @@ def test_fold_is_independent_of_order_and_idempotent(specs: list[Spec]) -> None:
     assert fold(forward, changes) == forward  # applying again changes nothing
 
 
+@pytest.mark.unit
 def test_delete_then_create_in_one_write_starts_from_an_empty_record() -> None:
     """Finding 3 of issue 10: DELETE then CREATE in one batch kept the deleted record's
     other cells."""
@@ -202,6 +205,7 @@ def workbook(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "book.xlsx"
 
 
+@pytest.mark.integration
 @pytest.mark.usefixtures("db")
 @settings(
     max_examples=15,

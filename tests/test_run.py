@@ -154,6 +154,7 @@ def _stop_and_check(run: Run, data: Path, pids: dict[str, int]) -> None:
     assert not (data / runstate.STATE_FILE).exists() and not (data / runstate.ENV_FILE).exists()
 
 
+@pytest.mark.system
 def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
     flower, metrics, dashboard = free_port(), free_port(), str(free_port())
@@ -289,6 +290,7 @@ def test_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         shutil.rmtree(tmp_path / "data", ignore_errors=True)
 
 
+@pytest.mark.unit
 def test_cli_uses_the_env_of_a_live_run_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -335,6 +337,7 @@ def _delay(line: str) -> float | None:
     return None if match is None else float(match.group(1))
 
 
+@pytest.mark.unit
 def test_a_child_that_keeps_exiting_is_restarted_with_backoff_then_given_up_on(
     tmp_path: Path,
 ) -> None:
@@ -359,6 +362,7 @@ def test_a_child_that_keeps_exiting_is_restarted_with_backoff_then_given_up_on(
         assert started - exited >= (_delay(line) or 0) - 0.01  # it did wait
 
 
+@pytest.mark.unit
 def test_a_child_that_stays_up_starts_its_backoff_over(tmp_path: Path) -> None:
     """Each run lasts longer than ``stable_after``: every exit is the first in a row, so it is
     restarted after the first delay, for ever, although ``give_up_after`` is 2."""

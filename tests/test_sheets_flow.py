@@ -21,6 +21,8 @@ from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 
 pytest_plugins = ["sheets_fixtures"]
 
+pytestmark = pytest.mark.integration
+
 FACTOR = 30.0  # quota seconds per real second: Google's minute lasts 2 s
 
 

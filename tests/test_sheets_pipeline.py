@@ -36,6 +36,8 @@ from syncqueue_tasks.writers import loading
 from syncqueue_tasks.writers.base import Outcome
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 
+pytestmark = pytest.mark.system
+
 # The Redis keys a writer made by create_writer() uses (default tuning).
 KEY_PREFIX = SheetsTuning().key_prefix
 QUOTA_ERROR = (

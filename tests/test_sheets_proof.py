@@ -25,7 +25,7 @@ from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 from syncqueue_tasks.writers.sheets.cells import encode, id_key
 
 pytest_plugins = ["sheets_fixtures"]
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 RECORDS, CHANGES = 200, 2000
 FIELDS = ("name", "status", "amount", "flag")

@@ -9,16 +9,19 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from dbutil import REDIS_URL
 from fake_sheets import WRITE_KINDS, FakeSheets
 from items import item
 from redis import Redis
-from sheets_helpers import REDIS_URL, SID, MakeWriter, all_done, seed
+from sheets_helpers import SID, MakeWriter, all_done, seed
 
 from syncqueue_tasks import metrics
 from syncqueue_tasks.outcomes import OutcomeKind
 from syncqueue_tasks.writers.flow import SpreadsheetLock
 
 pytest_plugins = ["sheets_fixtures"]
+
+pytestmark = pytest.mark.integration
 
 
 def once(fake: FakeSheets, action: Callable[[FakeSheets], Any]) -> list[int]:

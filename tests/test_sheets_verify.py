@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from dbutil import REDIS_URL
 from fake_sheets import FakeSheets
 from redis import Redis
-from sheets_helpers import REDIS_URL, SID
+from sheets_helpers import SID
 
 from syncqueue_tasks import batch, metrics, queue
 from syncqueue_tasks.cli import main
@@ -22,7 +23,7 @@ from syncqueue_tasks.writers import loading
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 
 pytest_plugins = ["sheets_fixtures"]
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 
 @pytest.fixture

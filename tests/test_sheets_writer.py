@@ -20,6 +20,8 @@ from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning, cre
 
 pytest_plugins = ["sheets_fixtures"]
 
+pytestmark = pytest.mark.integration
+
 # ----------------------------------------------------------------------------- request budget
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from processes import ROOT, child_env
 
+pytestmark = pytest.mark.system
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(480)

@@ -2,8 +2,9 @@
 
 The real script runs as a process. Only the Python it installs with is a stand-in (a shell
 script given as ``PYTHON``): a real install downloads packages and takes minutes. The stand-in
-makes a "virtual environment" whose ``python`` records its arguments and whose ``syncqueue``
-prints what it was called with, from where, and with which of syncq's variables.
+makes a "virtual environment" whose ``python`` records its arguments (and, run as pytest, the
+service URLs it was given) and whose ``syncqueue`` prints what it was called with, from where,
+and with which of syncq's variables.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from processes import ROOT
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 SYNCQ = ROOT / "syncq"
 
@@ -34,6 +35,9 @@ echo "cli=$SYNCQUEUE_CLI"
 EOF
   chmod +x "$3/bin/python" "$3/bin/syncqueue"
   exit 0
+fi
+if [ "$1 $2" = "-m pytest" ]; then
+  echo "${DATABASE_URL:-} ${SYNCQUEUE_TEST_REDIS_URL:-}" >> "$(dirname "$0")/../pytest.env"
 fi
 echo "python $*" >> "$(dirname "$0")/../python.log"
 """
@@ -94,3 +98,39 @@ def test_without_a_verb_it_shows_usage(tmp_path: Path, fake_python: Path) -> Non
     assert bare.returncode == 2 and "usage:" in bare.stderr and "COMMAND" in bare.stderr
     assert not (tmp_path / "venv").exists()  # usage installs nothing
     assert _syncq(["--help"], tmp_path, tmp_path / "venv", fake_python).returncode == 0
+
+
+def test_test_runs_a_tier_or_everything_and_passes_pytest_arguments_through(
+    tmp_path: Path, fake_python: Path
+) -> None:
+    venv = tmp_path / "venv"
+    log, seen = venv / "python.log", 0
+
+    def run(*args: str) -> list[str]:
+        """The stand-in python's calls made by ``./syncq test ARGS``."""
+        nonlocal seen
+        result = _syncq(["test", *args], tmp_path, venv, fake_python)
+        assert result.returncode == 0, result.stderr
+        calls = log.read_text().splitlines()[seen:]
+        seen += len(calls)
+        return [c for c in calls if "pip install" not in c]
+
+    # The unit tier asks no service and points the tests at a closed port instead.
+    assert run("unit", "-k", "fold") == ["python -m pytest -m unit -k fold"]
+    closed = "127.0.0.1:1"
+    assert (venv / "pytest.env").read_text() == (
+        f"postgresql://postgres@{closed}/x redis://{closed}/0\n"
+    )
+    # Other tiers, a test file or no argument at all: PostgreSQL and Redis are checked first.
+    for args, pytest_call in [
+        (["integration"], "python -m pytest -m integration"),
+        (["system", "-x"], "python -m pytest -m system -x"),
+        (["tests/test_x.py"], "python -m pytest tests/test_x.py"),
+        ([], "python -m pytest"),
+    ]:
+        *checks, last = run(*args)
+        assert last == pytest_call
+        assert [c.split(";")[0] for c in checks] == [
+            "python -c import psycopg,sys",
+            "python -c import redis,sys",
+        ]

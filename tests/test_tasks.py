@@ -18,7 +18,7 @@ from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import ValidationError
 from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch, reset_stuck
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.system, pytest.mark.usefixtures("db")]
 
 
 def read_written(path: Path) -> list[dict]:

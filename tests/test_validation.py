@@ -30,7 +30,7 @@ from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.models import SyncAction
 from syncqueue_tasks.settings import get_settings
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 ACTIONS = ("CREATE", "UPDATE", "DELETE")
 REQUIRED = frozenset({"action", "model", "record_id", "payload"})

@@ -12,7 +12,7 @@ from syncqueue_tasks import batch, queue
 from syncqueue_tasks.verify import verify
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 
 
 def test_the_workbook_is_verified_and_repaired(tmp_path: Path) -> None:

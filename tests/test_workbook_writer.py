@@ -21,6 +21,8 @@ from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.base import OutcomeKind, Writer
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter, create_writer
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
