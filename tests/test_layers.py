@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parent.parent / "syncqueue_tasks"
 
 #: layer -> the modules (dotted, below ``syncqueue_tasks``) or subpackages (ending in ``.*``).
