@@ -147,13 +147,18 @@ def _popen(
     args: list[str], user: pwd.struct_passwd | None, stdout: IO[bytes] | int, env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
     """Start a server in its own session, in ``/``, as ``user`` (no extra groups) if given."""
-    drop: dict[str, object] = {}
-    if user is not None:
-        drop = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     return subprocess.Popen(
-        args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
-        cwd="/", env=env, start_new_session=True, **drop,  # type: ignore[call-overload]
-    )  # fmt: skip
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        cwd="/",
+        env=env,
+        start_new_session=True,
+        user=None if user is None else user.pw_uid,
+        group=None if user is None else user.pw_gid,
+        extra_groups=None if user is None else [],
+    )
 
 
 class _OwnedServer:
