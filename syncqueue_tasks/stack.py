@@ -29,7 +29,7 @@ from typing import IO, Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from syncqueue_tasks import runstate
+from syncqueue_tasks import runstate, sql
 from syncqueue_tasks.db import dispose_engine
 from syncqueue_tasks.errors import SyncQueueError, sanitize_error
 from syncqueue_tasks.redis_client import get_redis
@@ -395,7 +395,7 @@ def _create_database(socket_dir: Path, name: str) -> None:
     with psycopg.connect(
         host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True
     ) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        if conn.execute(sql.DATABASE_EXISTS, (name,)).fetchone():
             return
         conn.execute(f'CREATE DATABASE "{name}"')
 
