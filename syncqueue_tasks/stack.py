@@ -167,11 +167,16 @@ class Stack:
             )
         runstate.clear(self.data, old.pid)
 
-    def _start_database(self) -> None:
-        given = os.environ.get("DATABASE_URL", "").strip()
+    def _given(self, variable: str, service: str) -> bool:
+        """Whether ``variable`` names a ``service`` to use rather than start (noted if so)."""
+        given = os.environ.get(variable, "").strip()
         if given:
-            self._state.info["database"] = "DATABASE_URL"
-            self._state.env["DATABASE_URL"] = given  # for the CLI in another terminal
+            self._state.info[service] = variable
+            self._state.env[variable] = given  # for the CLI in another terminal
+        return bool(given)
+
+    def _start_database(self) -> None:
+        if self._given("DATABASE_URL", "database"):
             return
         from syncqueue_tasks.embedded import EmbeddedPostgres
 
@@ -189,10 +194,7 @@ class Stack:
         self._state.info["database"] = f"embedded PostgreSQL, socket in {pg.socket_dir}"
 
     def _start_broker(self) -> None:
-        given = os.environ.get("CELERY_BROKER_URL", "").strip()
-        if given:
-            self._state.info["broker"] = "CELERY_BROKER_URL"
-            self._state.env["CELERY_BROKER_URL"] = given  # for the CLI in another terminal
+        if self._given("CELERY_BROKER_URL", "broker"):
             return
         from syncqueue_tasks.embedded import EmbeddedRedis
 
