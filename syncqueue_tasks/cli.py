@@ -21,10 +21,9 @@ from typing import Any
 
 import click
 from redis.exceptions import RedisError
-from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from syncqueue_tasks import queue, runstate
+from syncqueue_tasks import queue, runstate, sql
 from syncqueue_tasks.db import dispose_engine, get_engine
 from syncqueue_tasks.errors import (
     ConfigurationError,
@@ -37,13 +36,6 @@ from syncqueue_tasks.settings import DEFAULT_DATABASE_URL, get_settings
 from syncqueue_tasks.validation import validate_item_id
 
 log = logging.getLogger(__name__)
-
-_COUNT_FAILED = text("""
-    SELECT count(*) FROM sync_queue
-    WHERE status = 'FAILED'
-      AND (CAST(:ids AS text[]) IS NULL OR id = ANY(CAST(:ids AS text[])))
-      AND (CAST(:model AS text) IS NULL OR model = CAST(:model AS text))
-""")
 
 
 class OneLineError(click.ClickException):
@@ -310,7 +302,7 @@ def discard(ids: tuple[str, ...], model: str | None, all_: bool, yes: bool) -> N
     """Delete FAILED items for good: by --id, --model, or --all (asks first)."""
     item_ids, model = _selection(ids, model, all_)
     with get_engine().connect() as conn:
-        count = conn.execute(_COUNT_FAILED, {"ids": item_ids, "model": model}).scalar_one()
+        count = conn.execute(sql.COUNT_FAILED, {"ids": item_ids, "model": model}).scalar_one()
     if not count:
         click.echo("No FAILED items match.")
         return

@@ -8,8 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import text
-
+from syncqueue_tasks import sql
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.settings import Settings
 from syncqueue_tasks.writers.loading import SHEETS, WORKBOOK, writer_spec
@@ -18,11 +17,6 @@ DEMO_MODELS = ("Request", "Operator", "Revenue")
 _NAMES = ("Ann", "Bob", "Chidi", "Dana", "Emil", "Fatima", "Goran", "Hana", "Ivo", "Jun")
 _SURNAMES = ("Lee", "Novak", "Okafor", "Silva", "Tanaka", "Weber", "Young", "Zhang")
 _TITLES = ("New laptop", "VPN access", "Desk move", "Training budget", "Badge reprint")
-
-_STATUS_OF = text("""
-    SELECT status::text AS status, count(*) AS n FROM sync_queue
-    WHERE id = ANY(CAST(:ids AS text[])) GROUP BY status
-""")
 
 
 def destination(settings: Settings, models: Sequence[str]) -> tuple[str, bool]:
@@ -86,7 +80,7 @@ def follow(
     deadline = time.monotonic() + timeout
     while True:
         with get_engine().connect() as conn:
-            counts = {r.status: int(r.n) for r in conn.execute(_STATUS_OF, {"ids": ids})}
+            counts = {r.status: int(r.n) for r in conn.execute(sql.STATUS_COUNTS, {"ids": ids})}
         done = counts.get("COMPLETED", 0) + counts.get("FAILED", 0)
         on_progress(done)
         if done >= len(ids) or time.monotonic() >= deadline:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from syncqueue_tasks import sql
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import sanitize_error
 from syncqueue_tasks.runstate import cli_command, migrate_hint, using_default_database
@@ -84,7 +84,7 @@ def check_database() -> Check:
     """PostgreSQL answers at DATABASE_URL."""
     url = make_url(get_settings().database_url).render_as_string(hide_password=True)
     with get_engine().connect() as conn:
-        version = conn.execute(text("SHOW server_version")).scalar_one()
+        version = conn.execute(sql.SERVER_VERSION).scalar_one()
     default = (
         "; the default: no running stack, DATABASE_URL unset" if using_default_database() else ""
     )
@@ -130,13 +130,15 @@ def _fix_triggers() -> str:
 
 def check_broker(timeout: float = 3.0) -> Check:
     """The Celery broker accepts a connection."""
-    from kombu import Connection
+    from kombu.connection import Connection
 
     import celeryconfig
 
     url = str(celeryconfig.broker_url)
     options = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "max_retries": 0}
-    with Connection(url, connect_timeout=timeout, transport_options=options) as conn:
+    # kombu's Connection is not annotated (an error under mypy --strict only)
+    connection = Connection(url, connect_timeout=timeout, transport_options=options)  # type: ignore[no-untyped-call, unused-ignore]
+    with connection as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
     return Check("broker", True, f"answers at {sanitize_error(url)}")
 

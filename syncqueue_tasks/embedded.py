@@ -147,13 +147,18 @@ def _popen(
     args: list[str], user: pwd.struct_passwd | None, stdout: IO[bytes] | int, env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
     """Start a server in its own session, in ``/``, as ``user`` (no extra groups) if given."""
-    drop: dict[str, object] = {}
-    if user is not None:
-        drop = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     return subprocess.Popen(
-        args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
-        cwd="/", env=env, start_new_session=True, **drop,  # type: ignore[call-overload]
-    )  # fmt: skip
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        cwd="/",
+        env=env,
+        start_new_session=True,
+        user=None if user is None else user.pw_uid,
+        group=None if user is None else user.pw_gid,
+        extra_groups=None if user is None else [],
+    )
 
 
 class _OwnedServer:
@@ -164,6 +169,7 @@ class _OwnedServer:
         self._owner_pid = os.getpid()
         self._lock = threading.RLock()
         self._atexit_registered = False
+        self._tmp_dir: Path | None = None  # a temporary directory of ours, removed at cleanup
 
     @property
     def pid(self) -> int | None:
@@ -175,9 +181,6 @@ class _OwnedServer:
         raise NotImplementedError
 
     def stop(self) -> None:
-        raise NotImplementedError
-
-    def _cleanup(self) -> None:
         raise NotImplementedError
 
     def restart(self) -> None:
@@ -195,6 +198,21 @@ class _OwnedServer:
         tb: TracebackType | None,
     ) -> None:  # fmt: skip
         self._cleanup()
+
+    def _register_atexit(self) -> None:
+        if not self._atexit_registered:
+            atexit.register(self._atexit)
+            self._atexit_registered = True
+
+    def _atexit(self) -> None:
+        if os.getpid() == self._owner_pid:  # never from a forked child
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        self.stop()
+        if self._tmp_dir is not None:
+            shutil.rmtree(self._tmp_dir, ignore_errors=True)
+            self._tmp_dir = None
 
 
 class EmbeddedPostgres(_OwnedServer):
@@ -216,21 +234,20 @@ class EmbeddedPostgres(_OwnedServer):
         super().__init__()
         self.data_dir = Path(data_dir).absolute()
         self.port = port
-        self._tmp_socket_dir: Path | None = None
 
     # -- public API -------------------------------------------------------------------------
 
     @property
     def socket_dir(self) -> Path:
         """Directory holding the Unix socket (``.s.PGSQL.<port or 5432>``)."""
-        if self._tmp_socket_dir is not None:
-            return self._tmp_socket_dir
+        if self._tmp_dir is not None:
+            return self._tmp_dir
         socket_file = self.data_dir / f".s.PGSQL.{self.port or 5432}"
         if len(os.fsencode(socket_file)) <= _SOCKET_PATH_MAX:
             return self.data_dir
         self._register_atexit()  # removes the directory at exit
-        self._tmp_socket_dir = Path(tempfile.mkdtemp(prefix="sq-pg-"))
-        return self._tmp_socket_dir
+        self._tmp_dir = Path(tempfile.mkdtemp(prefix="sq-pg-"))
+        return self._tmp_dir
 
     @property
     def url(self) -> str:
@@ -283,21 +300,6 @@ class EmbeddedPostgres(_OwnedServer):
             _stop_process(proc, [(first, STOP_TIMEOUT), (signal.SIGQUIT, 5.0)])
 
     # -- internals --------------------------------------------------------------------------
-
-    def _register_atexit(self) -> None:
-        if not self._atexit_registered:
-            atexit.register(self._atexit)
-            self._atexit_registered = True
-
-    def _atexit(self) -> None:
-        if os.getpid() == self._owner_pid:  # never from a forked child
-            self._cleanup()
-
-    def _cleanup(self) -> None:
-        self.stop()
-        if self._tmp_socket_dir is not None:
-            shutil.rmtree(self._tmp_socket_dir, ignore_errors=True)
-            self._tmp_socket_dir = None
 
     def _prepare_data_dir(self) -> pwd.struct_passwd | None:
         """Create/initdb the data dir if needed; return the account to run as (root only)."""
@@ -410,7 +412,6 @@ class EmbeddedRedis(_OwnedServer):
         self.data_dir = None if data_dir is None else Path(data_dir).absolute()
         self.persistent = persistent
         self.password = password or secrets.token_urlsafe(24)
-        self._tmp_dir: Path | None = None
         self._started_once = False
 
     @property
@@ -423,9 +424,7 @@ class EmbeddedRedis(_OwnedServer):
         with self._lock:
             if self.pid is not None:
                 return
-            if not self._atexit_registered:
-                atexit.register(self._atexit)
-                self._atexit_registered = True
+            self._register_atexit()
             workdir = self._workdir()
             user = _redis_account(workdir)
             # An automatically chosen port may be taken between free_port() and bind: retry.
@@ -446,16 +445,6 @@ class EmbeddedRedis(_OwnedServer):
             proc, self._proc = self._proc, None
             if proc is not None:
                 _stop_process(proc, [(signal.SIGTERM, 10.0)])
-
-    def _atexit(self) -> None:
-        if os.getpid() == self._owner_pid:  # never from a forked child
-            self._cleanup()
-
-    def _cleanup(self) -> None:
-        self.stop()
-        if self._tmp_dir is not None:
-            shutil.rmtree(self._tmp_dir, ignore_errors=True)
-            self._tmp_dir = None
 
     def _workdir(self) -> Path:
         if self.data_dir is not None:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -112,6 +112,46 @@ class FinishReport:
     not_owned: int = 0
 
 
+class QueueStats(TypedDict):
+    """What ``get_queue_stats`` returns (JSON-ready: ``syncqueue stats --json`` prints it)."""
+
+    pending: int  # changes waiting (not in flight)
+    processing: int  # changes a claim holds
+    completed: int  # COMPLETED changes still kept
+    failed: int  # dead letters
+    oldest_pending_age_seconds: float  # since the oldest waiting record became due; 0.0: none
+    records_in_backoff: int  # records whose waiting changes wait out a retry backoff
+    failed_last_24h: int
+    completed_last_hour: int
+
+
+class FailedItem(TypedDict):
+    """One dead letter as ``list_failed`` returns it."""
+
+    id: str
+    action: str  # CREATE, UPDATE or DELETE
+    model: str
+    record_id: str
+    retries: int
+    last_error: str | None
+    processed_at: datetime | None  # when it failed for good
+
+
+class RecordChange(TypedDict):
+    """One change of a record as ``get_record`` returns it (``RecordView.changes``)."""
+
+    id: str
+    action: str  # CREATE, UPDATE or DELETE
+    status: str  # PENDING, PROCESSING, COMPLETED or FAILED
+    payload: dict[str, Any]
+    retries: int
+    max_retries: int
+    last_error: str | None
+    created_at: datetime
+    claimed_at: datetime | None
+    processed_at: datetime | None
+
+
 @dataclass(frozen=True, slots=True)
 class RecordView:
     """One record as the queue knows it: its claim, waiting count, synced state, changes."""
@@ -122,7 +162,7 @@ class RecordView:
     claimed_at: datetime | None
     state: RecordState
     synced_at: datetime | None
-    changes: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[RecordChange] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------- storing
@@ -650,24 +690,30 @@ def discard_failed(item_ids: Iterable[str] | None = None, *, model: str | None =
         return len(conn.execute(sql.DISCARD_FAILED, {"ids": ids, "model": model}).all())
 
 
-def list_failed(*, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def list_failed(*, model: str | None = None, limit: int = 100) -> list[FailedItem]:
     """The newest FAILED items with their last error, for operators."""
     limit = validate_limit("limit", limit, 100_000)
     with get_autocommit_engine().connect() as conn:
         rows = conn.execute(sql.LIST_FAILED, {"model": model, "limit": limit}).mappings().all()
-    return [dict(r) for r in rows]
+    return [cast(FailedItem, dict(r)) for r in rows]
 
 
-def get_queue_stats() -> dict[str, Any]:
+def get_queue_stats() -> QueueStats:
     """Counts per status, age of the oldest waiting record, records in backoff, recent
     failures and completions."""
     with get_autocommit_engine().connect() as conn:
         row = conn.execute(sql.STATS).mappings().one()
-    stats = dict(row)
-    stats["pending"] = int(stats["pending"])
-    age = stats["oldest_pending_age_seconds"]
-    stats["oldest_pending_age_seconds"] = 0.0 if age is None else max(0.0, float(age))
-    return stats
+    age = row["oldest_pending_age_seconds"]
+    return QueueStats(
+        pending=int(row["pending"]),
+        processing=row["processing"],
+        completed=row["completed"],
+        failed=row["failed"],
+        oldest_pending_age_seconds=0.0 if age is None else max(0.0, float(age)),
+        records_in_backoff=row["records_in_backoff"],
+        failed_last_24h=row["failed_last_24h"],
+        completed_last_hour=row["completed_last_hour"],
+    )
 
 
 def get_record(model: str, record_id: str, *, limit: int = 1000) -> RecordView | None:
@@ -679,7 +725,9 @@ def get_record(model: str, record_id: str, *, limit: int = 1000) -> RecordView |
         row = conn.execute(sql.RECORD, params).one_or_none()
         if row is None:
             return None
-        changes = [dict(r) for r in conn.execute(sql.RECORD_CHANGES, params).mappings()]
+        changes = [
+            cast(RecordChange, dict(r)) for r in conn.execute(sql.RECORD_CHANGES, params).mappings()
+        ]
     return RecordView(
         RecordKey(row.model, row.record_id),
         row.pending,
@@ -701,9 +749,12 @@ def _state(row: Any) -> RecordState:
 __all__ = [
     "Claim",
     "ClaimedRecord",
+    "FailedItem",
     "Failure",
     "FinishReport",
+    "QueueStats",
     "RecordBatch",
+    "RecordChange",
     "RecordView",
     "claim_records",
     "cleanup_completed",

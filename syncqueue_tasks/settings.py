@@ -7,9 +7,11 @@ after changing the environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from syncqueue_tasks.errors import ConfigurationError
 
@@ -25,26 +27,32 @@ def normalize_database_url(url: str) -> str:
 
 
 def _int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
-    return value
+    return _number(name, default, low, high, int, "an integer")
 
 
 def _float(name: str, default: float, low: float, high: float) -> float:
+    return _number(name, default, low, high, float, "a number")
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def _number(
+    name: str,
+    default: _Number,
+    low: _Number,
+    high: _Number,
+    parse: Callable[[str], _Number],
+    kind: str,
+) -> _Number:
+    """The variable ``name`` parsed, within ``low``..``high``; ``default`` when unset."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+        raise ConfigurationError(f"{name} must be {kind}, got {raw!r}") from None
     if not low <= value <= high:
         raise ConfigurationError(f"{name} must be between {low} and {high}, got {value}")
     return value

@@ -279,6 +279,14 @@ DISCARD_FAILED = text("""
     RETURNING id
 """)
 
+# How many dead letters a retry or discard would touch (same filters; the CLI asks first).
+COUNT_FAILED = text("""
+    SELECT count(*) FROM sync_queue
+    WHERE status = 'FAILED'
+      AND (CAST(:ids AS text[]) IS NULL OR id = ANY(CAST(:ids AS text[])))
+      AND (CAST(:model AS text) IS NULL OR model = CAST(:model AS text))
+""")
+
 # Dead letters with their last error, newest first. ix_sync_queue_failed.
 LIST_FAILED = text("""
     SELECT id, action, model, record_id, retries, last_error, processed_at
@@ -339,3 +347,23 @@ SYNCED_RECORDS = text("""
       AND (CAST(:record_ids AS text[]) IS NULL OR record_id = ANY(CAST(:record_ids AS text[])))
     ORDER BY record_id
 """)
+
+# The written state of a model's records among :record_ids with no change waiting and none in
+# a claim (primary key): ``capture.backfill`` skips rows the destination already has.
+SETTLED_RECORDS = text("""
+    SELECT record_id, fields, versions, deleted_id, created_id, touched_id FROM sync_record
+    WHERE model = :model AND record_id = ANY(:record_ids) AND pending = 0
+      AND claim_token IS NULL
+""")
+
+# How many of the given changes are in each status (``syncqueue demo`` follows its changes).
+STATUS_COUNTS = text("""
+    SELECT status::text AS status, count(*) AS n FROM sync_queue
+    WHERE id = ANY(CAST(:ids AS text[])) GROUP BY status
+""")
+
+# The server's version (``syncqueue doctor``).
+SERVER_VERSION = text("SHOW server_version")
+
+# Whether a database exists, for psycopg (``%s``: its name): the embedded stack creates it.
+DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %s"

@@ -29,7 +29,7 @@ from typing import IO, Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from syncqueue_tasks import runstate
+from syncqueue_tasks import runstate, sql
 from syncqueue_tasks.db import dispose_engine
 from syncqueue_tasks.errors import SyncQueueError, sanitize_error
 from syncqueue_tasks.redis_client import get_redis
@@ -167,11 +167,16 @@ class Stack:
             )
         runstate.clear(self.data, old.pid)
 
-    def _start_database(self) -> None:
-        given = os.environ.get("DATABASE_URL", "").strip()
+    def _given(self, variable: str, service: str) -> bool:
+        """Whether ``variable`` names a ``service`` to use rather than start (noted if so)."""
+        given = os.environ.get(variable, "").strip()
         if given:
-            self._state.info["database"] = "DATABASE_URL"
-            self._state.env["DATABASE_URL"] = given  # for the CLI in another terminal
+            self._state.info[service] = variable
+            self._state.env[variable] = given  # for the CLI in another terminal
+        return bool(given)
+
+    def _start_database(self) -> None:
+        if self._given("DATABASE_URL", "database"):
             return
         from syncqueue_tasks.embedded import EmbeddedPostgres
 
@@ -189,10 +194,7 @@ class Stack:
         self._state.info["database"] = f"embedded PostgreSQL, socket in {pg.socket_dir}"
 
     def _start_broker(self) -> None:
-        given = os.environ.get("CELERY_BROKER_URL", "").strip()
-        if given:
-            self._state.info["broker"] = "CELERY_BROKER_URL"
-            self._state.env["CELERY_BROKER_URL"] = given  # for the CLI in another terminal
+        if self._given("CELERY_BROKER_URL", "broker"):
             return
         from syncqueue_tasks.embedded import EmbeddedRedis
 
@@ -395,7 +397,7 @@ def _create_database(socket_dir: Path, name: str) -> None:
     with psycopg.connect(
         host=str(socket_dir), user="postgres", dbname="postgres", autocommit=True
     ) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        if conn.execute(sql.DATABASE_EXISTS, (name,)).fetchone():
             return
         conn.execute(f'CREATE DATABASE "{name}"')
 

@@ -160,7 +160,7 @@ class RestartPolicy:
 
     def delay(self, exits_in_a_row: int) -> float:
         """Seconds to wait before the restart that follows the ``exits_in_a_row``-th exit."""
-        return min(self.max_delay, self.first_delay * 2 ** (exits_in_a_row - 1))
+        return min(self.max_delay, self.first_delay * 2.0 ** (exits_in_a_row - 1))
 
 
 class _Watched:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 from dbutil import assert_records_consistent, count_rows
@@ -266,6 +267,45 @@ def test_stats_counts_each_status_and_oldest_pending_age() -> None:
     assert 89 < stats["oldest_pending_age_seconds"] < 200
     assert stats["failed_last_24h"] == 1 and stats["completed_last_hour"] == 1
     assert stats["records_in_backoff"] == 0
+
+
+def test_stats_failed_items_and_record_changes_have_their_documented_keys() -> None:
+    queue.enqueue("UPDATE", "Request", "a", {"v": 1}, max_retries=0)
+    [item] = queue.dequeue(1)
+    queue.mark_failed(item, "boom")
+    stats = queue.get_queue_stats()
+    assert (
+        set(stats)
+        == set(queue.QueueStats.__required_keys__)
+        == {
+            "pending",
+            "processing",
+            "completed",
+            "failed",
+            "oldest_pending_age_seconds",
+            "records_in_backoff",
+            "failed_last_24h",
+            "completed_last_hour",
+        }
+    )
+    assert isinstance(stats["oldest_pending_age_seconds"], float)
+    assert all(type(v) is int for k, v in stats.items() if k != "oldest_pending_age_seconds")
+    [failed] = queue.list_failed()
+    assert set(failed) == set(queue.FailedItem.__required_keys__)
+    assert (failed["id"], failed["action"], failed["model"], failed["record_id"]) == (
+        item.id,
+        "UPDATE",
+        "Request",
+        "a",
+    )
+    assert (failed["retries"], failed["last_error"]) == (1, "boom")
+    assert isinstance(failed["processed_at"], datetime)
+    view = queue.get_record("Request", "a")
+    assert view is not None
+    [change] = view.changes
+    assert set(change) == set(queue.RecordChange.__required_keys__)
+    assert (change["status"], change["payload"], change["max_retries"]) == ("FAILED", {"v": 1}, 0)
+    assert isinstance(change["created_at"], datetime) and change["claimed_at"] is None
 
 
 def test_orm_model_reads_rows_written_by_the_queue() -> None:

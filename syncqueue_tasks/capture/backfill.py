@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, cast, func, literal, select, text
+from sqlalchemy import Engine, cast, func, literal, select
 from sqlalchemy.orm import Session
 
+from syncqueue_tasks import sql
 from syncqueue_tasks.capture import changes, registry, resume
 from syncqueue_tasks.capture.errors import CaptureError
 from syncqueue_tasks.capture.progress import Progress
@@ -33,13 +34,6 @@ from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.validation import validate_limit
 
 MAX_BATCH = 1000
-
-# the written state of records with no change waiting and none in a claim
-_SETTLED = text("""
-    SELECT record_id, fields, versions, deleted_id, created_id, touched_id FROM sync_record
-    WHERE model = :model AND record_id = ANY(:record_ids) AND pending = 0
-      AND claim_token IS NULL
-""")
 
 
 @dataclass(frozen=True)
@@ -149,7 +143,7 @@ def _not_yet_synced(
         row.record_id: RecordState(
             row.fields, row.versions, row.deleted_id, row.created_id, row.touched_id
         )
-        for row in session.execute(_SETTLED, {"model": tracked.model, "record_ids": ids})
+        for row in session.execute(sql.SETTLED_RECORDS, {"model": tracked.model, "record_ids": ids})
     }
     return [c for c in creates if not _holds(settled.get(c["record_id"]), c["payload"])]
 

@@ -16,20 +16,16 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session, SessionTransaction
 
+from syncqueue_tasks.capture import trigger_sql
 from syncqueue_tasks.capture.errors import CaptureError
 
 GUC = "syncqueue.capture"  # 'off' while suppressed; the trigger functions read it
 _DEPTH = "syncqueue.capture.suppressed"  # session.info: open suppressed() blocks
 _SET_ON = "syncqueue.capture.set_on"  # session.info: (connection, value before 'off')
 
-_SWITCH_OFF = text(
-    "WITH before AS MATERIALIZED (SELECT current_setting(:guc, true) AS value) "
-    "SELECT value, set_config(:guc, 'off', true) FROM before"
-)
-_PUT_BACK = text("SELECT set_config(:guc, :value, true)")
 _Bound = TypeVar("_Bound", Session, Connection)
 
 
@@ -63,10 +59,10 @@ def _suppressed_connection(connection: Connection) -> Iterator[None]:
         raise CaptureError(
             "capture.suppressed(connection) needs a transaction (connection.begin())"
         )
-    before = connection.execute(_SWITCH_OFF, {"guc": GUC}).scalar()
+    before = connection.execute(trigger_sql.SWITCH_OFF, {"guc": GUC}).scalar()
     yield
     if not _aborted(connection):
-        connection.execute(_PUT_BACK, {"guc": GUC, "value": before or ""})
+        connection.execute(trigger_sql.PUT_BACK, {"guc": GUC, "value": before or ""})
 
 
 def is_suppressed(session: Session | None) -> bool:
@@ -81,7 +77,7 @@ def _switch_off(session: Session, connection: Connection, *, again: bool = False
     known = stored is not None and stored[0] is connection
     if (known and not again) or _aborted(connection):
         return
-    before = connection.execute(_SWITCH_OFF, {"guc": GUC}).scalar()
+    before = connection.execute(trigger_sql.SWITCH_OFF, {"guc": GUC}).scalar()
     if not known:
         session.info[_SET_ON] = (connection, before)
 
@@ -93,7 +89,7 @@ def _put_back(session: Session) -> None:
         return
     connection, before = stored
     if session.connection() is connection and not _aborted(connection):
-        connection.execute(_PUT_BACK, {"guc": GUC, "value": before or ""})
+        connection.execute(trigger_sql.PUT_BACK, {"guc": GUC, "value": before or ""})
 
 
 def _usable(session: Session) -> bool:

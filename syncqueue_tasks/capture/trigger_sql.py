@@ -21,6 +21,9 @@ install, in the queue's schema): ``syncqueue_capture_enqueue`` and ``syncqueue_c
 Every generated function starts with the line ``-- syncqueue capture v<VERSION>``; the
 table's function is commented with its spec (``syncqueue capture <VERSION> {json}``), which
 is how ``capture list`` finds what is installed and regenerates it to compare.
+
+At the end, the fixed statements capture runs: the catalog reads of ``triggers`` (install,
+list) and the switch ``suppress`` turns off and back on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from sqlalchemy import text
 
 from syncqueue_tasks.capture import sqlvalues
 from syncqueue_tasks.capture.sqlvalues import ColumnType
@@ -360,3 +365,85 @@ BEGIN
     RETURN v::jsonb;
 END
 $syncqueue$"""
+
+
+# ---------------------------------------------------------------------------- statements run
+
+# A table by name (``to_regclass``: the search path applies): its schema, name and kind.
+FIND_TABLE = text("""
+    SELECT n.nspname AS schema, c.relname AS name, c.relkind
+    FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE c.oid = to_regclass(:table)
+""")
+
+# Every column of a table with its type, domains resolved (deepest base type wins).
+TABLE_COLUMNS = text("""
+    WITH RECURSIVE resolved(attnum, name, type_oid, depth, shown) AS (
+        SELECT a.attnum, a.attname, a.atttypid, 0, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute AS a
+        WHERE a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT r.attnum, r.name, t.typbasetype, r.depth + 1, r.shown
+        FROM resolved AS r JOIN pg_type AS t ON t.oid = r.type_oid
+        WHERE t.typtype = 'd'
+    )
+    SELECT DISTINCT ON (r.attnum) r.name, t.typname AS type, r.shown,
+           tn.nspname = 'pg_catalog' OR t.typname = 'citext' AS builtin,
+           t.typtype = 'e' AS enum, e.typname AS element
+    FROM resolved AS r
+    JOIN pg_type AS t ON t.oid = r.type_oid
+    JOIN pg_namespace AS tn ON tn.oid = t.typnamespace
+    LEFT JOIN pg_type AS e ON e.oid = t.typelem AND t.typcategory = 'A'
+    ORDER BY r.attnum, r.depth DESC
+""")
+
+# Columns that identify a row alone: the primary key, or a unique index on one column.
+UNIQUE_COLUMNS = text("""
+    SELECT a.attname, i.indisprimary
+    FROM pg_index AS i
+    JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+    WHERE i.indrelid = to_regclass(:table) AND i.indisunique AND i.indnkeyatts = 1
+      AND i.indpred IS NULL AND i.indexprs IS NULL
+""")
+
+# The schema holding the queue (sync_queue and its syncqueue_enqueue); none: not migrated.
+QUEUE_SCHEMA = text("""
+    SELECT n.nspname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+    WHERE p.proname = 'syncqueue_enqueue'
+      AND n.oid = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('sync_queue'))
+""")
+
+# Every installed capture function (commented with its spec), with its source and settings.
+INSTALLED_FUNCTIONS = text("""
+    SELECT p.oid, n.nspname AS schema, p.proname AS function, p.prosrc, p.proconfig,
+           obj_description(p.oid, 'pg_proc') AS comment
+    FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+    WHERE obj_description(p.oid, 'pg_proc') LIKE 'syncqueue capture %'
+    ORDER BY n.nspname, p.proname
+""")
+
+# The triggers calling a function, and whether each is on the expected table.
+FUNCTION_TRIGGERS = text("""
+    SELECT t.tgname, t.tgtype, t.tgoldtable, t.tgnewtable, t.tgenabled,
+           t.tgrelid = to_regclass(:table) AS on_table
+    FROM pg_trigger AS t WHERE t.tgfoid = :function AND NOT t.tgisinternal
+""")
+
+# The shared helper functions installed in the queue's schema, with source and settings.
+INSTALLED_HELPERS = text("""
+    SELECT p.proname, p.prosrc, p.proconfig
+    FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
+    WHERE n.nspname = :schema AND p.proname = ANY(:names) AND p.pronargs > 0
+""")
+
+# A name quoted as the server quotes it (how installed functions spell the queue's schema).
+QUOTE_IDENT = text("SELECT quote_ident(:s)")
+
+# Capture off for this transaction (``SET LOCAL``); returns the setting it had before.
+SWITCH_OFF = text(
+    "WITH before AS MATERIALIZED (SELECT current_setting(:guc, true) AS value) "
+    "SELECT value, set_config(:guc, 'off', true) FROM before"
+)
+
+# Put the capture setting back to what ``SWITCH_OFF`` returned, for this transaction.
+PUT_BACK = text("SELECT set_config(:guc, :value, true)")

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from syncqueue_tasks.capture import trigger_sql
 from syncqueue_tasks.capture.errors import CaptureError
@@ -27,68 +27,6 @@ from syncqueue_tasks.capture.sqlvalues import ColumnType
 from syncqueue_tasks.capture.tables import table_source
 from syncqueue_tasks.capture.trigger_sql import TRIGGERS, VERSION, TriggerSpec
 from syncqueue_tasks.errors import SyncQueueError
-
-_TABLE = text("""
-    SELECT n.nspname AS schema, c.relname AS name, c.relkind
-    FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
-    WHERE c.oid = to_regclass(:table)
-""")
-
-# every column with its type, domains resolved (deepest base type wins)
-_COLUMNS = text("""
-    WITH RECURSIVE resolved(attnum, name, type_oid, depth, shown) AS (
-        SELECT a.attnum, a.attname, a.atttypid, 0, format_type(a.atttypid, a.atttypmod)
-        FROM pg_attribute AS a
-        WHERE a.attrelid = to_regclass(:table) AND a.attnum > 0 AND NOT a.attisdropped
-        UNION ALL
-        SELECT r.attnum, r.name, t.typbasetype, r.depth + 1, r.shown
-        FROM resolved AS r JOIN pg_type AS t ON t.oid = r.type_oid
-        WHERE t.typtype = 'd'
-    )
-    SELECT DISTINCT ON (r.attnum) r.name, t.typname AS type, r.shown,
-           tn.nspname = 'pg_catalog' OR t.typname = 'citext' AS builtin,
-           t.typtype = 'e' AS enum, e.typname AS element
-    FROM resolved AS r
-    JOIN pg_type AS t ON t.oid = r.type_oid
-    JOIN pg_namespace AS tn ON tn.oid = t.typnamespace
-    LEFT JOIN pg_type AS e ON e.oid = t.typelem AND t.typcategory = 'A'
-    ORDER BY r.attnum, r.depth DESC
-""")
-
-# columns that identify a row alone: the primary key, or a unique index on one column
-_UNIQUE = text("""
-    SELECT a.attname, i.indisprimary
-    FROM pg_index AS i
-    JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-    WHERE i.indrelid = to_regclass(:table) AND i.indisunique AND i.indnkeyatts = 1
-      AND i.indpred IS NULL AND i.indexprs IS NULL
-""")
-
-_QUEUE_SCHEMA = text("""
-    SELECT n.nspname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
-    WHERE p.proname = 'syncqueue_enqueue'
-      AND n.oid = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('sync_queue'))
-""")
-
-_INSTALLED = text("""
-    SELECT p.oid, n.nspname AS schema, p.proname AS function, p.prosrc, p.proconfig,
-           obj_description(p.oid, 'pg_proc') AS comment
-    FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
-    WHERE obj_description(p.oid, 'pg_proc') LIKE 'syncqueue capture %'
-    ORDER BY n.nspname, p.proname
-""")
-
-_TRIGGERS_OF = text("""
-    SELECT t.tgname, t.tgtype, t.tgoldtable, t.tgnewtable, t.tgenabled,
-           t.tgrelid = to_regclass(:table) AS on_table
-    FROM pg_trigger AS t WHERE t.tgfoid = :function AND NOT t.tgisinternal
-""")
-
-_HELPERS = text("""
-    SELECT p.proname, p.prosrc, p.proconfig
-    FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace
-    WHERE n.nspname = :schema AND p.proname = ANY(:names) AND p.pronargs > 0
-""")
 
 
 @dataclass(frozen=True)
@@ -128,7 +66,7 @@ def spec(
     ``CaptureError`` or ``ValidationError`` before anything is written."""
     check_model(model)
     with _connection(bind) as conn:
-        found = conn.execute(_TABLE, {"table": table}).one_or_none()
+        found = conn.execute(trigger_sql.FIND_TABLE, {"table": table}).one_or_none()
         if found is None:
             raise CaptureError(f"table {table!r} does not exist")
         if found.relkind != "r":
@@ -136,10 +74,10 @@ def spec(
         qualified = f"{trigger_sql.quote(found.schema)}.{trigger_sql.quote(found.name)}"
         types = {
             row.name: ColumnType(row.type, row.builtin, row.enum, row.element, row.shown)
-            for row in conn.execute(_COLUMNS, {"table": qualified})
+            for row in conn.execute(trigger_sql.TABLE_COLUMNS, {"table": qualified})
         }
-        unique = conn.execute(_UNIQUE, {"table": qualified}).all()
-        queue_schema = conn.execute(_QUEUE_SCHEMA).scalar()
+        unique = conn.execute(trigger_sql.UNIQUE_COLUMNS, {"table": qualified}).all()
+        queue_schema = conn.execute(trigger_sql.QUEUE_SCHEMA).scalar()
     if queue_schema is None:
         raise CaptureError(
             "the queue's tables and functions (migration 0004) are not in this database; "
@@ -224,7 +162,7 @@ def remove(bind: Engine | Connection, table: str) -> Installed:
 def installed(bind: Engine | Connection) -> list[Installed]:
     """Every table captured by triggers, compared with what this package generates now."""
     with _connection(bind) as conn:
-        return [_compare(conn, row) for row in conn.execute(_INSTALLED).all()]
+        return [_compare(conn, row) for row in conn.execute(trigger_sql.INSTALLED_FUNCTIONS).all()]
 
 
 def upgrade(bind: Engine | Connection) -> list[Installed]:
@@ -269,7 +207,7 @@ def _require(table: str, types: dict[str, ColumnType], names: Sequence[str]) -> 
 
 
 def _find(conn: Connection, table: str) -> Installed | None:
-    found = conn.execute(_TABLE, {"table": table}).one_or_none()
+    found = conn.execute(trigger_sql.FIND_TABLE, {"table": table}).one_or_none()
     if found is None:
         return None
     return next(
@@ -304,7 +242,7 @@ def _compare(conn: Connection, row: Any) -> Installed:
     except SyncQueueError as exc:  # a column dropped, a type the table refuses, ...
         problems.append(f"cannot be generated again: {exc}")
         return _with(found, problems)
-    schema = conn.execute(text("SELECT quote_ident(:s)"), {"s": wanted.queue_schema}).scalar_one()
+    schema = conn.execute(trigger_sql.QUOTE_IDENT, {"s": wanted.queue_schema}).scalar_one()
     if (row.prosrc, row.proconfig) != (
         trigger_sql.function_body(wanted),
         trigger_sql.settings(wanted.function, schema),
@@ -335,7 +273,9 @@ def _with(found: Installed, problems: list[str]) -> Installed:
 def _trigger_problems(conn: Connection, row: Any, wanted: TriggerSpec) -> list[str]:
     actual = {
         t.tgname: t
-        for t in conn.execute(_TRIGGERS_OF, {"function": row.oid, "table": wanted.qualified})
+        for t in conn.execute(
+            trigger_sql.FUNCTION_TRIGGERS, {"function": row.oid, "table": wanted.qualified}
+        )
     }
     problems = []
     for name, (bits, old, new, _) in TRIGGERS.items():
@@ -354,7 +294,9 @@ def _helper_problems(conn: Connection, queue_schema: str, quoted: str) -> list[s
     """The shared helpers that are missing or differ (``quoted``: the schema as PostgreSQL
     quotes it)."""
     helpers = trigger_sql.helper_functions(trigger_sql.quote(queue_schema))
-    rows = conn.execute(_HELPERS, {"schema": queue_schema, "names": list(helpers)})
+    rows = conn.execute(
+        trigger_sql.INSTALLED_HELPERS, {"schema": queue_schema, "names": list(helpers)}
+    )
     actual = {r.proname: (r.prosrc, r.proconfig) for r in rows}
     return [
         f"helper function {name} is missing or differs from what this package generates"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import text
 
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import sanitize_error
+from syncqueue_tasks.queue import RecordChange
 
 # Per model: waiting changes (sync_record.pending, on ix_sync_record_pending) and when its
 # oldest waiting change was stored (each waiting record's oldest change, by primary key);
@@ -144,10 +144,19 @@ def choose_failed(ids: list[str] | None, model: str | None, limit: int) -> Choic
     )
 
 
-def change_view(change: dict[str, Any]) -> Change:
+def change_view(change: RecordChange) -> Change:
     """A change as ``queue.get_record`` gives it, for display: the names of the fields it
     set instead of their values, and its error sanitized again."""
-    values = {k: change[k] for k in Change.__dataclass_fields__ if k != "fields"}
     error = change["last_error"]
-    values["last_error"] = sanitize_error(error) if error else None
-    return Change(**values, fields=sorted(change["payload"]))
+    return Change(
+        id=change["id"],
+        action=change["action"],
+        status=change["status"],
+        retries=change["retries"],
+        max_retries=change["max_retries"],
+        last_error=sanitize_error(error) if error else None,
+        created_at=change["created_at"],
+        claimed_at=change["claimed_at"],
+        processed_at=change["processed_at"],
+        fields=sorted(change["payload"]),
+    )

@@ -71,7 +71,7 @@ class _Sheet:
 
     def add_column(self, name: str) -> int:
         """Append a header cell ``name`` (as text) after every used column; return its column."""
-        col = max([self.ws.max_column, *self.columns.values()]) + 1
+        col = max([int(self.ws.max_column), *self.columns.values()]) + 1
         _set(self.ws, 1, col, name)
         self.columns[name] = col
         return col

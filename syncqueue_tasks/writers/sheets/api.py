@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import gspread
 import requests
-from google.auth.credentials import AnonymousCredentials
+from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.exceptions import RefreshError, TransportError
 from gspread.exceptions import APIError
 from gspread.http_client import HTTPClient
@@ -31,6 +31,8 @@ from syncqueue_tasks.errors import ConfigurationError, sanitize_error
 
 GOOGLE_SHEETS_URL = "https://sheets.googleapis.com"
 SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
+# google.auth's AnonymousCredentials is not annotated: it is made through this typed name.
+_anonymous_credentials: Callable[[], Credentials] = AnonymousCredentials
 
 
 class RebaseAdapter(HTTPAdapter):
@@ -76,7 +78,7 @@ def make_http_client(
             ) from None
         account = str(getattr(client.http_client.auth, "service_account_email", "service-account"))
     else:
-        client = gspread.Client(auth=AnonymousCredentials(), session=requests.Session())
+        client = gspread.Client(auth=_anonymous_credentials(), session=requests.Session())
         account = "anonymous"
     rebase(client.http_client.session, base_url)
     client.set_timeout(timeout)
