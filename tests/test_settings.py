@@ -9,6 +9,8 @@ import pytest
 from syncqueue_tasks.errors import ConfigurationError
 from syncqueue_tasks.settings import get_settings
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
