@@ -15,6 +15,7 @@ from processes import celery_worker
 from redis import Redis
 from test_tasks import read_written, wait_for
 
+from syncqueue_tasks.celery_setup import TASK_MODULES, configure
 from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.tasks import enqueue_change, enqueue_changes
@@ -71,3 +72,37 @@ def test_a_users_own_app_and_worker_run_the_tasks(
         assert redis.llen(own_app.QUEUE) == 0
     finally:
         redis.close()
+
+
+def test_configure_sets_what_the_tasks_need_and_keeps_what_the_user_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mine = {"task": "syncqueue.process_batch", "schedule": 60.0}
+    app = Celery("yours", broker="redis://127.0.0.1:6379/0", set_as_current=False)
+    app.conf.update(
+        worker_prefetch_multiplier=8,
+        broker_transport_options={"visibility_timeout": 999},
+        beat_schedule={"process-batch": mine},
+        task_routes={"yours.*": {"queue": "yours"}},
+    )
+    configure(app, queue="sync")
+    conf = app.conf
+    assert conf.worker_consumer == "syncqueue_tasks.consumer:GuardedConsumer"
+    assert conf.broker_transport == "syncqueue_tasks.broker_guard:GuardedRedisTransport"
+    assert conf.worker_prefetch_multiplier == 8
+    assert conf.broker_transport_options["visibility_timeout"] == 999
+    assert conf.broker_transport_options["priority_steps"] == [0]
+    assert conf.beat_schedule["process-batch"] is mine
+    assert {"reset-stuck", "cleanup-completed"} <= set(conf.beat_schedule)
+    assert set(TASK_MODULES) <= set(conf.include)
+    route = app.amqp.router.route
+    assert route({}, "syncqueue.reset_stuck")["queue"].name == "sync"
+    assert route({}, "yours.add")["queue"].name == "yours"
+    assert app.tasks["syncqueue.process_batch"].app is app
+
+    monkeypatch.delenv("CELERY_BROKER_URL")  # Celery prefers it to the app's broker=
+    rabbit = Celery("rabbit", broker="amqp://localhost//", set_as_current=False)
+    configure(rabbit, schedule=False)
+    assert rabbit.conf.broker_transport is None
+    assert rabbit.conf.broker_transport_options["confirm_publish"] is True
+    assert rabbit.conf.beat_schedule == {}
