@@ -79,42 +79,54 @@ broker_connection_retry_on_startup = True
 # after 100 attempts and exits).
 broker_connection_max_retries = None
 broker_pool_limit = 10
-BROKER_SCHEME = urlsplit(broker_url).scheme
-if BROKER_SCHEME in ("amqp", "pyamqp", "amqps"):
-    # RabbitMQ: the default queue is durable and messages persistent (Celery's defaults);
-    # every publish waits for the broker's confirm, so .delay() returns only once RabbitMQ has
-    # the message; reads and writes are bounded, so a blocked broker cannot hang a caller.
-    broker_transport_options: dict[str, object] = {
-        "confirm_publish": True,
-        "read_timeout": BROKER_SOCKET_TIMEOUT,
-        "write_timeout": BROKER_SOCKET_TIMEOUT,
-    }
-else:
-    broker_transport_options = {
-        # Redis redelivers a message left unacknowledged this long (its worker died, or lost
-        # the connection). Above the longest enqueue task, so a live one is not delivered
-        # twice; if one is anyway (a task slower than this), storing it again is a no-op.
-        "visibility_timeout": int(_env_float("CELERY_VISIBILITY_TIMEOUT", 120)),
-        # How often each worker looks for such messages (every interval * throttle seconds).
-        "unacked_restore_interval": 5,
-        "unacked_restore_throttle": 2,
-        # One list per queue, so the guarded transport takes messages with BLMOVE (see
-        # syncqueue_tasks/broker_guard.py: no message lost between the pop and the unacked hash).
-        "priority_steps": [0],
-        "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
-        "socket_timeout": BROKER_SOCKET_TIMEOUT,
-        "retry_on_timeout": False,
-        "max_retries": 0,
-    }
+# RabbitMQ: the default queue is durable and messages persistent (Celery's defaults); every
+# publish waits for the broker's confirm, so .delay() returns only once RabbitMQ has the
+# message; reads and writes are bounded, so a blocked broker cannot hang a caller.
+AMQP_TRANSPORT_OPTIONS: dict[str, object] = {
+    "confirm_publish": True,
+    "read_timeout": BROKER_SOCKET_TIMEOUT,
+    "write_timeout": BROKER_SOCKET_TIMEOUT,
+}
+REDIS_TRANSPORT_OPTIONS: dict[str, object] = {
+    # Redis redelivers a message left unacknowledged this long (its worker died, or lost the
+    # connection). Above the longest enqueue task, so a live one is not delivered twice; if
+    # one is anyway (a task slower than this), storing it again is a no-op.
+    "visibility_timeout": int(_env_float("CELERY_VISIBILITY_TIMEOUT", 120)),
+    # How often each worker looks for such messages (every interval * throttle seconds).
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 2,
+    # One list per queue, so the guarded transport takes messages with BLMOVE (see
+    # syncqueue_tasks/broker_guard.py: no message lost between the pop and the unacked hash).
+    "priority_steps": [0],
+    "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
+    "socket_timeout": BROKER_SOCKET_TIMEOUT,
+    "retry_on_timeout": False,
+    "max_retries": 0,
+}
+AMQP_SCHEMES = ("amqp", "pyamqp", "amqps")
 # Malformed messages (wrong shape, not just bad arguments) are rejected and logged once,
 # instead of stopping or wedging the worker: task messages by the consumer, and bytes that are
 # not even a kombu envelope by the transport (kombu's Redis transport, guarded, which also
 # keeps a worker alive through a Redis restart). Any other scheme, rediss:// included (kombu
 # keys its TLS defaults on that name), keeps its own transport.
-worker_consumer = "syncqueue_tasks.consumer:GuardedConsumer"
-broker_transport = (
-    "syncqueue_tasks.broker_guard:GuardedRedisTransport" if BROKER_SCHEME == "redis" else None
-)
+GUARDED_CONSUMER = "syncqueue_tasks.consumer:GuardedConsumer"
+GUARDED_REDIS_TRANSPORT = "syncqueue_tasks.broker_guard:GuardedRedisTransport"
+
+
+def transport_options(scheme: str) -> dict[str, object]:
+    """The broker transport options for a broker URL scheme (a copy)."""
+    return dict(AMQP_TRANSPORT_OPTIONS if scheme in AMQP_SCHEMES else REDIS_TRANSPORT_OPTIONS)
+
+
+def transport(scheme: str) -> str | None:
+    """The guarded transport for ``redis://``; None (kombu's own) for any other scheme."""
+    return GUARDED_REDIS_TRANSPORT if scheme == "redis" else None
+
+
+BROKER_SCHEME = urlsplit(broker_url).scheme
+broker_transport_options = transport_options(BROKER_SCHEME)
+worker_consumer = GUARDED_CONSUMER
+broker_transport = transport(BROKER_SCHEME)
 
 # --- beat: exactly one beat process per deployment -------------------------------------------
 beat_schedule_filename = os.environ.get("CELERY_BEAT_SCHEDULE_FILE", "") or os.path.join(

@@ -1,7 +1,8 @@
 """The Celery app, configured from the ``celeryconfig`` module and nothing else.
 
 Start a worker with ``celery -A syncqueue_tasks.celery_app worker`` and the one beat process
-with ``celery -A syncqueue_tasks.celery_app beat``.
+with ``celery -A syncqueue_tasks.celery_app beat``. To run the tasks on your own app instead,
+see ``syncqueue_tasks.celery_setup.configure``.
 """
 
 from celery import Celery

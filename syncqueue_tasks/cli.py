@@ -540,7 +540,7 @@ def _nudge() -> None:
     try:
         from syncqueue_tasks import tasks
 
-        tasks._kick()
+        tasks.kick()
     except Exception as exc:
         log.debug("no worker nudged: %s", sanitize_error(exc))
 

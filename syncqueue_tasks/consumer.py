@@ -106,7 +106,7 @@ def _describe(message: Any) -> tuple[str, str]:
     return str(request.get("task"))[:100], str(request.get("id"))[:100]
 
 
-class GuardedConsumer(Consumer):
+class GuardedConsumer(Consumer):  # type: ignore[misc, unused-ignore]  # Celery is untyped
     """Celery's consumer, with a guard around the handling of each task message."""
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:

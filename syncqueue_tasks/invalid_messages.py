@@ -74,7 +74,8 @@ def retry_invalid(ids: Iterable[str] | None = None) -> tuple[int, dict[str, str]
     (still invalid, neither the database nor the broker took it, or no message has that id);
     those stay kept.
     """
-    from syncqueue_tasks.celery_app import app
+    from celery import current_app
+
     from syncqueue_tasks.tasks import enqueue_change  # noqa: F401  (registers the tasks)
 
     wanted = None if ids is None else set(ids)
@@ -85,7 +86,7 @@ def retry_invalid(ids: Iterable[str] | None = None) -> tuple[int, dict[str, str]
         if wanted is not None and message.id not in wanted:
             continue
         seen.add(message.id)
-        task = app.tasks.get(message.task)
+        task = current_app.tasks.get(message.task)
         if task is None:
             refused[message.id] = f"unknown task {message.task!r}"
             continue

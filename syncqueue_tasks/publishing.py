@@ -82,11 +82,11 @@ _KEEP_RETRY_PAUSE = 1.0  # the invalid-message store (Redis) is down: wait befor
 
 def store_retry_delay(attempt: int) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...): equal jitter."""
-    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1))
+    ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
-class EnqueueTask(Task):
+class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyped
     """Base of the enqueue tasks. Subclasses define ``prepare`` and ``store``."""
 
     abstract = True
@@ -116,8 +116,7 @@ class EnqueueTask(Task):
         """A short, payload-free description of the message for logs and Flower."""
         raise NotImplementedError
 
-    @staticmethod
-    def after_store() -> None:
+    def after_store(self) -> None:
         """Called after the caller stored a change itself (ask for a ``process_batch``)."""
 
     # ------------------------------------------------------------------ caller side

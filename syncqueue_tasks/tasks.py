@@ -2,6 +2,10 @@
 
 Apps call ``enqueue_change.delay(...)`` / ``enqueue_changes.delay([...])``. Workers run
 ``process_batch``; beat schedules it with ``reset_stuck`` and ``cleanup_completed``.
+
+They are shared tasks: each Celery app of the process has them, and the names here stand for
+the current app's (yours, configured with ``syncqueue_tasks.celery_setup.configure``; in a
+process without an app of its own, ``syncqueue_tasks.celery_app.app``).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import Celery, current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
@@ -16,7 +21,7 @@ from sqlalchemy.orm import Session
 
 import celeryconfig
 from syncqueue_tasks import batch, queue
-from syncqueue_tasks.celery_app import app
+from syncqueue_tasks.celery_setup import syncqueue_task, use_package_app_unless_own
 from syncqueue_tasks.errors import ValidationError, sanitize_error
 from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.publishing import EnqueueTask
@@ -36,10 +41,9 @@ log = logging.getLogger(__name__)
 class EnqueueChangeTask(EnqueueTask):
     """``enqueue_change``'s caller side: validation, id, storage."""
 
-    @staticmethod
-    def after_store() -> None:
-        """Ask for a ``process_batch`` soon."""
-        _kick()
+    def after_store(self) -> None:
+        """Ask for a ``process_batch`` soon, through this task's app."""
+        kick(self.app)
 
     @staticmethod
     def prepare(
@@ -91,10 +95,9 @@ class EnqueueChangeTask(EnqueueTask):
 class EnqueueChangesTask(EnqueueTask):
     """``enqueue_changes``'s caller side: validation, ids, storage."""
 
-    @staticmethod
-    def after_store() -> None:
-        """Ask for a ``process_batch`` soon."""
-        _kick()
+    def after_store(self) -> None:
+        """Ask for a ``process_batch`` soon, through this task's app."""
+        kick(self.app)
 
     @staticmethod
     def prepare(changes: Any, item_ids: Any = None) -> dict[str, Any]:
@@ -145,7 +148,7 @@ class EnqueueChangesTask(EnqueueTask):
         return f"{len(kwargs['item_ids'])} changes"
 
 
-@app.task(name="syncqueue.enqueue_change", base=EnqueueChangeTask, bind=True)
+@syncqueue_task("syncqueue.enqueue_change", base=EnqueueChangeTask, bind=True)
 def enqueue_change(
     self: EnqueueChangeTask,
     action: str,
@@ -158,11 +161,11 @@ def enqueue_change(
     """Store one change (worker side), then ask for a ``process_batch`` soon."""
     prepared = self.prepare(action, model, record_id, payload, sheet_row_index, item_id)
     self.store_durably(prepared)
-    _kick()
+    kick(self.app)
     return str(prepared["item_id"])
 
 
-@app.task(name="syncqueue.enqueue_changes", base=EnqueueChangesTask, bind=True)
+@syncqueue_task("syncqueue.enqueue_changes", base=EnqueueChangesTask, bind=True)
 def enqueue_changes(
     self: EnqueueChangesTask, changes: list[dict[str, Any]], item_ids: list[str] | None = None
 ) -> int:
@@ -170,12 +173,15 @@ def enqueue_changes(
     prepared = self.prepare(changes, item_ids)
     self.store_durably(prepared)
     if prepared["item_ids"]:
-        _kick()
+        kick(self.app)
     return len(prepared["item_ids"])
 
 
-@app.task(
-    name="syncqueue.process_batch",
+PROCESS_BATCH = "syncqueue.process_batch"
+
+
+@syncqueue_task(
+    PROCESS_BATCH,
     soft_time_limit=celeryconfig.PROCESS_BATCH_SOFT_TIME_LIMIT,
     time_limit=celeryconfig.PROCESS_BATCH_TIME_LIMIT,
 )
@@ -217,17 +223,17 @@ def process_batch(batch_size: int | None = None) -> dict[str, Any]:
     }
 
 
-@app.task(name="syncqueue.reset_stuck")
+@syncqueue_task("syncqueue.reset_stuck")
 def reset_stuck(older_than_minutes: float = 10) -> int:
     """Return items whose claim is older than the threshold to PENDING, and schedule a run."""
     count = queue.reset_stuck(older_than_minutes)
     log.info("reset_stuck: %d item(s) older than %g min back to PENDING", count, older_than_minutes)
     if count:
-        _kick()  # written now, not at the next beat of process_batch
+        kick()  # written now, not at the next beat of process_batch
     return count
 
 
-@app.task(name="syncqueue.cleanup_completed")
+@syncqueue_task("syncqueue.cleanup_completed")
 def cleanup_completed(older_than_days: float = 7) -> int:
     """Delete old COMPLETED items, in chunks."""
     count = queue.cleanup_completed(older_than_days)
@@ -235,7 +241,7 @@ def cleanup_completed(older_than_days: float = 7) -> int:
     return count
 
 
-@app.task(name="syncqueue.queue_stats")
+@syncqueue_task("syncqueue.queue_stats")
 def queue_stats() -> dict[str, Any]:
     """Return and log the queue's stats."""
     stats = queue.get_queue_stats()
@@ -243,8 +249,9 @@ def queue_stats() -> dict[str, Any]:
     return stats
 
 
-def _kick() -> None:
-    """Schedule one ``process_batch`` soon, unless one is already scheduled (debounce).
+def kick(app: Celery | None = None) -> None:
+    """Schedule one ``process_batch`` soon through ``app`` (default: the current app), unless
+    one is already scheduled (debounce). Best effort: never raises.
 
     The key is set when a run is scheduled and deleted when it starts, so a burst of enqueues
     schedules one run, and an enqueue during a run schedules the next. Its TTL covers a lost
@@ -253,7 +260,8 @@ def _kick() -> None:
     delay = get_settings().kick_delay
     try:
         if get_redis().set(key("kick"), 1, nx=True, px=int(delay * 1000) + 5000):
-            process_batch.apply_async(countdown=delay)
+            target = current_app if app is None else app
+            target.tasks[PROCESS_BATCH].apply_async(countdown=delay)
     except Exception as exc:  # best effort: Redis or broker errors of any kind
         log.debug("kick skipped: %s", sanitize_error(exc))
 
@@ -263,3 +271,6 @@ def _unkick() -> None:
         get_redis().delete(key("kick"))
     except (RedisError, OSError) as exc:
         log.debug("unkick skipped: %s", sanitize_error(exc))
+
+
+use_package_app_unless_own()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncqueue_tasks.celery_app import app
+from syncqueue_tasks.celery_setup import syncqueue_task, use_package_app_unless_own
 from syncqueue_tasks.verify import verify
 
 
-@app.task(name="syncqueue.verify")
+@syncqueue_task("syncqueue.verify")
 def verify_task(repair: bool = False) -> dict[str, Any]:
     """Verify every model (and repair when asked); the result is stored for the metrics."""
     result = verify(repair=repair)
     return {"findings": result.findings, "unresolved": result.unresolved}
+
+
+use_package_app_unless_own()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
+PACKAGE_APP = "syncqueue_tasks.celery_app"
 
 
 def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -28,13 +29,16 @@ def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 class CeleryProcess:
-    """A ``celery worker`` or ``celery beat`` started in its own session (process group)."""
+    """A ``celery worker`` or ``celery beat`` of ``app`` (default: the package's), started in
+    its own session (process group)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, app: str = PACKAGE_APP
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "syncqueue_tasks.celery_app", *args],
+            [sys.executable, "-m", "celery", "-A", app, *args],
             env=env,
             cwd=ROOT,
             stdout=self._log,
@@ -98,13 +102,17 @@ def celery_worker(
     *,
     concurrency: int = 1,
     pool: str = "prefork",
+    app: str = PACKAGE_APP,
+    queue: str | None = None,
 ) -> Iterator[CeleryProcess]:
-    """A real worker consuming the test queue; stopped (group-killed) on exit."""
+    """A real worker of ``app`` consuming the test queue (or ``queue``); stopped (group-killed)
+    on exit."""
     name = f"w{uuid.uuid4().hex[:6]}"
     proc = CeleryProcess(
-        worker_args(name, concurrency, pool),
+        [*worker_args(name, concurrency, pool), *([f"--queues={queue}"] if queue else [])],
         child_env(env),
         tmp_path / f"{name}.log",
+        app,
     )
     try:
         proc.wait_for("ready.", timeout=60)

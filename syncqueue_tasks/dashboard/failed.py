@@ -116,6 +116,6 @@ def _back(model: str | None) -> Response:
 
 def _kick() -> None:
     """Ask a worker to process the queue soon (best effort; beat does it anyway)."""
-    from syncqueue_tasks.tasks import _kick as kick
+    from syncqueue_tasks.tasks import kick
 
     kick()
