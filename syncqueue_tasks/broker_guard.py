@@ -33,7 +33,7 @@ with ``BLMOVE`` into an in-flight list instead, and removes a message from there
 kombu's mutex) puts back on its queue any message that has stayed in the in-flight list for
 a visibility timeout: it is redelivered, never lost. Otherwise kombu's ``BRPOP`` is used.
 
-``celeryconfig`` selects this transport (``broker_transport``) for a ``redis://`` broker URL.
+``celery_config`` selects this transport (``broker_transport``) for a ``redis://`` broker URL.
 """
 
 from __future__ import annotations

@@ -3,14 +3,14 @@
 The tasks (``syncqueue_tasks.tasks``, ``syncqueue_tasks.verify_task``) are shared tasks: every
 Celery app of the process gets them, and ``enqueue_change.delay(...)`` publishes through the
 current app, yours. ``configure`` gives your app what the package's reliability needs, with
-the values ``celeryconfig`` (the package's own app) uses, where your app kept Celery's default:
+the values ``celery_config`` (the package's own app) uses, where your app kept Celery's default:
 
 - ``include``: the two task modules, so your workers register the tasks;
 - ``worker_consumer``: ``syncqueue_tasks.consumer:GuardedConsumer`` (malformed messages are
   rejected, not fatal);
 - for a ``redis://`` broker, ``broker_transport``:
   ``syncqueue_tasks.broker_guard:GuardedRedisTransport``;
-- ``broker_transport_options``: ``celeryconfig``'s for your broker's scheme (Redis: visibility
+- ``broker_transport_options``: ``celery_config``'s for your broker's scheme (Redis: visibility
   timeout, one list per queue, short socket timeouts; RabbitMQ: publisher confirms, bounded
   reads and writes), each one you did not set yourself;
 - ``worker_prefetch_multiplier`` 1, ``broker_connection_timeout`` (``CELERY_BROKER_CONNECT_
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from celery import Celery, _state, shared_task
 from celery.app.defaults import DEFAULTS
 
-import celeryconfig
+from syncqueue_tasks import celery_config
 
 #: The modules that declare the package's tasks.
 TASK_MODULES = ("syncqueue_tasks.tasks", "syncqueue_tasks.verify_task")
@@ -48,25 +48,25 @@ def configure(app: Celery, *, queue: str | None = None, schedule: bool = True) -
     conf = app.conf
     scheme = urlsplit(str(conf.broker_url or "")).scheme
     defaults: dict[str, Any] = {
-        "worker_consumer": celeryconfig.GUARDED_CONSUMER,
-        "broker_transport": celeryconfig.transport(scheme),
-        "worker_prefetch_multiplier": celeryconfig.worker_prefetch_multiplier,
-        "broker_connection_timeout": celeryconfig.broker_connection_timeout,
-        "broker_connection_max_retries": celeryconfig.broker_connection_max_retries,
+        "worker_consumer": celery_config.GUARDED_CONSUMER,
+        "broker_transport": celery_config.transport(scheme),
+        "worker_prefetch_multiplier": celery_config.worker_prefetch_multiplier,
+        "broker_connection_timeout": celery_config.broker_connection_timeout,
+        "broker_connection_max_retries": celery_config.broker_connection_max_retries,
         "broker_connection_retry_on_startup": True,
     }
     for name, value in defaults.items():
         if conf[name] == DEFAULTS[name]:
             conf[name] = value
     conf.broker_transport_options = {
-        **celeryconfig.transport_options(scheme),
+        **celery_config.transport_options(scheme),
         **conf.broker_transport_options,
     }
     conf.include = (*conf.include, *(m for m in TASK_MODULES if m not in conf.include))
     if queue is not None:
         conf.task_routes = (*_routers(conf.task_routes), {"syncqueue.*": {"queue": queue}})
     if schedule:
-        conf.beat_schedule = {**celeryconfig.beat_schedule, **conf.beat_schedule}
+        conf.beat_schedule = {**celery_config.beat_schedule, **conf.beat_schedule}
     for module in TASK_MODULES:
         importlib.import_module(module)  # registers the shared tasks on every app
 
@@ -80,7 +80,7 @@ def _routers(routes: Any) -> tuple[Any, ...]:
 
 def syncqueue_task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """``shared_task`` named ``name`` with ``options``, acknowledged late and redelivered when
-    its worker process dies, on any app (what ``celeryconfig`` sets for the package's app)."""
+    its worker process dies, on any app (what ``celery_config`` sets for the package's app)."""
     decorator = shared_task(name=name, acks_late=True, reject_on_worker_lost=True, **options)
     return cast(Callable[[Callable[..., Any]], Any], decorator)
 

@@ -132,9 +132,9 @@ def check_broker(timeout: float = 3.0) -> Check:
     """The Celery broker accepts a connection."""
     from kombu.connection import Connection
 
-    import celeryconfig
+    from syncqueue_tasks import celery_config
 
-    url = str(celeryconfig.broker_url)
+    url = str(celery_config.broker_url)
     options = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "max_retries": 0}
     # kombu's Connection is not annotated (an error under mypy --strict only)
     connection = Connection(url, connect_timeout=timeout, transport_options=options)  # type: ignore[no-untyped-call, unused-ignore]

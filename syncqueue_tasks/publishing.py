@@ -20,7 +20,7 @@ In the worker (``__call__``), a message ends only once its change is stored, or 
 proven invalid:
 
 - every database error is retried in the task, with backoff, for up to
-  ``celeryconfig.ENQUEUE_RETRY_SECONDS``; then the message is handed back to the broker
+  ``celery_config.ENQUEUE_RETRY_SECONDS``; then the message is handed back to the broker
   (``Reject(requeue=True)``; if even that fails it stays unacknowledged and the broker
   redelivers it). Nothing is republished, so no retry can be lost on the way;
 - a message that cannot be a change (``ValidationError``, arguments that do not fit the task)
@@ -51,8 +51,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-import celeryconfig
-from syncqueue_tasks import invalid_messages
+from syncqueue_tasks import celery_config, invalid_messages
 from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.errors import EnqueueError, sanitize_error
 from syncqueue_tasks.settings import get_settings
@@ -209,7 +208,7 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
         """Store a prepared change, retrying every database error with backoff; after
         ``ENQUEUE_RETRY_SECONDS`` hand the message back to the broker (never acknowledge it
         unstored). Each attempt is bounded by ``ENQUEUE_STATEMENT_TIMEOUT``."""
-        deadline = time.monotonic() + celeryconfig.ENQUEUE_RETRY_SECONDS
+        deadline = time.monotonic() + celery_config.ENQUEUE_RETRY_SECONDS
         attempt = 0
         while True:
             attempt += 1
@@ -235,7 +234,7 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
 
     def _store_once(self, prepared: dict[str, Any]) -> None:
         with Session(get_engine()) as session, session.begin():
-            timeout = str(int(celeryconfig.ENQUEUE_STATEMENT_TIMEOUT * 1000))
+            timeout = str(int(celery_config.ENQUEUE_STATEMENT_TIMEOUT * 1000))
             session.execute(
                 text(
                     "SELECT set_config('statement_timeout', :ms, true), "

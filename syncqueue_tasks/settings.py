@@ -1,4 +1,4 @@
-"""Every environment variable the package reads (except Celery's own, in ``celeryconfig``).
+"""Every environment variable the package reads (except Celery's own, in ``celery_config``).
 
 Read once per process through :func:`get_settings`; tests call ``get_settings.cache_clear()``
 after changing the environment.

@@ -19,8 +19,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-import celeryconfig
-from syncqueue_tasks import batch, queue
+from syncqueue_tasks import batch, celery_config, queue
 from syncqueue_tasks.celery_setup import syncqueue_task, use_package_app_unless_own
 from syncqueue_tasks.errors import ValidationError, sanitize_error
 from syncqueue_tasks.ids import new_id
@@ -182,8 +181,8 @@ PROCESS_BATCH = "syncqueue.process_batch"
 
 @syncqueue_task(
     PROCESS_BATCH,
-    soft_time_limit=celeryconfig.PROCESS_BATCH_SOFT_TIME_LIMIT,
-    time_limit=celeryconfig.PROCESS_BATCH_TIME_LIMIT,
+    soft_time_limit=celery_config.PROCESS_BATCH_SOFT_TIME_LIMIT,
+    time_limit=celery_config.PROCESS_BATCH_TIME_LIMIT,
 )
 def process_batch(batch_size: int | None = None) -> dict[str, Any]:
     """Drain the queue to the writer until it is empty or the time budget is spent."""
@@ -195,7 +194,7 @@ def process_batch(batch_size: int | None = None) -> dict[str, Any]:
             get_writer(),
             batch_size=size,
             time_budget=min(
-                settings.batch_time_budget, celeryconfig.PROCESS_BATCH_SOFT_TIME_LIMIT / 2
+                settings.batch_time_budget, celery_config.PROCESS_BATCH_SOFT_TIME_LIMIT / 2
             ),
             interrupts=(SoftTimeLimitExceeded,),
         )
@@ -242,7 +241,7 @@ def cleanup_completed(older_than_days: float = 7) -> int:
 
 
 @syncqueue_task("syncqueue.queue_stats")
-def queue_stats() -> dict[str, Any]:
+def queue_stats() -> queue.QueueStats:
     """Return and log the queue's stats."""
     stats = queue.get_queue_stats()
     log.info("queue_stats: %s", stats)

@@ -695,7 +695,10 @@ def test_env_example_mentions_every_setting_the_code_reads() -> None:
     """All settings come from environment variables: .env.example documents each."""
     text = ENV_EXAMPLE.read_text()
     read: set[str] = set()
-    for path in (ROOT / "celeryconfig.py", ROOT / "syncqueue_tasks" / "settings.py"):
+    for path in (
+        ROOT / "syncqueue_tasks" / "celery_config.py",
+        ROOT / "syncqueue_tasks" / "settings.py",
+    ):
         for node in ast.walk(ast.parse(path.read_text())):
             if (
                 isinstance(node, ast.Constant)

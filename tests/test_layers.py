@@ -31,6 +31,8 @@ LAYERS: dict[str, set[str]] = {
     # Celery: the app, tasks, the enqueue path, the worker's batch, consumer, broker guard
     "celery": {
         "celery_app",
+        "celery_config",
+        "celery_setup",
         "tasks",
         "publishing",
         "batch",

@@ -20,7 +20,7 @@ from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.tasks import enqueue_change, enqueue_changes
 
-pytestmark = pytest.mark.usefixtures("db")
+pytestmark = [pytest.mark.usefixtures("db"), pytest.mark.system]
 
 
 @pytest.fixture
