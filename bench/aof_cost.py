@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 _CHILD = """
 import json, sys, time, redis
-from syncqueue_tasks.tasks import enqueue_change
+from syncqueue_tasks.celery.tasks import enqueue_change
 calls, warmup = int(sys.argv[1]), int(sys.argv[2])
 samples = []
 for i in range(warmup + calls):
@@ -91,7 +91,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from syncqueue_tasks.embedded import EmbeddedRedis
+    from syncqueue_tasks.local.embedded import EmbeddedRedis
 
     work = Path(tempfile.mkdtemp(prefix=".aofbench-", dir=args.dir))
     servers = {

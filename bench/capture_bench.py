@@ -45,8 +45,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # no
 
 from syncqueue_tasks import capture  # noqa: E402
 from syncqueue_tasks.capture import triggers  # noqa: E402
-from syncqueue_tasks.db import dispose_engine, get_engine  # noqa: E402
-from syncqueue_tasks.ids import new_id  # noqa: E402
+from syncqueue_tasks.core.ids import new_id  # noqa: E402
+from syncqueue_tasks.store.db import dispose_engine, get_engine  # noqa: E402
 
 CHUNK = 50
 BULK_ROWS = 10_000

@@ -69,12 +69,12 @@ from alembic import command  # noqa: E402
 from dbutil import alembic_config, create_database, drop_database, use_database  # noqa: E402
 from processes import CeleryProcess, child_env, worker_args  # noqa: E402
 
-from syncqueue_tasks import queue  # noqa: E402
-from syncqueue_tasks.celery_app import app  # noqa: E402
-from syncqueue_tasks.db import dispose_engine  # noqa: E402
-from syncqueue_tasks.ids import new_id  # noqa: E402
+from syncqueue_tasks.celery.app import app  # noqa: E402
+from syncqueue_tasks.celery.tasks import enqueue_change, process_batch  # noqa: E402
+from syncqueue_tasks.core.ids import new_id  # noqa: E402
 from syncqueue_tasks.settings import get_settings  # noqa: E402
-from syncqueue_tasks.tasks import enqueue_change, process_batch  # noqa: E402
+from syncqueue_tasks.store import queue  # noqa: E402
+from syncqueue_tasks.store.db import dispose_engine  # noqa: E402
 
 MODEL = "Request"
 JSONL_WRITER = "syncqueue_tasks.writers.jsonl:create_writer"
@@ -128,7 +128,7 @@ class FallbackCounter(logging.Handler):
 
 
 FALLBACKS = FallbackCounter()
-logging.getLogger("syncqueue_tasks.publishing").addHandler(FALLBACKS)
+logging.getLogger("syncqueue_tasks.celery.publishing").addHandler(FALLBACKS)
 
 
 def payload(i: int) -> dict[str, Any]:

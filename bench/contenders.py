@@ -247,13 +247,13 @@ class _NoopWriter:
     """The no-op job: every record is written at once."""
 
     def write_records(self, writes: Any) -> Any:
-        from syncqueue_tasks.outcomes import Outcome
+        from syncqueue_tasks.core.outcomes import Outcome
 
         return {w.key: Outcome.done() for w in writes}
 
 
 class Ours(Contender):
-    """syncqueue-tasks through ``syncqueue_tasks.queue`` (and ``tasks`` for ``.delay``)."""
+    """syncqueue-tasks through ``syncqueue_tasks.store.queue`` (and ``tasks`` for ``.delay``)."""
 
     name = "ours"
     title = "syncqueue-tasks"
@@ -275,32 +275,33 @@ class Ours(Contender):
         use_database(dsn)
 
     def close(self) -> None:
-        from syncqueue_tasks.db import dispose_engine
+        from syncqueue_tasks.store.db import dispose_engine
 
         dispose_engine()
 
     def enqueue_each(self, items: list[dict[str, Any]]) -> None:
-        from syncqueue_tasks import queue
+        from syncqueue_tasks.store import queue
 
         for c in items:
             queue.enqueue(c["action"], c["model"], c["record_id"], c["payload"])
 
     def enqueue_delay(self, items: list[dict[str, Any]]) -> None:
         """``enqueue_change.delay`` one change at a time (direct mode: commits in PostgreSQL)."""
-        from syncqueue_tasks.tasks import enqueue_change
+        from syncqueue_tasks.celery.tasks import enqueue_change
 
         for c in items:
             enqueue_change.delay(c["action"], c["model"], c["record_id"], c["payload"])
 
     def enqueue_batched(self, items: list[dict[str, Any]]) -> None:
-        from syncqueue_tasks import queue
+        from syncqueue_tasks.store import queue
 
         for batch in batches(items):
             queue.enqueue_many(batch)
 
     def drain_run(self) -> int:
         """What a worker's ``process_batch`` does, with a writer that writes nothing."""
-        from syncqueue_tasks import batch, queue
+        from syncqueue_tasks.celery import batch
+        from syncqueue_tasks.store import queue
 
         done = 0
         while True:
@@ -311,26 +312,26 @@ class Ours(Contender):
             time.sleep(0.001)  # what is left waits behind another process's claim
 
     def counts(self) -> dict[str, int]:
-        from syncqueue_tasks import queue
+        from syncqueue_tasks.store import queue
 
         stats = queue.get_queue_stats()
         left = stats["pending"] + stats["processing"] + stats["failed"]
         return {"completed": stats["completed"], "left": left}
 
     def claim(self) -> tuple[Any, list[str]]:
-        from syncqueue_tasks import queue
+        from syncqueue_tasks.store import queue
 
         items = queue.dequeue(CLAIM)
         return items, [i.record_id for i in items]
 
     def complete(self, handle: Any) -> None:
-        from syncqueue_tasks import queue
+        from syncqueue_tasks.store import queue
 
         queue.mark_complete_many(handle)
 
     def add_history(self, n: int) -> None:
         """Through the API: enqueue ``n`` changes, then claim and complete them all."""
-        from syncqueue_tasks import queue
+        from syncqueue_tasks.store import queue
 
         for start in range(0, n, BATCH):
             queue.enqueue_many(changes(start, min(BATCH, n - start), 1000, "old"))
@@ -338,7 +339,7 @@ class Ours(Contender):
             queue.mark_complete_many(items)
 
     def hold_hot(self) -> None:
-        from syncqueue_tasks import queue
+        from syncqueue_tasks.store import queue
 
         queue.enqueue_many(changes(0, 1, 1, HOT))
         held = queue.dequeue(1)

@@ -121,8 +121,8 @@ def record_connections(into: list[psycopg.Connection[Any]]) -> None:
 def ours_subjects() -> list[Subject]:
     """``queue.enqueue`` and ``.delay`` (one process, so the connections they open are
     shared); call before either has connected."""
-    from syncqueue_tasks import queue
-    from syncqueue_tasks.tasks import enqueue_change
+    from syncqueue_tasks.celery.tasks import enqueue_change
+    from syncqueue_tasks.store import queue
 
     direct = Subject("syncqueue-tasks queue.enqueue", lambda c: queue.enqueue(**c))
     delay = Subject(

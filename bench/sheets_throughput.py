@@ -64,7 +64,8 @@ def _writer(factor: float, prefix: str) -> Any:
 
 
 def _backlog(factor: float, prefix: str, minutes: float) -> dict[str, Any]:
-    from syncqueue_tasks import batch, queue
+    from syncqueue_tasks.celery import batch
+    from syncqueue_tasks.store import queue
 
     changes = []
     for k in range(CHANGES):
@@ -105,7 +106,8 @@ def _backlog(factor: float, prefix: str, minutes: float) -> dict[str, Any]:
 
 
 def _idle(factor: float, prefix: str, samples: int) -> dict[str, Any]:
-    from syncqueue_tasks import batch, queue
+    from syncqueue_tasks.celery import batch
+    from syncqueue_tasks.store import queue
 
     writer = _writer(factor, prefix)
     queue.enqueue("CREATE", "Request", "idle", {"name": "warm"})
@@ -124,7 +126,7 @@ def _idle(factor: float, prefix: str, samples: int) -> dict[str, Any]:
 
 
 def _verify(factor: float, prefix: str) -> dict[str, Any]:
-    from syncqueue_tasks.verify import verify
+    from syncqueue_tasks.celery.verify import verify
 
     writer = _writer(factor, prefix)
     out = {}

@@ -66,7 +66,7 @@ from faultkit import (  # noqa: E402
 )
 from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
-from syncqueue_tasks.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
+from syncqueue_tasks.local.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
 
 TAKEN_NEVER_SAVED = "restored a message its worker took but never saved"  # broker_guard's log
 

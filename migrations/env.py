@@ -1,12 +1,13 @@
-"""Alembic environment: the URL comes from DATABASE_URL, the schema from syncqueue_tasks.models."""
+"""Alembic environment: the URL comes from DATABASE_URL, the schema from
+syncqueue_tasks.store.models."""
 
 from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from syncqueue_tasks.models import Base
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

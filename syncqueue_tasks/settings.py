@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
-from syncqueue_tasks.errors import ConfigurationError
+from syncqueue_tasks.core.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@localhost:5432/postgres"
 

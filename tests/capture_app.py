@@ -36,12 +36,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from syncqueue_tasks import batch, capture
+from syncqueue_tasks import capture
 from syncqueue_tasks.capture import registry, triggers
 from syncqueue_tasks.capture.registry import Tracked
 from syncqueue_tasks.capture.values import to_json
-from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.celery import batch
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store.db import get_engine
 from syncqueue_tasks.writers.loading import load_writer
 
 WORKBOOK = "syncqueue_tasks.writers.workbook:create_writer"

@@ -34,8 +34,8 @@ from dbutil import (
 )
 from redis import Redis
 
-from syncqueue_tasks.db import dispose_engine
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store.db import dispose_engine
 
 pytest_plugins = ("celery.contrib.pytest",)
 
@@ -128,7 +128,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture
 def celery_app() -> Celery:
     """Celery's pytest fixtures run the package's own app (configured by celeryconfig)."""
-    from syncqueue_tasks.celery_app import app
+    from syncqueue_tasks.celery.app import app
 
     return app
 

@@ -9,8 +9,8 @@ import psycopg
 from alembic.config import Config
 from sqlalchemy import text
 
-from syncqueue_tasks.db import dispose_engine, get_engine
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store.db import dispose_engine, get_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_URL = os.environ.get(

@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from syncqueue_tasks.errors import EnqueueError, ValidationError
-    from syncqueue_tasks.tasks import enqueue_change, enqueue_changes
+    from syncqueue_tasks.celery.tasks import enqueue_change, enqueue_changes
+    from syncqueue_tasks.core.errors import EnqueueError, ValidationError
 
     rng = random.Random(args.seed)
     seq: dict[str, int] = {}

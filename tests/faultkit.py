@@ -37,8 +37,8 @@ from processes import ROOT, TESTS, CeleryProcess, child_env, worker_args
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncqueue_tasks import queue
-from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.db import get_engine
 
 PRODUCER = TESTS / "fault_producer.py"
 

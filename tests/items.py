@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from syncqueue_tasks.models import QueueItem, SyncAction
-from syncqueue_tasks.outcomes import Outcome, OutcomeKind
-from syncqueue_tasks.records import RecordKey, RecordState, record_write
+from syncqueue_tasks.core.items import QueueItem, SyncAction
+from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.core.records import RecordKey, RecordState, record_write
 
 _seq = itertools.count()
 

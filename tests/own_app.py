@@ -8,7 +8,7 @@ import os
 
 from celery import Celery
 
-from syncqueue_tasks.celery_setup import configure
+from syncqueue_tasks.celery.setup import configure
 
 #: Not the test run's CELERY_QUEUE (the package app's queue), but named after it, so the
 #: test session's broker purge removes it too.
@@ -19,7 +19,7 @@ QUEUE = f"{os.environ['CELERY_QUEUE']}_own"
 app = Celery(
     "own_app",
     broker=os.environ["CELERY_BROKER_URL"],
-    include=["syncqueue_tasks.tasks"],
+    include=["syncqueue_tasks.celery.tasks"],
     set_as_current=False,
 )
 app.conf.task_ignore_result = True

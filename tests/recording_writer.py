@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 
-from syncqueue_tasks.records import RecordKey, RecordWrite
+from syncqueue_tasks.core.records import RecordKey, RecordWrite
 from syncqueue_tasks.writers.base import Outcome
 from syncqueue_tasks.writers.jsonl import JsonLinesWriter, append_lines, create_writer, line
 

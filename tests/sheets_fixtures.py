@@ -21,7 +21,7 @@ from items import Feeder
 from redis import Redis
 from sheets_helpers import HEADER, SID, MakeWriter
 
-from syncqueue_tasks.records import RecordKey
+from syncqueue_tasks.core.records import RecordKey
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 

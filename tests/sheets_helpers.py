@@ -7,8 +7,8 @@ from typing import Any
 
 from fake_sheets import FakeSheets
 
-from syncqueue_tasks.models import QueueItem
-from syncqueue_tasks.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.core.items import QueueItem
+from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
 
 SID = "sheet-test"
 HEADER = ["id", "name", "status"]

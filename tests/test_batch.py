@@ -9,8 +9,9 @@ import openpyxl
 import pytest
 from dbutil import assert_records_consistent, count_rows
 
-from syncqueue_tasks import batch, queue
-from syncqueue_tasks.records import RecordKey, RecordWrite
+from syncqueue_tasks.celery import batch
+from syncqueue_tasks.core.records import RecordKey, RecordWrite
+from syncqueue_tasks.store import queue
 from syncqueue_tasks.writers.base import Outcome
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 

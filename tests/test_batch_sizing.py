@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 import pytest
 from dbutil import count_rows
 
-from syncqueue_tasks import batch, queue
-from syncqueue_tasks.outcomes import Outcome
-from syncqueue_tasks.records import RecordKey, RecordWrite
+from syncqueue_tasks.celery import batch
+from syncqueue_tasks.core.outcomes import Outcome
+from syncqueue_tasks.core.records import RecordKey, RecordWrite
+from syncqueue_tasks.store import queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 

@@ -26,11 +26,11 @@ from faultkit import RabbitVhost
 from kombu import Connection, Exchange, Queue
 from redis import Redis
 
-from syncqueue_tasks.embedded import EmbeddedRedis
+from syncqueue_tasks.local.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.system
 
-GUARDED = "syncqueue_tasks.broker_guard:GuardedRedisTransport"
+GUARDED = "syncqueue_tasks.celery.broker_guard:GuardedRedisTransport"
 OPTIONS = {"priority_steps": [0], "visibility_timeout": 1}
 
 # Consume one message from argv[3] on argv[1] (transport argv[2]); die as soon as the client

@@ -24,13 +24,13 @@ from redis import Redis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from syncqueue_tasks.celery_app import app
-from syncqueue_tasks.db import dispose_engine, get_engine
-from syncqueue_tasks.embedded import EmbeddedRedis
-from syncqueue_tasks.errors import ValidationError
-from syncqueue_tasks.invalid_messages import discard_invalid, list_invalid, retry_invalid
+from syncqueue_tasks.celery.app import app
+from syncqueue_tasks.celery.invalid_messages import discard_invalid, list_invalid, retry_invalid
+from syncqueue_tasks.celery.tasks import enqueue_change, enqueue_changes
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.local.embedded import EmbeddedRedis
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.tasks import enqueue_change, enqueue_changes
+from syncqueue_tasks.store.db import dispose_engine, get_engine
 
 pytestmark = [pytest.mark.system, pytest.mark.usefixtures("db")]
 

@@ -28,11 +28,12 @@ from click.testing import CliRunner
 from items import Feeder
 from sqlalchemy import insert, text
 
-from syncqueue_tasks import capture, queue
+from syncqueue_tasks import capture
 from syncqueue_tasks.capture import registry
-from syncqueue_tasks.cli import main
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.models import QueueItem, SyncAction
+from syncqueue_tasks.core.items import QueueItem, SyncAction
+from syncqueue_tasks.ops.cli import main
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.db import get_engine
 from syncqueue_tasks.writers.loading import load_writer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("app")]

@@ -91,7 +91,7 @@ def test_a_flush_with_no_changed_tracked_field_enqueues_nothing() -> None:
 
 
 def test_changes_of_one_flush_are_one_enqueue_many_call(monkeypatch: pytest.MonkeyPatch) -> None:
-    from syncqueue_tasks import queue
+    from syncqueue_tasks.store import queue
 
     calls: list[int] = []
     real = queue.enqueue_many
@@ -178,7 +178,7 @@ def test_objects_deleted_after_a_commit_expired_them_are_deleted_by_key(
 
 
 def test_a_value_the_table_refuses_fails_the_flush_naming_the_field() -> None:
-    from syncqueue_tasks.errors import ValidationError
+    from syncqueue_tasks.core.errors import ValidationError
 
     with session() as s:
         s.add(Operator(code="c", name="n", tags={1: "a JSON column stores this key as '1'"}))
@@ -191,7 +191,7 @@ def test_a_value_the_table_refuses_fails_the_flush_naming_the_field() -> None:
 
 
 def test_track_refuses_what_it_cannot_capture_before_tracking() -> None:
-    from syncqueue_tasks.errors import ValidationError
+    from syncqueue_tasks.core.errors import ValidationError
 
     capture.untrack(Request)
     with pytest.raises(ValidationError, match=r"Request\.secret: binary values"):

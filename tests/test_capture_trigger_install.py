@@ -8,10 +8,10 @@ from click.testing import CliRunner, Result
 from sqlalchemy import text
 
 from syncqueue_tasks.capture import CaptureError, trigger_sql, triggers
-from syncqueue_tasks.cli import main
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.doctor import check_capture_triggers
-from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.ops.cli import main
+from syncqueue_tasks.ops.doctor import check_capture_triggers
+from syncqueue_tasks.store.db import get_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("trigger_app")]
 

@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from syncqueue_tasks import capture
 from syncqueue_tasks.capture import triggers
-from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.store.db import get_engine
 
 
 class ValueBase(DeclarativeBase):

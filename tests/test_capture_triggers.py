@@ -26,10 +26,11 @@ from capture_app import (
 from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError
 
-from syncqueue_tasks import capture, queue
+from syncqueue_tasks import capture
 from syncqueue_tasks.capture import triggers
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.ids import is_valid_id
+from syncqueue_tasks.core.ids import is_valid_id
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.db import get_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("trigger_app")]
 _SERIES = "SELECT 'op' || i, 'n' FROM generate_series(1, {n}) AS i"  # operators op1, op2, ...
@@ -257,7 +258,7 @@ def test_record_ids_a_sheet_could_not_read_back_fail_the_statement() -> None:
 def test_a_table_captured_by_triggers_is_backfilled_by_its_model_name(trigger_app: Path) -> None:  # noqa: F811
     from click.testing import CliRunner
 
-    from syncqueue_tasks.cli import main
+    from syncqueue_tasks.ops.cli import main
 
     with psycopg.connect(_libpq_url()) as raw:  # rows from before the capture
         raw.execute("SET LOCAL syncqueue.capture = 'off'")

@@ -13,8 +13,8 @@ from sqlalchemy import JSON, Date, Interval, LargeBinary, Numeric, String
 from sqlalchemy.types import UserDefinedType
 
 from syncqueue_tasks.capture.values import MAX_EXACT_INT, check_column_type, to_json
-from syncqueue_tasks.errors import ValidationError
-from syncqueue_tasks.validation import validate_change
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.core.validation import validate_change
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.unit
 
 PROBE = """
 from celery import Celery
-from syncqueue_tasks import celery_setup, tasks
-from syncqueue_tasks.celery_app import app as package_app
+from syncqueue_tasks.celery import setup as celery_setup, tasks
+from syncqueue_tasks.celery.app import app as package_app
 
 own = Celery("project")
 own.config_from_object("celeryconfig")  # the project's own module

@@ -23,20 +23,21 @@ from hypothesis import strategies as st
 from processes import ROOT, celery_worker, child_env
 from sqlalchemy import text
 
-from syncqueue_tasks import queue, runstate, schema
-from syncqueue_tasks.cli import main
-from syncqueue_tasks.db import dispose_engine, get_engine
-from syncqueue_tasks.embedded import free_port
-from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.core.validation import validate_change
+from syncqueue_tasks.local import runstate
+from syncqueue_tasks.local.embedded import free_port
+from syncqueue_tasks.ops.cli import main
 from syncqueue_tasks.redis_client import get_redis
 from syncqueue_tasks.redis_client import key as redis_key
-from syncqueue_tasks.schema import head_revisions
 from syncqueue_tasks.settings import DEFAULT_DATABASE_URL, get_settings
-from syncqueue_tasks.validation import validate_change
+from syncqueue_tasks.store import queue, schema
+from syncqueue_tasks.store.db import dispose_engine, get_engine
+from syncqueue_tasks.store.schema import head_revisions
 
 pytestmark = pytest.mark.timeout(120)
 
-CLI = [sys.executable, "-m", "syncqueue_tasks.cli"]
+CLI = [sys.executable, "-m", "syncqueue_tasks.ops.cli"]
 
 HEAD = head_revisions()[0]  # the newest migration
 SECRET = "s3cret-payload-value"
@@ -519,7 +520,7 @@ def test_record_shows_the_synced_state_and_the_changes(db: None) -> None:
 def test_invalid_lists_retries_and_discards_kept_broker_messages(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from syncqueue_tasks.invalid_messages import keep, list_invalid
+    from syncqueue_tasks.celery.invalid_messages import keep, list_invalid
 
     # What a worker keeps (see test_broker_reliability): a model it did not know, and a
     # message sent by hand without the model argument.

@@ -696,7 +696,7 @@ def test_env_example_mentions_every_setting_the_code_reads() -> None:
     text = ENV_EXAMPLE.read_text()
     read: set[str] = set()
     for path in (
-        ROOT / "syncqueue_tasks" / "celery_config.py",
+        ROOT / "syncqueue_tasks" / "celery" / "config.py",
         ROOT / "syncqueue_tasks" / "settings.py",
     ):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -791,7 +791,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     for path in (
         "pyproject.toml",
         "celeryconfig.py",
-        "syncqueue_tasks/tasks.py",
+        "syncqueue_tasks/celery/tasks.py",
         "migrations/env.py",
         "alembic.ini",
         "README.md",

@@ -13,14 +13,15 @@ import pytest
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from syncqueue_tasks import metrics, queue
 from syncqueue_tasks.dashboard import rates
 from syncqueue_tasks.dashboard.app import DashboardConfig, create_app
 from syncqueue_tasks.dashboard.auth import LOGIN_FAILURES_ALLOWED
 from syncqueue_tasks.dashboard.guard import COOKIE
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.queue import Failure
+from syncqueue_tasks.ops import metrics
 from syncqueue_tasks.redis_client import get_redis, key
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.db import get_engine
+from syncqueue_tasks.store.queue import Failure
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -413,8 +414,8 @@ def test_sheet_page_shows_the_latest_verify_without_values(
     kind and the findings by record id and field, never a value."""
     from openpyxl import load_workbook
 
-    from syncqueue_tasks import batch
-    from syncqueue_tasks.verify import verify
+    from syncqueue_tasks.celery import batch
+    from syncqueue_tasks.celery.verify import verify
     from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 
     get_redis().delete(key("verify"))  # no result left by another test

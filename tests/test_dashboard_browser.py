@@ -22,7 +22,7 @@ from processes import celery_worker
 from test_dashboard import park_failed, statuses
 from test_dashboard_cli import dashboard_process
 
-from syncqueue_tasks import queue
+from syncqueue_tasks.store import queue
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 

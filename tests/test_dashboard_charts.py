@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from syncqueue_tasks import metrics
 from syncqueue_tasks.dashboard import charts, rates
+from syncqueue_tasks.ops import metrics
 from syncqueue_tasks.redis_client import get_redis, key
 
 

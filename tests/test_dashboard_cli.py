@@ -21,14 +21,14 @@ import pytest
 from processes import ROOT, child_env
 from test_run import Run
 
-from syncqueue_tasks import runstate
 from syncqueue_tasks.dashboard.auth import LOGIN_FAILURES_ALLOWED
-from syncqueue_tasks.embedded import free_port
-from syncqueue_tasks.supervise import group_members
+from syncqueue_tasks.local import runstate
+from syncqueue_tasks.local.embedded import free_port
+from syncqueue_tasks.local.supervise import group_members
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
-CLI = [sys.executable, "-m", "syncqueue_tasks.cli"]
+CLI = [sys.executable, "-m", "syncqueue_tasks.ops.cli"]
 LISTENING = re.compile(r"Dashboard on (http://127\.0\.0\.1:\d+/)")
 GENERATED = re.compile(r"Password \(generated for this run; [^)]*\): (\S+)")
 

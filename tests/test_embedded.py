@@ -18,7 +18,7 @@ import pytest
 import redis
 from kombu import Connection
 
-from syncqueue_tasks.embedded import (
+from syncqueue_tasks.local.embedded import (
     PG_SYSTEM_USER,
     REDIS_DISABLED_COMMANDS,
     EmbeddedPostgres,
@@ -247,7 +247,7 @@ def test_atexit_stops_what_the_process_started(tmp_path: Path) -> None:
         f"""
         import json
         from pathlib import Path
-        from syncqueue_tasks.embedded import EmbeddedPostgres, EmbeddedRedis
+        from syncqueue_tasks.local.embedded import EmbeddedPostgres, EmbeddedRedis
         pg = EmbeddedPostgres(Path({str(tmp_path / "pgdata")!r}))
         pg.start()
         r = EmbeddedRedis()

@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from syncqueue_tasks import queue
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.errors import MAX_ERROR_LENGTH, sanitize_error
-from syncqueue_tasks.models import QueueItem, QueueStatus
-from syncqueue_tasks.records import RecordWrite
+from syncqueue_tasks.core.errors import MAX_ERROR_LENGTH, sanitize_error
+from syncqueue_tasks.core.items import QueueItem, QueueStatus
+from syncqueue_tasks.core.records import RecordWrite
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.db import get_engine
 
 DB_PASSWORD = "s3cr3t-Pa55w0rd"
 REDIS_PASSWORD = "r3d1s-Pa55w0rd"
@@ -330,7 +330,8 @@ class _LeakyWriter:
 def test_logged_errors_contain_no_secret(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from syncqueue_tasks import batch, counters  # imported here: batch is a heavier module
+    from syncqueue_tasks import counters
+    from syncqueue_tasks.celery import batch  # imported here: batch is a heavier module
 
     monkeypatch.setattr(counters, "record_outcomes", lambda **_: None)  # no Redis in tests
     caplog.set_level(logging.DEBUG)

@@ -63,14 +63,14 @@ from processes import CeleryProcess, celery_worker, child_env
 from redis import Redis
 from sqlalchemy import Engine, text
 
-from syncqueue_tasks import batch
-from syncqueue_tasks.celery_app import app
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from syncqueue_tasks.errors import ValidationError
-from syncqueue_tasks.ids import is_valid_id, new_id
+from syncqueue_tasks.celery import batch
+from syncqueue_tasks.celery.app import app
+from syncqueue_tasks.celery.tasks import enqueue_change, enqueue_changes, process_batch
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.core.ids import is_valid_id, new_id
+from syncqueue_tasks.local.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch
+from syncqueue_tasks.store.db import get_engine
 
 pytestmark = [pytest.mark.system, pytest.mark.usefixtures("db"), pytest.mark.timeout(150)]
 
@@ -296,7 +296,7 @@ def report(acc: Accounting, **extra: object) -> None:
 
 _DELAY_ONCE = """
 import json, sys
-from syncqueue_tasks.tasks import enqueue_change
+from syncqueue_tasks.celery.tasks import enqueue_change
 action, model, record_id, payload = json.loads(sys.argv[1])
 print(json.dumps({"id": enqueue_change.delay(action, model, record_id, payload).id}))
 """
@@ -528,8 +528,8 @@ def test_malformed_messages_are_rejected_logged_once_and_the_worker_stays_alive(
 
 # Messages of the wrong shape, published through kombu. Celery or kombu raised on each of them:
 # the worker stopped, its consumer looped, or its only pool slot stayed taken and nothing behind
-# the message ran. GuardedConsumer (syncqueue_tasks.consumer) and the guarded Redis transport
-# (syncqueue_tasks.broker_guard) now reject them before that.
+# the message ran. GuardedConsumer (syncqueue_tasks.celery.consumer) and the guarded Redis transport
+# (syncqueue_tasks.celery.broker_guard) now reject them before that.
 POISON = {
     "body-a-mapping": (b'{"MARK": 1}', {}),
     "body-a-number": (b"12", {}),

@@ -25,8 +25,8 @@ from dbutil import ROOT, alembic_config, create_database, drop_database
 from sqlalchemy import Column, Connection, Engine, Integer, MetaData, create_engine, text
 from sqlalchemy.pool import NullPool
 
-from syncqueue_tasks import sql
-from syncqueue_tasks.models import Base
+from syncqueue_tasks.store import sql
+from syncqueue_tasks.store.models import Base
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ from processes import celery_worker
 from redis import Redis
 from test_tasks import read_written, wait_for
 
-from syncqueue_tasks.celery_setup import TASK_MODULES, configure
-from syncqueue_tasks.ids import new_id
+from syncqueue_tasks.celery.setup import TASK_MODULES, configure
+from syncqueue_tasks.celery.tasks import enqueue_change, enqueue_changes
+from syncqueue_tasks.core.ids import new_id
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.tasks import enqueue_change, enqueue_changes
 
 pytestmark = [pytest.mark.usefixtures("db"), pytest.mark.system]
 
@@ -87,8 +87,8 @@ def test_configure_sets_what_the_tasks_need_and_keeps_what_the_user_set(
     )
     configure(app, queue="sync")
     conf = app.conf
-    assert conf.worker_consumer == "syncqueue_tasks.consumer:GuardedConsumer"
-    assert conf.broker_transport == "syncqueue_tasks.broker_guard:GuardedRedisTransport"
+    assert conf.worker_consumer == "syncqueue_tasks.celery.consumer:GuardedConsumer"
+    assert conf.broker_transport == "syncqueue_tasks.celery.broker_guard:GuardedRedisTransport"
     assert conf.worker_prefetch_multiplier == 8
     assert conf.broker_transport_options["visibility_timeout"] == 999
     assert conf.broker_transport_options["priority_steps"] == [0]

@@ -13,13 +13,13 @@ import pytest
 from dbutil import create_database, drop_database
 from processes import ROOT
 
-from syncqueue_tasks import schema
+from syncqueue_tasks.store import schema
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
 SHOW_ORIGIN = (
     "import sys, syncqueue_tasks; print(syncqueue_tasks.__file__, file=sys.stderr); "
-    "from syncqueue_tasks.cli import main; main()"
+    "from syncqueue_tasks.ops.cli import main; main()"
 )
 
 

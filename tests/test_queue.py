@@ -10,13 +10,14 @@ from dbutil import assert_records_consistent, count_rows
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
-from syncqueue_tasks import queue
-from syncqueue_tasks.db import get_autocommit_engine, get_engine
-from syncqueue_tasks.ids import new_id
-from syncqueue_tasks.models import QueueStatus, SyncAction, SyncQueue
-from syncqueue_tasks.outcomes import Outcome
-from syncqueue_tasks.records import fold
+from syncqueue_tasks.core.ids import new_id
+from syncqueue_tasks.core.items import QueueStatus, SyncAction
+from syncqueue_tasks.core.outcomes import Outcome
+from syncqueue_tasks.core.records import fold
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.db import get_autocommit_engine, get_engine
+from syncqueue_tasks.store.models import SyncQueue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 

@@ -18,11 +18,11 @@ from dbutil import assert_records_consistent, count_rows
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from syncqueue_tasks import queue, sql
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.ids import new_id
-from syncqueue_tasks.outcomes import Outcome
-from syncqueue_tasks.records import fold
+from syncqueue_tasks.core.ids import new_id
+from syncqueue_tasks.core.outcomes import Outcome
+from syncqueue_tasks.core.records import fold
+from syncqueue_tasks.store import queue, sql
+from syncqueue_tasks.store.db import get_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from items import item
 
-from syncqueue_tasks import queue
-from syncqueue_tasks.ids import new_id
-from syncqueue_tasks.models import QueueItem, SyncAction
-from syncqueue_tasks.outcomes import Outcome
-from syncqueue_tasks.records import RecordKey, RecordState, fold, record_write
+from syncqueue_tasks.core.ids import new_id
+from syncqueue_tasks.core.items import QueueItem, SyncAction
+from syncqueue_tasks.core.outcomes import Outcome
+from syncqueue_tasks.core.records import RecordKey, RecordState, fold, record_write
+from syncqueue_tasks.store import queue
 from syncqueue_tasks.writers.rules import RowAction, plan_row
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 

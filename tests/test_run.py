@@ -28,16 +28,18 @@ import pytest
 import redis
 from processes import child_env
 
-from syncqueue_tasks import runstate
-from syncqueue_tasks.embedded import PG_SYSTEM_USER, free_port
-from syncqueue_tasks.schema import head_revisions
-from syncqueue_tasks.stack import Stack, StackError, StackOptions
-from syncqueue_tasks.supervise import Child, RestartPolicy
+from syncqueue_tasks.local import runstate
+from syncqueue_tasks.local.embedded import PG_SYSTEM_USER, free_port
+from syncqueue_tasks.local.supervise import Child, RestartPolicy
+from syncqueue_tasks.ops.stack import Stack, StackError, StackOptions
+from syncqueue_tasks.store.schema import head_revisions
 
 pytestmark = pytest.mark.timeout(240)
 
 _SCRIPT = Path(sys.executable).parent / "syncqueue"
-SYNCQUEUE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "syncqueue_tasks.cli"]
+SYNCQUEUE = (
+    [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "syncqueue_tasks.ops.cli"]
+)
 _UNSET = (
     "DATABASE_URL", "CELERY_BROKER_URL", "SYNCQUEUE_REDIS_URL", "SYNCQUEUE_WRITER",
     "SYNCQUEUE_JSONL_PATH", "SYNCQUEUE_WORKBOOK_PATH", "CELERY_BEAT_SCHEDULE_FILE",

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from syncqueue_tasks.errors import ConfigurationError
+from syncqueue_tasks.core.errors import ConfigurationError
 from syncqueue_tasks.settings import get_settings
 
 pytestmark = pytest.mark.unit

@@ -25,13 +25,13 @@ from dbutil import count_rows
 from fake_sheets import WRITE_KINDS, FakeSheets, Formula
 from sqlalchemy import text
 
-from syncqueue_tasks import batch as batch_module
-from syncqueue_tasks.celery_app import app as celery_app
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.records import RecordKey, RecordWrite
+from syncqueue_tasks.celery import batch as batch_module
+from syncqueue_tasks.celery.app import app as celery_app
+from syncqueue_tasks.celery.tasks import enqueue_change, enqueue_changes, process_batch
+from syncqueue_tasks.core.records import RecordKey, RecordWrite
 from syncqueue_tasks.redis_client import get_redis, key
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch
+from syncqueue_tasks.store.db import get_engine
 from syncqueue_tasks.writers import loading
 from syncqueue_tasks.writers.base import Outcome
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning

@@ -16,13 +16,14 @@ import pytest
 from fake_sheets import FakeSheets
 from sheets_helpers import SID
 
-from syncqueue_tasks import batch, queue
+from syncqueue_tasks.celery import batch
+from syncqueue_tasks.celery.verify import verify
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.synced import synced_states
-from syncqueue_tasks.verify import verify
-from syncqueue_tasks.verify_compare import same
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.synced import synced_states
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 from syncqueue_tasks.writers.sheets.cells import encode, id_key
+from syncqueue_tasks.writers.verify_compare import same
 
 pytest_plugins = ["sheets_fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]

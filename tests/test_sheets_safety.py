@@ -15,8 +15,8 @@ from items import item
 from redis import Redis
 from sheets_helpers import SID, MakeWriter, all_done, seed
 
-from syncqueue_tasks import metrics
-from syncqueue_tasks.outcomes import OutcomeKind
+from syncqueue_tasks.core.outcomes import OutcomeKind
+from syncqueue_tasks.ops import metrics
 from syncqueue_tasks.writers.flow import SpreadsheetLock
 
 pytest_plugins = ["sheets_fixtures"]

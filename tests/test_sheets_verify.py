@@ -15,10 +15,12 @@ from fake_sheets import FakeSheets
 from redis import Redis
 from sheets_helpers import SID
 
-from syncqueue_tasks import batch, metrics, queue
-from syncqueue_tasks.cli import main
+from syncqueue_tasks.celery import batch
+from syncqueue_tasks.celery.verify import last_result, verify
+from syncqueue_tasks.ops import metrics
+from syncqueue_tasks.ops.cli import main
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.verify import last_result, verify
+from syncqueue_tasks.store import queue
 from syncqueue_tasks.writers import loading
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 
@@ -186,7 +188,7 @@ def _forget_default_keys() -> None:
 def test_doctor_reports_how_full_the_spreadsheet_is(
     fake: FakeSheets, env: pytest.MonkeyPatch
 ) -> None:
-    from syncqueue_tasks.doctor import check_sheet
+    from syncqueue_tasks.ops.doctor import check_sheet
 
     try:
         check = check_sheet()
@@ -224,7 +226,7 @@ def test_a_beat_entry_runs_verify_only_when_configured() -> None:
     assert entry() is None  # off by default
     assert entry(SYNCQUEUE_VERIFY_EVERY="3600") == ["syncqueue.verify", 3600.0, {"repair": False}]
     assert entry(SYNCQUEUE_VERIFY_EVERY="60", SYNCQUEUE_VERIFY_REPAIR="true")[2] == {"repair": True}
-    from syncqueue_tasks.celery_app import app
+    from syncqueue_tasks.celery.app import app
 
     app.loader.import_default_modules()
     assert "syncqueue.verify" in app.tasks

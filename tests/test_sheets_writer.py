@@ -13,7 +13,7 @@ from fake_sheets import READ_KINDS, WRITE_KINDS, FakeSheets, Formula
 from items import item
 from sheets_helpers import SID, MakeWriter, all_done, kinds, seed, write_until_done
 
-from syncqueue_tasks import metrics
+from syncqueue_tasks.ops import metrics
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.base import OutcomeKind, Writer
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning, create_writer

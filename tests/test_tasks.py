@@ -13,10 +13,10 @@ from dbutil import count_rows
 from processes import celery_beat, celery_worker, child_env
 from sqlalchemy import text
 
-from syncqueue_tasks import queue
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.errors import ValidationError
-from syncqueue_tasks.tasks import enqueue_change, enqueue_changes, process_batch, reset_stuck
+from syncqueue_tasks.celery.tasks import enqueue_change, enqueue_changes, process_batch, reset_stuck
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.db import get_engine
 
 pytestmark = [pytest.mark.system, pytest.mark.usefixtures("db")]
 
@@ -86,8 +86,8 @@ def test_bad_input_raises_in_the_caller_before_anything_is_published() -> None:
 
 _DELAY_SCRIPT = """
 import json, sys, time
-from syncqueue_tasks.tasks import enqueue_change
-from syncqueue_tasks.errors import EnqueueError
+from syncqueue_tasks.celery.tasks import enqueue_change
+from syncqueue_tasks.core.errors import EnqueueError
 timings, ids, error = [], [], None
 for n in range(5):
     start = time.perf_counter()
@@ -286,7 +286,7 @@ def test_a_real_beat_makes_a_worker_process_the_queue(tmp_path: Path) -> None:
     }
     # Stored without .delay(): no kick; and no message of earlier tests left on the queue.
     # So only beat can get it processed.
-    from syncqueue_tasks.celery_app import app
+    from syncqueue_tasks.celery.app import app
 
     app.control.purge()
     queue.enqueue("CREATE", "Operator", "op-1", {"name": "Bo"})

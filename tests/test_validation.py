@@ -1,6 +1,6 @@
 """Input validation of the queue's public functions, against the real PostgreSQL.
 
-Every bad input must raise ``syncqueue_tasks.errors.ValidationError`` (a ``ValueError``) whose
+Every bad input must raise ``syncqueue_tasks.core.errors.ValidationError`` (a ``ValueError``) whose
 message starts with the field's name, and must store nothing. Example-based tests pin each
 rule; property-based tests throw random (mostly wrong) arguments at ``enqueue`` and
 ``enqueue_many`` and check that each call either stores exactly the given rows or raises
@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from syncqueue_tasks import queue
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.errors import ValidationError
-from syncqueue_tasks.ids import new_id
-from syncqueue_tasks.models import SyncAction
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.core.ids import new_id
+from syncqueue_tasks.core.items import SyncAction
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.store.db import get_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 

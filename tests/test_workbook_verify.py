@@ -8,8 +8,9 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from syncqueue_tasks import batch, queue
-from syncqueue_tasks.verify import verify
+from syncqueue_tasks.celery import batch
+from syncqueue_tasks.celery.verify import verify
+from syncqueue_tasks.store import queue
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]

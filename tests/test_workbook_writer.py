@@ -347,10 +347,10 @@ _CHILD = """
 import sys
 from datetime import UTC, datetime
 import uuid
-from syncqueue_tasks.models import QueueItem, SyncAction
+from syncqueue_tasks.core.items import QueueItem, SyncAction
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 
-from syncqueue_tasks.records import RecordKey, RecordState, record_write
+from syncqueue_tasks.core.records import RecordKey, RecordState, record_write
 
 w = LocalWorkbookWriter(sys.argv[1])
 size = int(sys.argv[3])

@@ -41,7 +41,7 @@ NEW_ID = r"""
 CREATE FUNCTION syncqueue_new_id() RETURNS text
 LANGUAGE plpgsql VOLATILE AS $$
 -- 26 Crockford base32 characters: 10 for the Unix time in milliseconds, 2 for the
--- microseconds within it, 14 random (the layout of syncqueue_tasks.ids.new_id). Ids made in
+-- microseconds within it, 14 random (the layout of syncqueue_tasks.core.ids.new_id). Ids made in
 -- one session increase: one not above the session's previous id is that id plus one.
 DECLARE
     alphabet constant text := '0123456789ABCDEFGHJKMNPQRSTVWXYZ';

@@ -23,15 +23,15 @@ from typing import Any
 from sqlalchemy import Engine, cast, func, literal, select
 from sqlalchemy.orm import Session
 
-from syncqueue_tasks import sql
 from syncqueue_tasks.capture import changes, registry, resume
 from syncqueue_tasks.capture.errors import CaptureError
 from syncqueue_tasks.capture.progress import Progress
 from syncqueue_tasks.capture.registry import Tracked
 from syncqueue_tasks.capture.values import to_json
-from syncqueue_tasks.records import RecordState
+from syncqueue_tasks.core.records import RecordState
+from syncqueue_tasks.core.validation import validate_limit
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.validation import validate_limit
+from syncqueue_tasks.store import sql
 
 MAX_BATCH = 1000
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from syncqueue_tasks import queue
 from syncqueue_tasks.capture.registry import Tracked
 from syncqueue_tasks.capture.values import to_json
-from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.store import queue
 
 Change = dict[str, Any]
 

@@ -1,6 +1,6 @@
 """``syncqueue backfill`` and ``syncqueue capture add|list|remove|upgrade``.
 
-``register(group)`` adds them to the ``syncqueue`` group (``syncqueue_tasks.cli`` calls it, and
+``register(group)`` adds them to the ``syncqueue`` group (``syncqueue_tasks.ops.cli`` calls it, and
 turns ``CaptureError``, ``ValidationError`` and database errors into one ``Error:`` line);
 this module imports nothing from it.
 """
@@ -18,7 +18,7 @@ from syncqueue_tasks.capture.errors import CaptureError
 from syncqueue_tasks.capture.progress import ProgressPrinter
 from syncqueue_tasks.capture.registry import Tracked
 from syncqueue_tasks.capture.tables import table_source
-from syncqueue_tasks.db import get_engine
+from syncqueue_tasks.store.db import get_engine
 
 
 @click.command()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from syncqueue_tasks.errors import SyncQueueError
+from syncqueue_tasks.core.errors import SyncQueueError
 
 
 class CaptureError(SyncQueueError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from syncqueue_tasks.capture.values import BINARY_REFUSED, MAX_EXACT_INT, unsupported
-from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.core.errors import ValidationError
 
 JSON_FUNCTION = "syncqueue_capture_json"  # the helper converting json/jsonb values (triggers)
 

@@ -26,7 +26,7 @@ from syncqueue_tasks.capture.registry import Tracked, check_model
 from syncqueue_tasks.capture.sqlvalues import ColumnType
 from syncqueue_tasks.capture.tables import table_source
 from syncqueue_tasks.capture.trigger_sql import TRIGGERS, VERSION, TriggerSpec
-from syncqueue_tasks.errors import SyncQueueError
+from syncqueue_tasks.core.errors import SyncQueueError
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ from typing import Any
 
 from sqlalchemy.types import TypeEngine
 
-from syncqueue_tasks.errors import ValidationError
+from syncqueue_tasks.core.errors import ValidationError
 
 MAX_EXACT_INT = 2**53 - 1  # the largest integer a double (a sheet's number) holds exactly
 _FLOAT_EXACT_LIMIT = 1e16  # the queue refuses floats this large (JSONB would print them as ints)

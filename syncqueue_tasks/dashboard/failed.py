@@ -19,12 +19,12 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from syncqueue_tasks import queue
+from syncqueue_tasks.core.errors import ValidationError, sanitize_error
+from syncqueue_tasks.core.validation import validate_item_id
 from syncqueue_tasks.dashboard import queries
 from syncqueue_tasks.dashboard.guard import form_text, refuse, session_of
 from syncqueue_tasks.dashboard.templating import notify, render
-from syncqueue_tasks.errors import ValidationError, sanitize_error
-from syncqueue_tasks.validation import validate_item_id
+from syncqueue_tasks.store import queue
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,6 @@ def _back(model: str | None) -> Response:
 
 def _kick() -> None:
     """Ask a worker to process the queue soon (best effort; beat does it anyway)."""
-    from syncqueue_tasks.tasks import kick
+    from syncqueue_tasks.celery.tasks import kick
 
     kick()

@@ -17,15 +17,15 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from syncqueue_tasks import queue
+from syncqueue_tasks.celery.verify import last_result
 from syncqueue_tasks.counters import read_counters
 from syncqueue_tasks.dashboard import charts, queries, rates
 from syncqueue_tasks.dashboard.auth import password_matches
 from syncqueue_tasks.dashboard.guard import form_text
 from syncqueue_tasks.dashboard.templating import render
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.verify import last_result
-from syncqueue_tasks.verify_compare import Kind
+from syncqueue_tasks.store import queue
+from syncqueue_tasks.writers.verify_compare import Kind
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from datetime import datetime
 
 from sqlalchemy import text
 
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.errors import sanitize_error
-from syncqueue_tasks.queue import RecordChange
+from syncqueue_tasks.core.errors import sanitize_error
+from syncqueue_tasks.store.db import get_engine
+from syncqueue_tasks.store.queue import RecordChange
 
 # Per model: waiting changes (sync_record.pending, on ix_sync_record_pending) and when its
 # oldest waiting change was stored (each waiting record's oldest change, by primary key);

@@ -1,4 +1,4 @@
-"""Per-minute rates from the queue's Redis counters (``syncqueue_tasks.metrics``).
+"""Per-minute rates from the queue's Redis counters (``syncqueue_tasks.ops.metrics``).
 
 The counters (completed, retried, failed, writer requests, 429 answers) are totals that every
 worker process adds to. The dashboard samples them every ``SAMPLE_SECONDS`` and keeps the

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from syncqueue_tasks.outcomes import Outcome, OutcomeKind
-from syncqueue_tasks.records import RecordKey, RecordWrite
+from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.core.records import RecordKey, RecordWrite
 
 
 @runtime_checkable

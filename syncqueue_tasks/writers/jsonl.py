@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from syncqueue_tasks.errors import ConfigurationError
-from syncqueue_tasks.outcomes import Outcome
-from syncqueue_tasks.records import RecordKey, RecordWrite
+from syncqueue_tasks.core.errors import ConfigurationError
+from syncqueue_tasks.core.outcomes import Outcome
+from syncqueue_tasks.core.records import RecordKey, RecordWrite
 from syncqueue_tasks.settings import get_settings
 
 

@@ -10,7 +10,7 @@ import importlib
 import os
 import threading
 
-from syncqueue_tasks.errors import ConfigurationError
+from syncqueue_tasks.core.errors import ConfigurationError
 from syncqueue_tasks.settings import Settings, get_settings
 from syncqueue_tasks.writers.base import Writer
 

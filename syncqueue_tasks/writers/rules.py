@@ -22,8 +22,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncqueue_tasks.models import SyncAction
-from syncqueue_tasks.records import RecordWrite
+from syncqueue_tasks.core.items import SyncAction
+from syncqueue_tasks.core.records import RecordWrite
 
 DELETED_COLUMN = "_deleted"
 

@@ -28,12 +28,20 @@ from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
-from syncqueue_tasks.errors import ConfigurationError, sanitize_error
-from syncqueue_tasks.outcomes import Outcome, OutcomeKind
-from syncqueue_tasks.records import RecordKey, RecordWrite
+from syncqueue_tasks.core.errors import ConfigurationError, sanitize_error
+from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.core.records import RecordKey, RecordWrite
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.synced import SyncedRecord
-from syncqueue_tasks.verify_compare import (
+from syncqueue_tasks.store.synced import SyncedRecord
+from syncqueue_tasks.writers.rules import (
+    DELETED_COLUMN,
+    DeleteMode,
+    RowAction,
+    UnknownFields,
+    UpdateMissing,
+    plan_row,
+)
+from syncqueue_tasks.writers.verify_compare import (
     REPAIRABLE,
     Cells,
     Grid,
@@ -42,14 +50,6 @@ from syncqueue_tasks.verify_compare import (
     compare,
     restore_write,
     same,
-)
-from syncqueue_tasks.writers.rules import (
-    DELETED_COLUMN,
-    DeleteMode,
-    RowAction,
-    UnknownFields,
-    UpdateMissing,
-    plan_row,
 )
 
 MAX_CELL_CHARS = 32767  # Excel's limit for one cell's text

@@ -27,7 +27,7 @@ from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
 from syncqueue_tasks import counters
-from syncqueue_tasks.errors import ConfigurationError, sanitize_error
+from syncqueue_tasks.core.errors import ConfigurationError, sanitize_error
 
 GOOGLE_SHEETS_URL = "https://sheets.googleapis.com"
 SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)

@@ -21,9 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncqueue_tasks.records import RecordWrite
+from syncqueue_tasks.core.records import RecordWrite
 from syncqueue_tasks.settings import Settings
-from syncqueue_tasks.verify_compare import same
 from syncqueue_tasks.writers.rules import (
     DELETED_COLUMN,
     DeleteMode,
@@ -41,6 +40,7 @@ from syncqueue_tasks.writers.sheets.layout import (
     runs,
     trim,
 )
+from syncqueue_tasks.writers.verify_compare import same
 
 _TRUE = Cell({"boolValue": True}, True)
 

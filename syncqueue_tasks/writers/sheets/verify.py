@@ -19,19 +19,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from syncqueue_tasks.errors import SyncQueueError
-from syncqueue_tasks.records import RecordKey
-from syncqueue_tasks.synced import SyncedRecord
-from syncqueue_tasks.verify_compare import (
-    REPAIRABLE,
-    Cells,
-    Grid,
-    Kind,
-    ModelReport,
-    compare,
-    restore_write,
-    same,
-)
+from syncqueue_tasks.core.errors import SyncQueueError
+from syncqueue_tasks.core.records import RecordKey
+from syncqueue_tasks.store.synced import SyncedRecord
 from syncqueue_tasks.writers.flow import SpreadsheetLock
 from syncqueue_tasks.writers.sheets.cells import (
     CellTooLong,
@@ -42,6 +32,16 @@ from syncqueue_tasks.writers.sheets.cells import (
 )
 from syncqueue_tasks.writers.sheets.layout import grid
 from syncqueue_tasks.writers.sheets.plan import Job, record_size
+from syncqueue_tasks.writers.verify_compare import (
+    REPAIRABLE,
+    Cells,
+    Grid,
+    Kind,
+    ModelReport,
+    compare,
+    restore_write,
+    same,
+)
 
 if TYPE_CHECKING:
     from syncqueue_tasks.writers.sheets.writer import GoogleSheetsWriter

@@ -34,12 +34,11 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from syncqueue_tasks import counters
-from syncqueue_tasks.errors import ConfigurationError, SyncQueueError, sanitize_error
-from syncqueue_tasks.outcomes import Outcome, OutcomeKind
-from syncqueue_tasks.records import RecordKey, RecordState, RecordWrite
+from syncqueue_tasks.core.errors import ConfigurationError, SyncQueueError, sanitize_error
+from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.core.records import RecordKey, RecordState, RecordWrite
 from syncqueue_tasks.settings import Settings, get_settings
-from syncqueue_tasks.synced import SyncedRecord
-from syncqueue_tasks.verify_compare import ModelReport, restore_write
+from syncqueue_tasks.store.synced import SyncedRecord
 from syncqueue_tasks.writers.flow import AccountLimiter, SpreadsheetLock
 from syncqueue_tasks.writers.rules import DELETED_COLUMN
 from syncqueue_tasks.writers.sheets.api import (
@@ -63,6 +62,7 @@ from syncqueue_tasks.writers.sheets.layout import (
 )
 from syncqueue_tasks.writers.sheets.plan import Conflict, Job, Policy, TabPlan, record_size
 from syncqueue_tasks.writers.sheets.tabs import Tabs, parse_info
+from syncqueue_tasks.writers.verify_compare import ModelReport, restore_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -142,7 +142,7 @@ class Batch:
 
 
 def _synced_from_database(model: str, record_ids: Sequence[str]) -> Mapping[str, RecordState]:
-    from syncqueue_tasks.synced import synced_states
+    from syncqueue_tasks.store.synced import synced_states
 
     return {r: s.state for r, s in synced_states(model, record_ids).items()}
 

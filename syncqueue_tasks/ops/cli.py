@@ -23,17 +23,18 @@ import click
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from syncqueue_tasks import queue, runstate, sql
-from syncqueue_tasks.db import dispose_engine, get_engine
-from syncqueue_tasks.errors import (
+from syncqueue_tasks.core.errors import (
     ConfigurationError,
     SyncQueueError,
     ValidationError,
     sanitize_error,
 )
+from syncqueue_tasks.core.validation import validate_item_id
+from syncqueue_tasks.local import runstate
 from syncqueue_tasks.redis_client import get_redis
 from syncqueue_tasks.settings import DEFAULT_DATABASE_URL, get_settings
-from syncqueue_tasks.validation import validate_item_id
+from syncqueue_tasks.store import queue, sql
+from syncqueue_tasks.store.db import dispose_engine, get_engine
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def migrate(yes: bool) -> None:
     With no running `syncqueue run` and DATABASE_URL unset, the database is the built-in
     default, which may belong to something else: migrate asks first (--yes: do not ask).
     """
-    from syncqueue_tasks.schema import upgrade_head
+    from syncqueue_tasks.store.schema import upgrade_head
 
     if runstate.using_default_database() and not yes:
         cli = runstate.cli_command()
@@ -165,8 +166,8 @@ def migrate(yes: bool) -> None:
 @click.option("--concurrency", type=click.IntRange(1, 64), default=2, show_default=True)
 def run(flower_port: int, metrics_port: int | None, metrics_host: str, concurrency: int) -> None:
     """Start everything: (embedded) PostgreSQL and Redis, migrations, worker, beat, Flower."""
-    from syncqueue_tasks.stack import StackOptions
-    from syncqueue_tasks.stack import run as run_stack
+    from syncqueue_tasks.ops.stack import StackOptions
+    from syncqueue_tasks.ops.stack import run as run_stack
 
     options = StackOptions(
         data_dir=runstate.data_dir(),
@@ -331,7 +332,7 @@ def enqueue(
     """
     fields = _json_object(_payload_text(payload))
     if via_celery:
-        from syncqueue_tasks.tasks import enqueue_change
+        from syncqueue_tasks.celery.tasks import enqueue_change
 
         click.echo(enqueue_change.delay(action, model, record_id, fields, row).id)
         return
@@ -348,7 +349,7 @@ def demo(count: int, timeout: float, yes: bool) -> None:
 
     Says where they will be written first; asks before writing into a Google Sheet.
     """
-    from syncqueue_tasks.demo import DEMO_MODELS, demo_changes, destination, follow
+    from syncqueue_tasks.ops.demo import DEMO_MODELS, demo_changes, destination, follow
 
     settings = get_settings()
     models = [m for m in DEMO_MODELS if m in settings.models] or sorted(settings.models)
@@ -395,7 +396,7 @@ def demo(count: int, timeout: float, yes: bool) -> None:
 @main.command()
 def doctor() -> None:
     """Check database, migrations, broker and writer; say what to do about each failure."""
-    from syncqueue_tasks.doctor import run_checks
+    from syncqueue_tasks.ops.doctor import run_checks
 
     checks = run_checks()
     for check in checks:
@@ -417,7 +418,7 @@ def doctor() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 def metrics(port: int, host: str) -> None:
     """Serve the queue's Prometheus metrics on /metrics until Ctrl-C."""
-    from syncqueue_tasks import metrics as queue_metrics
+    from syncqueue_tasks.ops import metrics as queue_metrics
 
     queue_metrics.render()  # fail now, not on the first scrape, when the database is down
     try:
@@ -442,7 +443,7 @@ def invalid(ctx: click.Context, as_json: bool) -> None:
     """Broker messages a worker kept as invalid: list them; then retry or discard."""
     if ctx.invoked_subcommand is not None:
         return
-    from syncqueue_tasks.invalid_messages import list_invalid
+    from syncqueue_tasks.celery.invalid_messages import list_invalid
 
     kept = list_invalid()
     if as_json:
@@ -473,7 +474,7 @@ def _kwargs_summary(kwargs: dict[str, Any]) -> str:
 @click.option("--all", "all_", is_flag=True, help="every kept message")
 def invalid_retry(ids: tuple[str, ...], all_: bool) -> None:
     """Send kept messages through their task again (once their cause is fixed)."""
-    from syncqueue_tasks.invalid_messages import retry_invalid
+    from syncqueue_tasks.celery.invalid_messages import retry_invalid
 
     if all_ == bool(ids):
         raise click.UsageError("say which messages: --id ID (repeatable) or --all")
@@ -490,7 +491,7 @@ def invalid_retry(ids: tuple[str, ...], all_: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 def invalid_discard(ids: tuple[str, ...], yes: bool) -> None:
     """Delete kept messages for good (asks first)."""
-    from syncqueue_tasks.invalid_messages import discard_invalid
+    from syncqueue_tasks.celery.invalid_messages import discard_invalid
 
     if not yes:
         click.confirm(f"Delete {len(ids)} kept message(s) for good?", abort=True)
@@ -538,7 +539,7 @@ def _json_object(raw: str) -> Any:
 def _nudge() -> None:
     """Ask a worker to process the queue now; best effort (beat does it on its schedule)."""
     try:
-        from syncqueue_tasks import tasks
+        from syncqueue_tasks.celery import tasks
 
         tasks.kick()
     except Exception as exc:
@@ -559,7 +560,7 @@ def _revs(revisions: tuple[str, ...]) -> str:
 
 
 main.add_command(__import__("syncqueue_tasks.dashboard.command", fromlist=["_"]).dashboard)
-main.add_command(__import__("syncqueue_tasks.verify_cli", fromlist=["_"]).verify)
+main.add_command(__import__("syncqueue_tasks.ops.verify_cli", fromlist=["_"]).verify)
 __import__("syncqueue_tasks.capture.cli", fromlist=["cli"]).register(main)
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from syncqueue_tasks.celery_setup import syncqueue_task, use_package_app_unless_own
-from syncqueue_tasks.verify import verify
+from syncqueue_tasks.celery.setup import syncqueue_task, use_package_app_unless_own
+from syncqueue_tasks.celery.verify import verify
 
 
 @syncqueue_task("syncqueue.verify")

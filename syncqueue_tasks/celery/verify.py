@@ -18,11 +18,11 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from syncqueue_tasks import counters
-from syncqueue_tasks.errors import ConfigurationError
+from syncqueue_tasks.core.errors import ConfigurationError
 from syncqueue_tasks.redis_client import get_redis, key
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.synced import synced_states
-from syncqueue_tasks.verify_compare import ModelReport
+from syncqueue_tasks.store.synced import synced_states
+from syncqueue_tasks.writers.verify_compare import ModelReport
 
 log = logging.getLogger(__name__)
 

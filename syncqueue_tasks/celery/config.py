@@ -31,7 +31,7 @@ accept_content = ["json"]
 result_backend = None
 task_ignore_result = True
 task_default_queue = os.environ.get("CELERY_QUEUE", "") or "syncqueue"
-imports = ("syncqueue_tasks.tasks", "syncqueue_tasks.verify_task")
+imports = ("syncqueue_tasks.celery.tasks", "syncqueue_tasks.celery.verify_task")
 timezone = "UTC"
 enable_utc = True
 
@@ -40,7 +40,7 @@ PROCESS_BATCH_SOFT_TIME_LIMIT = _env_float("SYNCQUEUE_BATCH_SOFT_TIME_LIMIT", 12
 PROCESS_BATCH_TIME_LIMIT = _env_float("SYNCQUEUE_BATCH_TIME_LIMIT", 150.0)
 
 # --- delivery ---------------------------------------------------------------------------------
-# The enqueue tasks (syncqueue_tasks.publishing.EnqueueTask) acknowledge late, after the change
+# The enqueue tasks (publishing.EnqueueTask, beside this module) acknowledge late, after the change
 # is stored, and go back to the queue when their worker process dies: that is what keeps an
 # accepted change. The other tasks need no redelivery (a lost process_batch is harmless: beat
 # and the enqueue kicks issue it again, and reset_stuck returns a dead worker's claims), but
@@ -65,7 +65,7 @@ task_send_sent_event = os.environ.get("CELERY_SEND_SENT_EVENT", "").strip().lowe
 ENQUEUE_RETRY_SECONDS = _env_float("SYNCQUEUE_ENQUEUE_RETRY_SECONDS", 30.0)
 ENQUEUE_STATEMENT_TIMEOUT = _env_float("SYNCQUEUE_ENQUEUE_STATEMENT_TIMEOUT", 10.0)
 # The longest an enqueue task runs: the retry window, then one last attempt (pool checkout
-# 10 s + connect 5 s, see syncqueue_tasks/db.py, + its statement).
+# 10 s + connect 5 s, see syncqueue_tasks/store/db.py, + its statement).
 ENQUEUE_LONGEST_SECONDS = ENQUEUE_RETRY_SECONDS + 15.0 + ENQUEUE_STATEMENT_TIMEOUT
 
 # --- publishing never hangs the caller: short socket timeouts, no publish retries; a change
@@ -96,7 +96,7 @@ REDIS_TRANSPORT_OPTIONS: dict[str, object] = {
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 2,
     # One list per queue, so the guarded transport takes messages with BLMOVE (see
-    # syncqueue_tasks/broker_guard.py: no message lost between the pop and the unacked hash).
+    # syncqueue_tasks/celery/broker_guard.py: no message lost between the pop and the unacked hash).
     "priority_steps": [0],
     "socket_connect_timeout": BROKER_CONNECT_TIMEOUT,
     "socket_timeout": BROKER_SOCKET_TIMEOUT,
@@ -109,8 +109,8 @@ AMQP_SCHEMES = ("amqp", "pyamqp", "amqps")
 # not even a kombu envelope by the transport (kombu's Redis transport, guarded, which also
 # keeps a worker alive through a Redis restart). Any other scheme, rediss:// included (kombu
 # keys its TLS defaults on that name), keeps its own transport.
-GUARDED_CONSUMER = "syncqueue_tasks.consumer:GuardedConsumer"
-GUARDED_REDIS_TRANSPORT = "syncqueue_tasks.broker_guard:GuardedRedisTransport"
+GUARDED_CONSUMER = "syncqueue_tasks.celery.consumer:GuardedConsumer"
+GUARDED_REDIS_TRANSPORT = "syncqueue_tasks.celery.broker_guard:GuardedRedisTransport"
 
 
 def transport_options(scheme: str) -> dict[str, object]:

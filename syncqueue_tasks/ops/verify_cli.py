@@ -6,7 +6,7 @@ import json
 
 import click
 
-from syncqueue_tasks.verify import verify as run_verify
+from syncqueue_tasks.celery.verify import verify as run_verify
 
 _SHOWN = 20  # findings listed per model
 

@@ -43,7 +43,7 @@ class QueueCollector:
 
     def collect(self) -> Iterator[Any]:
         """Yield the metric families."""
-        from syncqueue_tasks.queue import get_queue_stats
+        from syncqueue_tasks.store.queue import get_queue_stats
 
         stats = get_queue_stats()
         depth = GaugeMetricFamily(
@@ -81,7 +81,7 @@ def _sheet_gauges() -> Iterator[Any]:
 
 
 def _verify_gauges() -> Iterator[Any]:
-    from syncqueue_tasks.verify import last_result
+    from syncqueue_tasks.celery.verify import last_result
 
     result = last_result()
     findings = GaugeMetricFamily(

@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import IO, Self
 from urllib.parse import quote
 
-from syncqueue_tasks.errors import SyncQueueError
+from syncqueue_tasks.core.errors import SyncQueueError
 
 __all__ = [
     "PG_BIN_DIR",
@@ -460,7 +460,7 @@ class EmbeddedRedis(_OwnedServer):
             "appendonly no"
         ]  # fmt: skip
         return "\n".join([
-            "# Written by syncqueue_tasks.embedded for one redis-server; holds its password.",
+            "# Written by syncqueue_tasks.local.embedded for one redis-server; holds its password.",
             f"port {self.port}",
             "bind 127.0.0.1",
             "protected-mode yes",

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from syncqueue_tasks.errors import EnqueueError, sanitize_error
+from syncqueue_tasks.core.errors import EnqueueError, sanitize_error
 from syncqueue_tasks.redis_client import get_redis, key
 
-WHERE = "Redis hash <queue>:invalid; see syncqueue_tasks.invalid_messages"
+WHERE = "Redis hash <queue>:invalid; see syncqueue_tasks.celery.invalid_messages"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ def retry_invalid(ids: Iterable[str] | None = None) -> tuple[int, dict[str, str]
     """
     from celery import current_app
 
-    from syncqueue_tasks.tasks import enqueue_change  # noqa: F401  (registers the tasks)
+    from syncqueue_tasks.celery.tasks import enqueue_change  # noqa: F401  (registers the tasks)
 
     wanted = None if ids is None else set(ids)
     accepted = 0

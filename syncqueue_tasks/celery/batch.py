@@ -12,10 +12,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from syncqueue_tasks import counters, queue
-from syncqueue_tasks.errors import sanitize_error
-from syncqueue_tasks.outcomes import Outcome
-from syncqueue_tasks.records import RecordKey, RecordWrite, record_write
+from syncqueue_tasks import counters
+from syncqueue_tasks.core.errors import sanitize_error
+from syncqueue_tasks.core.outcomes import Outcome
+from syncqueue_tasks.core.records import RecordKey, RecordWrite, record_write
+from syncqueue_tasks.store import queue
 from syncqueue_tasks.writers.base import Writer
 
 log = logging.getLogger(__name__)

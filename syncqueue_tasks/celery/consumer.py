@@ -12,7 +12,7 @@ strings, ``timelimit`` a pair of seconds, the body ``[args list, kwargs mapping,
 (protocol 2; a protocol 1 body mapping is checked the same way). A malformed message, or one
 on which Celery's handler still raises such an error, is logged once (sanitized) and rejected
 without requeue, and the next message is processed. Messages that are not even kombu envelopes
-(raw bytes, headers that are not a mapping) never get here: ``syncqueue_tasks.broker_guard``
+(raw bytes, headers that are not a mapping) never get here: ``syncqueue_tasks.celery.broker_guard``
 drops them in the transport.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
-from syncqueue_tasks.errors import sanitize_error
+from syncqueue_tasks.core.errors import sanitize_error
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,16 @@
 """Run syncqueue-tasks on your own Celery app: ``configure(app)``.
 
-The tasks (``syncqueue_tasks.tasks``, ``syncqueue_tasks.verify_task``) are shared tasks: every
-Celery app of the process gets them, and ``enqueue_change.delay(...)`` publishes through the
-current app, yours. ``configure`` gives your app what the package's reliability needs, with
-the values ``celery_config`` (the package's own app) uses, where your app kept Celery's default:
+The tasks (``syncqueue_tasks.celery.tasks``, ``syncqueue_tasks.celery.verify_task``) are shared
+tasks: every Celery app of the process gets them, and ``enqueue_change.delay(...)`` publishes
+through the current app, yours. ``configure`` gives your app what the package's reliability
+needs, with the values ``celery_config`` (the package's own app) uses, where your app kept
+Celery's default:
 
 - ``include``: the two task modules, so your workers register the tasks;
-- ``worker_consumer``: ``syncqueue_tasks.consumer:GuardedConsumer`` (malformed messages are
+- ``worker_consumer``: ``syncqueue_tasks.celery.consumer:GuardedConsumer`` (malformed messages are
   rejected, not fatal);
 - for a ``redis://`` broker, ``broker_transport``:
-  ``syncqueue_tasks.broker_guard:GuardedRedisTransport``;
+  ``syncqueue_tasks.celery.broker_guard:GuardedRedisTransport``;
 - ``broker_transport_options``: ``celery_config``'s for your broker's scheme (Redis: visibility
   timeout, one list per queue, short socket timeouts; RabbitMQ: publisher confirms, bounded
   reads and writes), each one you did not set yourself;
@@ -36,10 +37,10 @@ from urllib.parse import urlsplit
 from celery import Celery, _state, shared_task
 from celery.app.defaults import DEFAULTS
 
-from syncqueue_tasks import celery_config
+from syncqueue_tasks.celery import config as celery_config
 
 #: The modules that declare the package's tasks.
-TASK_MODULES = ("syncqueue_tasks.tasks", "syncqueue_tasks.verify_task")
+TASK_MODULES = ("syncqueue_tasks.celery.tasks", "syncqueue_tasks.celery.verify_task")
 
 
 def configure(app: Celery, *, queue: str | None = None, schedule: bool = True) -> None:
@@ -94,6 +95,6 @@ def use_package_app_unless_own() -> None:
         fallback = None  # an app set as the default (app.set_default()): someone's own
     if any(a is not fallback for a in _state._get_active_apps()):
         return
-    from syncqueue_tasks.celery_app import app
+    from syncqueue_tasks.celery.app import app
 
     app.set_default()

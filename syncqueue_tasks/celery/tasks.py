@@ -4,7 +4,7 @@ Apps call ``enqueue_change.delay(...)`` / ``enqueue_changes.delay([...])``. Work
 ``process_batch``; beat schedules it with ``reset_stuck`` and ``cleanup_completed``.
 
 They are shared tasks: each Celery app of the process has them, and the names here stand for
-the current app's (yours, configured with ``syncqueue_tasks.celery_setup.configure``; in a
+the current app's (yours, configured with ``syncqueue_tasks.celery.setup.configure``; in a
 process without an app of its own, ``syncqueue_tasks.celery_app.app``).
 """
 
@@ -19,19 +19,21 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from syncqueue_tasks import batch, celery_config, queue
-from syncqueue_tasks.celery_setup import syncqueue_task, use_package_app_unless_own
-from syncqueue_tasks.errors import ValidationError, sanitize_error
-from syncqueue_tasks.ids import new_id
-from syncqueue_tasks.publishing import EnqueueTask
-from syncqueue_tasks.redis_client import get_redis, key
-from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.validation import (
+from syncqueue_tasks.celery import batch
+from syncqueue_tasks.celery import config as celery_config
+from syncqueue_tasks.celery.publishing import EnqueueTask
+from syncqueue_tasks.celery.setup import syncqueue_task, use_package_app_unless_own
+from syncqueue_tasks.core.errors import ValidationError, sanitize_error
+from syncqueue_tasks.core.ids import new_id
+from syncqueue_tasks.core.validation import (
     validate_batch_size,
     validate_change,
     validate_change_mapping,
     validate_item_id,
 )
+from syncqueue_tasks.redis_client import get_redis, key
+from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store import queue
 from syncqueue_tasks.writers.loading import get_writer
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ proven invalid:
   (``Reject(requeue=True)``; if even that fails it stays unacknowledged and the broker
   redelivers it). Nothing is republished, so no retry can be lost on the way;
 - a message that cannot be a change (``ValidationError``, arguments that do not fit the task)
-  is kept for an operator (``syncqueue_tasks.invalid_messages``), then acknowledged (Celery
+  is kept for an operator (``syncqueue_tasks.celery.invalid_messages``), then acknowledged (Celery
   logs the task as "ignored").
 
 Celery logs a ``Reject`` at WARNING with a traceback; a hand-back is expected and its reason is
@@ -51,10 +51,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from syncqueue_tasks import celery_config, invalid_messages
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.errors import EnqueueError, sanitize_error
+from syncqueue_tasks.celery import config as celery_config
+from syncqueue_tasks.celery import invalid_messages
+from syncqueue_tasks.core.errors import EnqueueError, sanitize_error
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store.db import get_engine
 
 log = logging.getLogger(__name__)
 

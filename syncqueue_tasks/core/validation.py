@@ -9,9 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from syncqueue_tasks.errors import ValidationError
-from syncqueue_tasks.ids import is_valid_id
-from syncqueue_tasks.models import SyncAction
+from syncqueue_tasks.core.errors import ValidationError
+from syncqueue_tasks.core.ids import is_valid_id
+from syncqueue_tasks.core.items import SyncAction
 from syncqueue_tasks.settings import get_settings
 
 _INT32_MAX = 2**31 - 1
@@ -126,7 +126,7 @@ def validate_age(field: str, value: object) -> float:
 
 
 def validate_item_id(item_id: object) -> str:
-    """An id made by ``syncqueue_tasks.ids.new_id``."""
+    """An id made by ``syncqueue_tasks.core.ids.new_id``."""
     if not is_valid_id(item_id):
         raise ValidationError("id", "must be a 26-character ULID string")
     return str(item_id)

@@ -51,7 +51,7 @@ from kombu.utils import encoding as kombu_encoding
 from kombu.utils import json as kombu_json
 from redis.exceptions import RedisError
 
-from syncqueue_tasks.errors import sanitize_error
+from syncqueue_tasks.core.errors import sanitize_error
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from syncqueue_tasks import sql
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.errors import sanitize_error
-from syncqueue_tasks.runstate import cli_command, migrate_hint, using_default_database
+from syncqueue_tasks.core.errors import sanitize_error
+from syncqueue_tasks.local.runstate import cli_command, migrate_hint, using_default_database
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store import sql
+from syncqueue_tasks.store.db import get_engine
 from syncqueue_tasks.writers.loading import SHEETS, load_writer, writer_spec
 
 
@@ -93,7 +93,7 @@ def check_database() -> Check:
 
 def check_migrations() -> Check:
     """The database is at the code's head revision."""
-    from syncqueue_tasks.schema import current_revisions, head_revisions
+    from syncqueue_tasks.store.schema import current_revisions, head_revisions
 
     current, head = current_revisions(), head_revisions()
     if current == head:
@@ -132,7 +132,7 @@ def check_broker(timeout: float = 3.0) -> Check:
     """The Celery broker accepts a connection."""
     from kombu.connection import Connection
 
-    from syncqueue_tasks import celery_config
+    from syncqueue_tasks.celery import config as celery_config
 
     url = str(celery_config.broker_url)
     options = {"socket_connect_timeout": timeout, "socket_timeout": timeout, "max_retries": 0}

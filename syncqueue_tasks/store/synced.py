@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from syncqueue_tasks import sql
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.records import RecordState
+from syncqueue_tasks.core.records import RecordState
+from syncqueue_tasks.store import sql
+from syncqueue_tasks.store.db import get_engine
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncqueue_tasks.errors import SyncQueueError
+from syncqueue_tasks.core.errors import SyncQueueError
 
 
 class ChildError(SyncQueueError):

@@ -25,20 +25,12 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
-from syncqueue_tasks import sql
-from syncqueue_tasks.db import (
-    get_autocommit_engine,
-    get_engine,
-    get_enqueue_engine,
-    is_disconnect,
-)
-from syncqueue_tasks.errors import ValidationError, sanitize_error
-from syncqueue_tasks.ids import new_id
-from syncqueue_tasks.models import QueueItem, QueueStatus, SyncAction
-from syncqueue_tasks.outcomes import Outcome, OutcomeKind
-from syncqueue_tasks.records import RecordKey, RecordState, fold
-from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.validation import (
+from syncqueue_tasks.core.errors import ValidationError, sanitize_error
+from syncqueue_tasks.core.ids import new_id
+from syncqueue_tasks.core.items import QueueItem, QueueStatus, SyncAction
+from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.core.records import RecordKey, RecordState, fold
+from syncqueue_tasks.core.validation import (
     Change,
     validate_age,
     validate_batch_size,
@@ -46,6 +38,14 @@ from syncqueue_tasks.validation import (
     validate_changes,
     validate_item_id,
     validate_limit,
+)
+from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store import sql
+from syncqueue_tasks.store.db import (
+    get_autocommit_engine,
+    get_engine,
+    get_enqueue_engine,
+    is_disconnect,
 )
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from syncqueue_tasks.models import SyncAction
+from syncqueue_tasks.core.items import SyncAction
 
 
 class RecordKey(NamedTuple):

@@ -14,10 +14,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from syncqueue_tasks.db import get_engine
-from syncqueue_tasks.errors import ConfigurationError
+from syncqueue_tasks.core.errors import ConfigurationError
+from syncqueue_tasks.store.db import get_engine
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # syncqueue_tasks/
 REPO_ROOT = PACKAGE_DIR.parent
 
 

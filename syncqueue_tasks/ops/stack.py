@@ -29,12 +29,13 @@ from typing import IO, Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from syncqueue_tasks import runstate, sql
-from syncqueue_tasks.db import dispose_engine
-from syncqueue_tasks.errors import SyncQueueError, sanitize_error
+from syncqueue_tasks.core.errors import SyncQueueError, sanitize_error
+from syncqueue_tasks.local import runstate
+from syncqueue_tasks.local.supervise import Child, ChildError, RestartPolicy, Supervisor, port_open
 from syncqueue_tasks.redis_client import get_redis
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.supervise import Child, ChildError, RestartPolicy, Supervisor, port_open
+from syncqueue_tasks.store import sql
+from syncqueue_tasks.store.db import dispose_engine
 from syncqueue_tasks.writers.loading import WORKBOOK, writer_spec
 
 APP = "syncqueue_tasks.celery_app"
@@ -93,7 +94,7 @@ class Stack:
         self._start_broker()
         self._check()
         self._set_defaults()
-        from syncqueue_tasks.schema import upgrade_head
+        from syncqueue_tasks.store.schema import upgrade_head
 
         self.echo("migrating the database...")
         before, after = upgrade_head()
@@ -178,7 +179,7 @@ class Stack:
     def _start_database(self) -> None:
         if self._given("DATABASE_URL", "database"):
             return
-        from syncqueue_tasks.embedded import EmbeddedPostgres
+        from syncqueue_tasks.local.embedded import EmbeddedPostgres
 
         pgdata = self.data / "pgdata"
         first = "" if (pgdata / "PG_VERSION").exists() else "; first run: creating the cluster"
@@ -196,7 +197,7 @@ class Stack:
     def _start_broker(self) -> None:
         if self._given("CELERY_BROKER_URL", "broker"):
             return
-        from syncqueue_tasks.embedded import EmbeddedRedis
+        from syncqueue_tasks.local.embedded import EmbeddedRedis
 
         workdir = self.data / "redis"
         self.echo(f"starting Redis (embedded, password-protected, data in {workdir})...")
@@ -283,7 +284,7 @@ class Stack:
         generated = "" if password else generate_password()
         # The password reaches it through the environment (not argv, so not visible in ps).
         env = {**os.environ, "SYNCQUEUE_DASHBOARD_PASSWORD": password or generated}
-        args = [sys.executable, "-m", "syncqueue_tasks.cli", "dashboard", f"--port={port}"]
+        args = [sys.executable, "-m", "syncqueue_tasks.ops.cli", "dashboard", f"--port={port}"]
         child = Child("dashboard", args, env, self.data / "logs" / "dashboard.log")
         self.adopt(child)
         child.wait_until(lambda: port_open(port), START_TIMEOUT, self.stop_requested.is_set)
@@ -296,7 +297,7 @@ class Stack:
         port = self.options.metrics_port
         if port is None:
             return
-        from syncqueue_tasks.metrics import serve
+        from syncqueue_tasks.ops.metrics import serve
 
         host = self.options.metrics_host
         try:
@@ -359,7 +360,7 @@ class Stack:
             f"  {cli} stats",
             f"or from Python, with the variables of {self._env_file()} set",
             f"(set -a; . {self._env_file()}; set +a):",
-            "  from syncqueue_tasks.tasks import enqueue_change",
+            "  from syncqueue_tasks.celery.tasks import enqueue_change",
             """  enqueue_change.delay("CREATE", "Request", 42, {"name": "Ann"})""",
             "",
             f"syncqueue ready (pid {os.getpid()})",

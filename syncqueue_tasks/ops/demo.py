@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from syncqueue_tasks import sql
-from syncqueue_tasks.db import get_engine
 from syncqueue_tasks.settings import Settings
+from syncqueue_tasks.store import sql
+from syncqueue_tasks.store.db import get_engine
 from syncqueue_tasks.writers.loading import SHEETS, WORKBOOK, writer_spec
 
 DEMO_MODELS = ("Request", "Operator", "Revenue")

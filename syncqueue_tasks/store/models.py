@@ -1,10 +1,13 @@
-"""The ``sync_queue`` and ``sync_record`` tables, their enums, and ``QueueItem``."""
+"""The ``sync_queue`` and ``sync_record`` tables (the ORM side, for Alembic and tests).
+
+Their enums and ``QueueItem`` live in ``core.items``; they are re-exported here, where the
+former ``syncqueue_tasks.models`` path finds them.
+"""
 
 from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,22 +15,9 @@ from sqlalchemy import CheckConstraint, DateTime, Enum, Index, Integer, String, 
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from syncqueue_tasks.core.items import QueueItem, QueueStatus, SyncAction
 
-class SyncAction(enum.StrEnum):
-    """What happened to the record."""
-
-    CREATE = "CREATE"
-    UPDATE = "UPDATE"
-    DELETE = "DELETE"
-
-
-class QueueStatus(enum.StrEnum):
-    """PENDING -> PROCESSING -> COMPLETED; PROCESSING -> PENDING (backoff) or FAILED."""
-
-    PENDING = "PENDING"
-    PROCESSING = "PROCESSING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
+__all__ = ["Base", "QueueItem", "QueueStatus", "SyncAction", "SyncQueue", "SyncRecord"]
 
 
 class Base(DeclarativeBase):
@@ -130,19 +120,3 @@ class SyncRecord(Base):
             "ix_sync_record_claimed", "claimed_at", postgresql_where=text("claim_token IS NOT NULL")
         ),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class QueueItem:
-    """A claimed change, as handed out by ``dequeue``. ``claim_token`` proves ownership."""
-
-    id: str
-    action: SyncAction
-    model: str
-    record_id: str
-    sheet_row_index: int | None
-    payload: dict[str, Any]
-    retries: int
-    max_retries: int
-    created_at: datetime
-    claim_token: uuid.UUID

@@ -1,0 +1,1 @@
+"""Celery: the app, tasks, enqueue path, the worker's batch, consumer, broker guard."""

@@ -1,0 +1,1 @@
+"""Core: items and enums, change validation, the record fold, outcomes, ids, errors."""

@@ -1,0 +1,1 @@
+"""The servers ``syncqueue run`` starts: embedded PostgreSQL, Redis; supervision."""

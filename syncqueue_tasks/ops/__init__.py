@@ -1,0 +1,1 @@
+"""Operators: the CLI, ``syncqueue run``'s stack, doctor, demo, the metrics export."""

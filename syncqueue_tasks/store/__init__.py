@@ -1,0 +1,1 @@
+"""PostgreSQL: the statements (``sql``), engine, schema, queue operations, synced state."""
