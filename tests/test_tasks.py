@@ -84,6 +84,20 @@ def test_bad_input_raises_in_the_caller_before_anything_is_published() -> None:
     assert count_rows() == 0
 
 
+@pytest.mark.parametrize("mode", ["direct", "broker"])
+def test_enqueue_change_carries_max_retries_like_enqueue(
+    mode: str, celery_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both enqueue paths take the same fields: ``max_retries`` too, checked at the call."""
+    monkeypatch.setenv("SYNCQUEUE_ENQUEUE_MODE", mode)
+    with pytest.raises(ValidationError, match="max_retries"):
+        enqueue_change.delay("CREATE", "Request", "1", {}, max_retries=-1)
+    item_id = enqueue_change.delay("CREATE", "Request", "1", {"a": 1}, max_retries=7).id
+    wait_for(lambda: count_rows("id = :id", id=item_id) == 1)
+    assert count_rows("id = :id AND max_retries = 7", id=item_id) == 1
+    assert count_rows() == 1
+
+
 _DELAY_SCRIPT = """
 import json, sys, time
 from syncqueue_tasks.celery.tasks import enqueue_change
@@ -120,6 +134,16 @@ def _run_delay_script(env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def assert_never_waits_on_a_dead_service(timings: list[float]) -> None:
+    """No call waits for a dead service's timeouts (seconds: a socket or retry timeout).
+
+    The first call also pays for the first connections and lazy imports (about 0.1 s on a
+    loaded 2-core machine), so it gets 1 s; every later call stays under 100 ms.
+    """
+    first, *rest = timings
+    assert first < 1.0 and max(rest) < 0.1, timings
+
+
 @pytest.mark.parametrize("mode", ["direct", "broker"])
 def test_broker_down_delay_returns_fast_and_stores_in_postgresql(mode: str) -> None:
     result = _run_delay_script(
@@ -130,8 +154,7 @@ def test_broker_down_delay_returns_fast_and_stores_in_postgresql(mode: str) -> N
     )
     assert result["error"] is None
     assert len(result["ids"]) == 5
-    # The first call pays for imports and the first connections; every call stays under 100 ms.
-    assert max(result["timings"]) < 0.1, result["timings"]
+    assert_never_waits_on_a_dead_service(result["timings"])
     assert count_rows("id = ANY(:ids) AND status = 'PENDING'", ids=result["ids"]) == 5
 
 
@@ -142,7 +165,7 @@ def test_database_down_hands_the_change_to_the_broker_and_a_worker_stores_it(
         {"DATABASE_URL": f"postgresql+psycopg://app:pw@127.0.0.1:{_closed_port()}/x"}
     )
     assert result["error"] is None and len(result["ids"]) == 5
-    assert max(result["timings"]) < 0.1, result["timings"]
+    assert_never_waits_on_a_dead_service(result["timings"])
     assert count_rows() == 0  # not stored yet: the messages wait on the broker
     env = {
         "SYNCQUEUE_WRITER": "recording_writer:recording",

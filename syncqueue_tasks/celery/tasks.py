@@ -54,9 +54,10 @@ class EnqueueChangeTask(EnqueueTask):
         payload: Any,
         sheet_row_index: Any = None,
         item_id: Any = None,
+        max_retries: Any = None,
     ) -> dict[str, Any]:
         """Validate one change; the message carries normalized values and the id."""
-        change = validate_change(action, model, record_id, payload, sheet_row_index)
+        change = validate_change(action, model, record_id, payload, sheet_row_index, max_retries)
         return {
             "action": change.action.value,
             "model": change.model,
@@ -64,6 +65,7 @@ class EnqueueChangeTask(EnqueueTask):
             "payload": change.payload,
             "sheet_row_index": change.sheet_row_index,
             "item_id": new_id() if item_id is None else validate_item_id(item_id),
+            "max_retries": change.max_retries,
         }
 
     @staticmethod
@@ -78,6 +80,7 @@ class EnqueueChangeTask(EnqueueTask):
             kwargs["payload"],
             sheet_row_index=kwargs.get("sheet_row_index"),
             item_id=kwargs.get("item_id"),
+            max_retries=kwargs.get("max_retries"),
             session=session,
             fail_fast=fail_fast,
         )
@@ -158,9 +161,12 @@ def enqueue_change(
     payload: dict[str, Any],
     sheet_row_index: int | None = None,
     item_id: str | None = None,
+    max_retries: int | None = None,
 ) -> str:
     """Store one change (worker side), then ask for a ``process_batch`` soon."""
-    prepared = self.prepare(action, model, record_id, payload, sheet_row_index, item_id)
+    prepared = self.prepare(
+        action, model, record_id, payload, sheet_row_index, item_id, max_retries
+    )
     self.store_durably(prepared)
     kick(self.app)
     return str(prepared["item_id"])
