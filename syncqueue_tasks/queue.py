@@ -31,6 +31,7 @@ from syncqueue_tasks.db import (
     get_engine,
     get_enqueue_engine,
     is_disconnect,
+    scalar,
 )
 from syncqueue_tasks.errors import ValidationError, sanitize_error
 from syncqueue_tasks.ids import new_id
@@ -208,15 +209,12 @@ def store(
         return int(connection.execute(sql.ENQUEUE, params).scalar_one())
     if fail_fast:
         try:
-            with get_enqueue_engine().connect() as conn:
-                return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+            return int(scalar(get_enqueue_engine(), sql.ENQUEUE, params))
         except DBAPIError as exc:
             if not is_disconnect(exc):
                 raise
-        with get_enqueue_engine().connect() as conn:  # the pool dropped the dead connections
-            return int(conn.execute(sql.ENQUEUE, params).scalar_one())
-    with get_autocommit_engine().connect() as conn:
-        return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+        return int(scalar(get_enqueue_engine(), sql.ENQUEUE, params))  # the pool dropped them
+    return int(scalar(get_autocommit_engine(), sql.ENQUEUE, params))
 
 
 def changes_json(changes: Sequence[Change], ids: Sequence[str]) -> str:

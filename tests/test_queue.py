@@ -10,7 +10,7 @@ from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from syncqueue_tasks import queue
-from syncqueue_tasks.db import get_autocommit_engine, get_engine
+from syncqueue_tasks.db import dispose_engine, get_autocommit_engine, get_engine
 from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.models import QueueStatus, SyncAction, SyncQueue
 from syncqueue_tasks.outcomes import Outcome
@@ -476,3 +476,49 @@ def test_truncating_the_queue_leaves_no_record_waiting_for_changes_that_are_gone
     # New changes are claimed at once, not stuck behind 40 records waiting for nothing.
     fresh = queue.enqueue("UPDATE", "Request", "new", {"n": 1})
     assert [c.id for c in queue.claim_records(25).items] == [fresh]
+
+
+def test_a_store_that_fails_raises_sqlalchemys_error_without_the_payload() -> None:
+    """The store goes through psycopg directly: its errors are still SQLAlchemy's, and carry
+    no parameter (payload) value."""
+    from sqlalchemy.exc import OperationalError
+
+    from syncqueue_tasks.errors import sanitize_error
+
+    with Session(get_engine()) as outbox:
+        queue.enqueue("UPDATE", "Request", "held", {"n": 1}, session=outbox)  # holds the record
+        with pytest.raises(OperationalError) as info:
+            queue.enqueue("UPDATE", "Request", "held", {"n": "s3cr3t-value"}, fail_fast=True)
+        outbox.rollback()
+    assert "timeout" in str(info.value.orig)  # the lock wait, or the statement, timed out
+    assert "s3cr3t-value" not in str(info.value) and "s3cr3t-value" not in repr(info.value)
+    assert "s3cr3t-value" not in sanitize_error(info.value)
+    assert count_rows() == 0
+
+
+def test_stores_after_the_servers_connections_died_reconnect() -> None:
+    """A dead pooled connection fails one plain store (an error saying the connection was
+    invalidated), then the pool reconnects; a fail-fast store retries once by itself."""
+    import psycopg
+    from dbutil import ADMIN_URL
+    from sqlalchemy.exc import DBAPIError
+
+    def kill_connections() -> None:  # the queue's, from outside its pools
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND application_name = 'syncqueue'",
+                (get_autocommit_engine().url.database,),
+            )
+
+    queue.enqueue("UPDATE", "Request", "r", {"n": 0}, fail_fast=True)
+    queue.enqueue("UPDATE", "Request", "r", {"n": 1})
+    kill_connections()
+    with pytest.raises(DBAPIError) as info:
+        queue.enqueue("UPDATE", "Request", "r", {"n": "lost"})
+    assert info.value.connection_invalidated
+    queue.enqueue("UPDATE", "Request", "r", {"n": 2})
+    kill_connections()
+    queue.enqueue("UPDATE", "Request", "r", {"n": 3}, fail_fast=True)
+    dispose_engine()  # the other pools' connections died too
+    assert count_rows() == 4
