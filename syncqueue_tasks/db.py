@@ -9,7 +9,8 @@
   (``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``): a record held by an open transaction, or a database that
   answers slowly, makes the store fail fast, and the change goes to the broker instead.
 
-The queue's hottest statements (storing a change) go through :func:`scalar`: psycopg directly
+The queue's hottest statements (storing changes, claiming, recording outcomes) go through
+:func:`fetch`: psycopg directly
 on a pooled connection, as a prepared statement, with SQLAlchemy's errors.
 
 Neither pings a connection at checkout (a round trip per operation): a connection that died
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine, TextClause, create_engine
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -89,8 +91,8 @@ def get_enqueue_engine() -> Engine:
     return _get("enqueue")
 
 
-def scalar(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> Any:
-    """The single value of one statement on a connection of ``engine`` (an autocommit one).
+def fetch(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
+    """The rows (named tuples) of one statement on a connection of ``engine`` (autocommit).
 
     Sent through psycopg directly, prepared on the connection: one round trip without the
     per-call work of SQLAlchemy's ``Connection`` and result objects. Errors are what
@@ -100,9 +102,10 @@ def scalar(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> 
     query = _driver_sql(statement, engine.dialect)
     connection = engine.raw_connection()
     try:
-        with connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        driver = connection.driver_connection
+        with driver.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
             cursor.execute(query, params, prepare=True)
-            row = cursor.fetchone()
+            return cursor.fetchall()
     except psycopg.Error as exc:
         dbapi_connection = connection.dbapi_connection
         dead = engine.dialect.is_disconnect(exc, dbapi_connection, None)  # type: ignore[arg-type]
@@ -119,7 +122,12 @@ def scalar(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> 
         ) from exc
     finally:
         connection.close()
-    return None if row is None else row[0]
+
+
+def scalar(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> Any:
+    """The value of a statement's one row and column, as :func:`fetch` runs it."""
+    [row] = fetch(engine, statement, params)
+    return row[0]
 
 
 @functools.cache

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from syncqueue_tasks import sql
 from syncqueue_tasks.db import (
+    fetch,
     get_autocommit_engine,
     get_engine,
     get_enqueue_engine,
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 # change of it in an open transaction) is recorded again on its own, waiting this long at most;
 # after that the claim is left to reset_stuck (the changes are written again later).
 _RECORD_LOCK_WAIT_SECONDS = 5.0
+
+# Enum members by value, for rows (faster than calling the enum).
+_ACTIONS = {a.value: a for a in SyncAction}
+_STATUSES = {s.value: s for s in QueueStatus}
 
 
 class Claim(NamedTuple):
@@ -249,17 +254,15 @@ def claim_records(max_records: int = 25, *, max_changes: int | None = None) -> R
     max_changes = validate_limit("max_changes", max_changes, 100_000)
     token = uuid.uuid4()
     params = {"max_records": max_records, "max_changes": max_changes, "token": token}
-    with get_autocommit_engine().connect() as conn:
-        rows = conn.execute(sql.CLAIM, params).all()
     records: dict[RecordKey, tuple[RecordState, list[QueueItem]]] = {}
-    for r in rows:
+    for r in fetch(get_autocommit_engine(), sql.CLAIM, params):
         key = RecordKey(r.model, r.record_id)
-        if key not in records:
+        if key not in records:  # its first row: the only one with its state (see sql.CLAIM)
             records[key] = (_state(r), [])
         records[key][1].append(
             QueueItem(
                 id=r.id,
-                action=SyncAction(r.action),
+                action=_ACTIONS[r.action],
                 model=r.model,
                 record_id=r.record_id,
                 sheet_row_index=r.sheet_row_index,
@@ -522,9 +525,9 @@ def _finish_once(
 ) -> dict[str, tuple[RecordKey, QueueStatus]]:
     """One FINISH; ``waiting_for``: first wait (lock_timeout) for that one record's lock."""
     params = finish_params(endings)
+    rows: Sequence[Any]
     if waiting_for is None:
-        with get_autocommit_engine().connect() as conn:
-            rows = conn.execute(sql.FINISH, params).all()
+        rows = fetch(get_autocommit_engine(), sql.FINISH, params)
     else:
         key, token = waiting_for.key, waiting_for.token
         with get_engine().begin() as conn:
@@ -533,7 +536,7 @@ def _finish_once(
             lock = {"model": key.model, "record_id": key.record_id, "token": token}
             conn.execute(sql.LOCK_RECORD, lock)
             rows = conn.execute(sql.FINISH, params).all()
-    return {r.id: (RecordKey(r.model, r.record_id), QueueStatus(r.status)) for r in rows}
+    return {r.id: (RecordKey(r.model, r.record_id), _STATUSES[r.status]) for r in rows}
 
 
 def _still_held(endings: Sequence[_Ending]) -> list[_Ending]:

@@ -42,6 +42,8 @@ ENQUEUE = text("""
 # - claimed: the records get the token, and lose from ``pending`` exactly the changes taken.
 #   (A change committed after this statement's snapshot is not taken, and stays counted.) A
 #   picked record that got no change is not claimed.
+# A record's rows come together, oldest change first; only that first row carries the record's
+# synced fields and versions (the rest: NULL), so they are sent and decoded once per record.
 CLAIM = text("""
     WITH picked AS (
         SELECT r.model, r.record_id FROM sync_record AS r
@@ -75,10 +77,13 @@ CLAIM = text("""
         RETURNING r.model, r.record_id, r.fields, r.versions, r.deleted_id, r.created_id,
                   r.touched_id
     )
-    SELECT c.model, c.record_id, c.fields, c.versions, c.deleted_id, c.created_id,
-           c.touched_id, t.id, t.action, t.sheet_row_index, t.payload, t.retries,
-           t.max_retries, t.created_at
+    SELECT c.model, c.record_id, t.id, t.action, t.sheet_row_index, t.payload, t.retries,
+           t.max_retries, t.created_at,
+           CASE WHEN row_number() OVER w = 1 THEN c.fields END AS fields,
+           CASE WHEN row_number() OVER w = 1 THEN c.versions END AS versions,
+           c.deleted_id, c.created_id, c.touched_id
     FROM claimed AS c JOIN taken AS t USING (model, record_id)
+    WINDOW w AS (PARTITION BY c.model, c.record_id ORDER BY t.id)
     ORDER BY c.model, c.record_id, t.id
 """)
 
