@@ -223,13 +223,17 @@ def store(
 
 
 def changes_json(changes: Sequence[Change], ids: Sequence[str]) -> str:
-    """``sql.ENQUEUE``'s parameter: the changes as one JSON array (payloads as serialized)."""
+    """``sql.ENQUEUE``'s parameter: the changes as one JSON array (payloads as serialized).
+
+    The validated integers need no escaping; texts do.
+    """
     dumps = json.dumps
     return (
         "["
         + ",".join(
             f'{{"id":{dumps(i)},"action":"{c.action.value}","model":{dumps(c.model)},'
-            f'"record_id":{dumps(c.record_id)},"row_hint":{dumps(c.sheet_row_index)},'
+            f'"record_id":{dumps(c.record_id)},'
+            f'"row_hint":{"null" if c.sheet_row_index is None else c.sheet_row_index},'
             f'"payload":{c.payload_json},"max_retries":{c.max_retries}}}'
             for c, i in zip(changes, ids, strict=True)
         )
