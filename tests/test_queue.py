@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dbutil import assert_records_consistent, count_rows
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
-from syncqueue_tasks import queue
+from syncqueue_tasks import queue, sql
 from syncqueue_tasks.db import dispose_engine, get_autocommit_engine, get_engine
 from syncqueue_tasks.ids import new_id
 from syncqueue_tasks.models import QueueStatus, SyncAction, SyncQueue
 from syncqueue_tasks.outcomes import Outcome
 from syncqueue_tasks.records import fold
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.validation import validate_changes
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -522,3 +524,56 @@ def test_stores_after_the_servers_connections_died_reconnect() -> None:
     queue.enqueue("UPDATE", "Request", "r", {"n": 3}, fail_fast=True)
     dispose_engine()  # the other pools' connections died too
     assert count_rows() == 4
+
+
+def test_storing_changes_does_what_the_database_functions_do() -> None:
+    """``sql.ENQUEUE`` writes the rules of ``syncqueue_enqueue`` (which the trigger capture
+    calls) inline: both leave the same changes and records, from the same state."""
+    through_function = text("""
+        SELECT syncqueue_enqueue(array_agg(c.id), array_agg(c.action), array_agg(c.model),
+                                 array_agg(c.record_id), array_agg(c.row_hint),
+                                 array_agg(c.payload), array_agg(c.max_retries))
+        FROM jsonb_to_recordset(CAST(:changes AS jsonb))
+            AS c(id text, action sync_action, model text, record_id text, row_hint integer,
+                 payload jsonb, max_retries integer)
+    """)
+    first = queue.enqueue_many(
+        [
+            {"action": "CREATE", "model": "Request", "record_id": r, "payload": {"n": 0}}
+            for r in ("a", "b", "b", "d")
+        ]
+    )
+    claimed = {i.id: i for i in queue.dequeue(10)}
+    queue.mark_complete_many([claimed[first[0]], claimed[first[3]]])  # a, d: nothing waits
+    queue.mark_failed_many([queue.Failure(claimed[i], "x") for i in first[1:3]])  # b: backoff
+    later = [
+        {"action": "UPDATE", "model": "Request", "record_id": r, "payload": {"n": n}}
+        for n, r in enumerate(["b", "a", "a", "b", "c", "c", "d"], start=1)
+    ]
+    later[-1] |= {"sheet_row_index": 7, "max_retries": 5}
+    changes = validate_changes(later)
+    ids = [first[1], *_ids(len(later) - 1)]  # the first one is stored already
+
+    def stored(statement: Any) -> tuple[int, list[Any], list[Any]]:
+        with Session(get_engine()) as session:
+            params = {"changes": queue.changes_json(changes, ids)}
+            count = session.execute(statement, params).scalar_one()
+            rows = session.execute(
+                text(
+                    "SELECT id, action, model, record_id, sheet_row_index, payload, status,"
+                    " retries, max_retries FROM sync_queue ORDER BY id"
+                )
+            ).all()
+            records = session.execute(
+                text(
+                    "SELECT model, record_id, pending, waiting_id, in_flight, claim_token,"
+                    " CASE WHEN available_at = now() THEN 'now' ELSE available_at::text END"
+                    " FROM sync_record ORDER BY model, record_id"
+                )
+            ).all()
+            session.rollback()
+        return int(count), list(rows), list(records)
+
+    inline, function = stored(sql.ENQUEUE), stored(through_function)
+    assert inline == function
+    assert inline[0] == len(later) - 1
