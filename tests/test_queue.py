@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import pytest
 from dbutil import assert_records_consistent, count_rows
@@ -14,9 +15,10 @@ from syncqueue_tasks.core.ids import new_id
 from syncqueue_tasks.core.items import QueueStatus, SyncAction
 from syncqueue_tasks.core.outcomes import Outcome
 from syncqueue_tasks.core.records import fold
+from syncqueue_tasks.core.validation import validate_changes
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.store import queue
-from syncqueue_tasks.store.db import get_autocommit_engine, get_engine
+from syncqueue_tasks.store import queue, sql
+from syncqueue_tasks.store.db import dispose_engine, get_autocommit_engine, get_engine
 from syncqueue_tasks.store.models import SyncQueue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
@@ -517,3 +519,102 @@ def test_truncating_the_queue_leaves_no_record_waiting_for_changes_that_are_gone
     # New changes are claimed at once, not stuck behind 40 records waiting for nothing.
     fresh = queue.enqueue("UPDATE", "Request", "new", {"n": 1})
     assert [c.id for c in queue.claim_records(25).items] == [fresh]
+
+
+def test_a_store_that_fails_raises_sqlalchemys_error_without_the_payload() -> None:
+    """The store goes through psycopg directly: its errors are still SQLAlchemy's, and carry
+    no parameter (payload) value."""
+    from sqlalchemy.exc import OperationalError
+
+    from syncqueue_tasks.core.errors import sanitize_error
+
+    with Session(get_engine()) as outbox:
+        queue.enqueue("UPDATE", "Request", "held", {"n": 1}, session=outbox)  # holds the record
+        with pytest.raises(OperationalError) as info:
+            queue.enqueue("UPDATE", "Request", "held", {"n": "s3cr3t-value"}, fail_fast=True)
+        outbox.rollback()
+    assert "timeout" in str(info.value.orig)  # the lock wait, or the statement, timed out
+    assert "s3cr3t-value" not in str(info.value) and "s3cr3t-value" not in repr(info.value)
+    assert "s3cr3t-value" not in sanitize_error(info.value)
+    assert count_rows() == 0
+
+
+def test_stores_after_the_servers_connections_died_reconnect() -> None:
+    """A dead pooled connection fails one plain store (an error saying the connection was
+    invalidated), then the pool reconnects; a fail-fast store retries once by itself."""
+    import psycopg
+    from dbutil import ADMIN_URL
+    from sqlalchemy.exc import DBAPIError
+
+    def kill_connections() -> None:  # the queue's, from outside its pools
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND application_name = 'syncqueue'",
+                (get_autocommit_engine().url.database,),
+            )
+
+    queue.enqueue("UPDATE", "Request", "r", {"n": 0}, fail_fast=True)
+    queue.enqueue("UPDATE", "Request", "r", {"n": 1})
+    kill_connections()
+    with pytest.raises(DBAPIError) as info:
+        queue.enqueue("UPDATE", "Request", "r", {"n": "lost"})
+    assert info.value.connection_invalidated
+    queue.enqueue("UPDATE", "Request", "r", {"n": 2})
+    kill_connections()
+    queue.enqueue("UPDATE", "Request", "r", {"n": 3}, fail_fast=True)
+    dispose_engine()  # the other pools' connections died too
+    assert count_rows() == 4
+
+
+def test_storing_changes_does_what_the_database_functions_do() -> None:
+    """``sql.ENQUEUE`` writes the rules of ``syncqueue_enqueue`` (which the trigger capture
+    calls) inline: both leave the same changes and records, from the same state."""
+    through_function = text("""
+        SELECT syncqueue_enqueue(array_agg(c.id), array_agg(c.action), array_agg(c.model),
+                                 array_agg(c.record_id), array_agg(c.row_hint),
+                                 array_agg(c.payload), array_agg(c.max_retries))
+        FROM jsonb_to_recordset(CAST(:changes AS jsonb))
+            AS c(id text, action sync_action, model text, record_id text, row_hint integer,
+                 payload jsonb, max_retries integer)
+    """)
+    first = queue.enqueue_many(
+        [
+            {"action": "CREATE", "model": "Request", "record_id": r, "payload": {"n": 0}}
+            for r in ("a", "b", "b", "d")
+        ]
+    )
+    claimed = {i.id: i for i in queue.dequeue(10)}
+    queue.mark_complete_many([claimed[first[0]], claimed[first[3]]])  # a, d: nothing waits
+    queue.mark_failed_many([queue.Failure(claimed[i], "x") for i in first[1:3]])  # b: backoff
+    later = [
+        {"action": "UPDATE", "model": "Request", "record_id": r, "payload": {"n": n}}
+        for n, r in enumerate(["b", "a", "a", "b", "c", "c", "d"], start=1)
+    ]
+    later[-1] |= {"sheet_row_index": 7, "max_retries": 5}
+    changes = validate_changes(later)
+    ids = [first[1], *_ids(len(later) - 1)]  # the first one is stored already
+
+    def stored(statement: Any) -> tuple[int, list[Any], list[Any]]:
+        with Session(get_engine()) as session:
+            params = {"changes": queue.changes_json(changes, ids)}
+            count = session.execute(statement, params).scalar_one()
+            rows = session.execute(
+                text(
+                    "SELECT id, action, model, record_id, sheet_row_index, payload, status,"
+                    " retries, max_retries FROM sync_queue ORDER BY id"
+                )
+            ).all()
+            records = session.execute(
+                text(
+                    "SELECT model, record_id, pending, waiting_id, in_flight, claim_token,"
+                    " CASE WHEN available_at = now() THEN 'now' ELSE available_at::text END"
+                    " FROM sync_record ORDER BY model, record_id"
+                )
+            ).all()
+            session.rollback()
+        return int(count), list(rows), list(records)
+
+    inline, function = stored(sql.ENQUEUE), stored(through_function)
+    assert inline == function
+    assert inline[0] == len(later) - 1

@@ -21,6 +21,12 @@ _MAX_DEPTH = 64
 _FLOAT_EXACT_LIMIT = 1e16
 _PLAIN_INT = 2**63  # ints this small need no size check (see _check_json)
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+_REQUIRED_KEYS = frozenset({"action", "model", "record_id", "payload"})
+_ALLOWED_KEYS = _REQUIRED_KEYS | {"sheet_row_index", "max_retries"}
+_ACTIONS = {a.value: a for a in SyncAction}
+# What json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")) uses,
+# made once rather than per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +75,21 @@ def validate_change(
 
 def validate_change_mapping(change: object) -> Change:
     """Validate one element of ``enqueue_many``: a mapping (or object) with ``enqueue``'s keys."""
-    allowed = {"action", "model", "record_id", "payload", "sheet_row_index", "max_retries"}
     if isinstance(change, Mapping):
-        unknown = set(change) - allowed
+        unknown = set(change) - _ALLOWED_KEYS
         if unknown:
             raise ValidationError("change", f"unknown keys: {', '.join(sorted(map(str, unknown)))}")
-        missing = {"action", "model", "record_id", "payload"} - set(change)
+        missing = _REQUIRED_KEYS - set(change)
         if missing:
             raise ValidationError("change", f"missing keys: {', '.join(sorted(missing))}")
-        return validate_change(**{str(k): v for k, v in change.items()})
+        return validate_change(
+            change["action"],
+            change["model"],
+            change["record_id"],
+            change["payload"],
+            change.get("sheet_row_index"),
+            change.get("max_retries"),
+        )
     if all(hasattr(change, k) for k in ("action", "model", "record_id", "payload")):
         return validate_change(
             change.action,  # type: ignore[attr-defined]
@@ -138,10 +150,9 @@ def _kind(value: object) -> str:
 
 def _action(value: object) -> SyncAction:
     if isinstance(value, str):
-        try:
-            return SyncAction(value.upper())
-        except ValueError:
-            pass
+        action = _ACTIONS.get(value.upper())
+        if action is not None:
+            return action
     raise ValidationError("action", f"must be one of CREATE, UPDATE, DELETE; got {value!r:.60}")
 
 
@@ -281,4 +292,4 @@ def _plain(value: object) -> bool:
 
 
 def _serialize(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return _ENCODER.encode(payload)

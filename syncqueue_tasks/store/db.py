@@ -9,6 +9,10 @@
   (``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``): a record held by an open transaction, or a database that
   answers slowly, makes the store fail fast, and the change goes to the broker instead.
 
+The queue's hottest statements (storing changes, claiming, recording outcomes) go through
+:func:`fetch`: psycopg directly
+on a pooled connection, as a prepared statement, with SQLAlchemy's errors.
+
 Neither pings a connection at checkout (a round trip per operation): a connection that died
 (a PostgreSQL restart) fails its statement, SQLAlchemy drops the pool's older connections,
 and callers that must not fail retry once (``is_disconnect``). Statement parameters never
@@ -17,11 +21,16 @@ appear in errors or logs (``hide_parameters``): they carry payloads.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
+from collections.abc import Mapping
+from typing import Any
 
-import psycopg  # noqa: F401  (loaded with the package, not inside the first enqueue)
-from sqlalchemy import Engine, create_engine
+import psycopg
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Engine, TextClause, create_engine
+from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from syncqueue_tasks.settings import Settings, get_settings
@@ -80,6 +89,51 @@ def get_autocommit_engine() -> Engine:
 def get_enqueue_engine() -> Engine:
     """This process's engine for fast, fail-fast stores (see the module docstring)."""
     return _get("enqueue")
+
+
+def fetch(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
+    """The rows (named tuples) of one statement on a connection of ``engine`` (autocommit).
+
+    Sent through psycopg directly, prepared on the connection: one round trip without the
+    per-call work of SQLAlchemy's ``Connection`` and result objects. Errors are what
+    ``Connection.execute`` raises (``DBAPIError`` subclasses, parameters hidden); a connection
+    that died is dropped, and the pool's older ones with it (as SQLAlchemy does).
+    """
+    query = _driver_sql(statement, engine.dialect)
+    connection = engine.raw_connection()
+    try:
+        driver = connection.driver_connection
+        with driver.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
+            cursor.execute(query, params, prepare=True)
+            return cursor.fetchall()
+    except psycopg.Error as exc:
+        dbapi_connection = connection.dbapi_connection
+        dead = engine.dialect.is_disconnect(exc, dbapi_connection, None)  # type: ignore[arg-type]
+        if dead:
+            engine.pool._invalidate(connection, exc)
+        raise DBAPIError.instance(
+            query,
+            None,
+            exc,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=dead,
+            dialect=engine.dialect,
+        ) from exc
+    finally:
+        connection.close()
+
+
+def scalar(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> Any:
+    """The value of a statement's one row and column, as :func:`fetch` runs it."""
+    [row] = fetch(engine, statement, params)
+    return row[0]
+
+
+@functools.cache
+def _driver_sql(statement: TextClause, dialect: Dialect) -> str:
+    """``statement`` as psycopg takes it (``%(name)s`` parameters)."""
+    return str(statement.compile(dialect=dialect))
 
 
 def is_disconnect(error: BaseException) -> bool:

@@ -42,10 +42,12 @@ from syncqueue_tasks.core.validation import (
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.store import sql
 from syncqueue_tasks.store.db import (
+    fetch,
     get_autocommit_engine,
     get_engine,
     get_enqueue_engine,
     is_disconnect,
+    scalar,
 )
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ log = logging.getLogger(__name__)
 # change of it in an open transaction) is recorded again on its own, waiting this long at most;
 # after that the claim is left to reset_stuck (the changes are written again later).
 _RECORD_LOCK_WAIT_SECONDS = 5.0
+
+# Enum members by value, for rows (faster than calling the enum).
+_ACTIONS = {a.value: a for a in SyncAction}
+_STATUSES = {s.value: s for s in QueueStatus}
 
 
 class Claim(NamedTuple):
@@ -248,25 +254,26 @@ def store(
         return int(connection.execute(sql.ENQUEUE, params).scalar_one())
     if fail_fast:
         try:
-            with get_enqueue_engine().connect() as conn:
-                return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+            return int(scalar(get_enqueue_engine(), sql.ENQUEUE, params))
         except DBAPIError as exc:
             if not is_disconnect(exc):
                 raise
-        with get_enqueue_engine().connect() as conn:  # the pool dropped the dead connections
-            return int(conn.execute(sql.ENQUEUE, params).scalar_one())
-    with get_autocommit_engine().connect() as conn:
-        return int(conn.execute(sql.ENQUEUE, params).scalar_one())
+        return int(scalar(get_enqueue_engine(), sql.ENQUEUE, params))  # the pool dropped them
+    return int(scalar(get_autocommit_engine(), sql.ENQUEUE, params))
 
 
 def changes_json(changes: Sequence[Change], ids: Sequence[str]) -> str:
-    """``sql.ENQUEUE``'s parameter: the changes as one JSON array (payloads as serialized)."""
+    """``sql.ENQUEUE``'s parameter: the changes as one JSON array (payloads as serialized).
+
+    The validated integers need no escaping; texts do.
+    """
     dumps = json.dumps
     return (
         "["
         + ",".join(
             f'{{"id":{dumps(i)},"action":"{c.action.value}","model":{dumps(c.model)},'
-            f'"record_id":{dumps(c.record_id)},"row_hint":{dumps(c.sheet_row_index)},'
+            f'"record_id":{dumps(c.record_id)},'
+            f'"row_hint":{"null" if c.sheet_row_index is None else c.sheet_row_index},'
             f'"payload":{c.payload_json},"max_retries":{c.max_retries}}}'
             for c, i in zip(changes, ids, strict=True)
         )
@@ -291,17 +298,15 @@ def claim_records(max_records: int = 25, *, max_changes: int | None = None) -> R
     max_changes = validate_limit("max_changes", max_changes, 100_000)
     token = uuid.uuid4()
     params = {"max_records": max_records, "max_changes": max_changes, "token": token}
-    with get_autocommit_engine().connect() as conn:
-        rows = conn.execute(sql.CLAIM, params).all()
     records: dict[RecordKey, tuple[RecordState, list[QueueItem]]] = {}
-    for r in rows:
+    for r in fetch(get_autocommit_engine(), sql.CLAIM, params):
         key = RecordKey(r.model, r.record_id)
-        if key not in records:
+        if key not in records:  # its first row: the only one with its state (see sql.CLAIM)
             records[key] = (_state(r), [])
         records[key][1].append(
             QueueItem(
                 id=r.id,
-                action=SyncAction(r.action),
+                action=_ACTIONS[r.action],
                 model=r.model,
                 record_id=r.record_id,
                 sheet_row_index=r.sheet_row_index,
@@ -564,9 +569,9 @@ def _finish_once(
 ) -> dict[str, tuple[RecordKey, QueueStatus]]:
     """One FINISH; ``waiting_for``: first wait (lock_timeout) for that one record's lock."""
     params = finish_params(endings)
+    rows: Sequence[Any]
     if waiting_for is None:
-        with get_autocommit_engine().connect() as conn:
-            rows = conn.execute(sql.FINISH, params).all()
+        rows = fetch(get_autocommit_engine(), sql.FINISH, params)
     else:
         key, token = waiting_for.key, waiting_for.token
         with get_engine().begin() as conn:
@@ -575,7 +580,7 @@ def _finish_once(
             lock = {"model": key.model, "record_id": key.record_id, "token": token}
             conn.execute(sql.LOCK_RECORD, lock)
             rows = conn.execute(sql.FINISH, params).all()
-    return {r.id: (RecordKey(r.model, r.record_id), QueueStatus(r.status)) for r in rows}
+    return {r.id: (RecordKey(r.model, r.record_id), _STATUSES[r.status]) for r in rows}
 
 
 def _still_held(endings: Sequence[_Ending]) -> list[_Ending]:

@@ -6,8 +6,8 @@ Arrays (``unnest``) carry whole batches in one round trip.
 The record is the unit of work: ``sync_record`` holds one row per record with its claim (a
 row lock taken with SKIP LOCKED, then a token), how many of its changes wait (``pending``),
 its backoff (``available_at``) and what was last written (the state ``records.fold`` reads
-and writes). Storing changes goes through the database functions ``syncqueue_enqueue`` and
-``syncqueue_mark_waiting`` (migration 0004), shared with the trigger capture.
+and writes). Storing changes follows the database functions ``syncqueue_enqueue`` and
+``syncqueue_mark_waiting`` (migration 0004), which the trigger capture calls.
 
 Nothing here waits for a record another transaction holds, except storing changes: claims,
 outcomes and ``reset_stuck`` lock records with SKIP LOCKED, so a worker never waits while
@@ -19,14 +19,41 @@ from sqlalchemy import text
 # Store changes (one or many) and mark their records as waiting: one statement, one round
 # trip. The changes travel as one JSON array of objects (one parameter, parsed once; arrays
 # of payload strings cost the client an escape pass per element). A change whose id is
-# already stored (a redelivered message) is skipped.
+# already stored (a redelivered message) is skipped. The rules of the database functions
+# ``syncqueue_enqueue`` / ``syncqueue_mark_waiting`` (migration 0004, which the trigger
+# capture calls), written inline: calling them costs a quarter of the server's time of a
+# single change (tests/test_queue.py checks that both store alike). Records are marked in
+# key order, after the changes are inserted, as there.
 ENQUEUE = text("""
-    SELECT syncqueue_enqueue(array_agg(c.id), array_agg(c.action), array_agg(c.model),
-                             array_agg(c.record_id), array_agg(c.row_hint),
-                             array_agg(c.payload), array_agg(c.max_retries))
-    FROM jsonb_to_recordset(CAST(:changes AS jsonb))
-        AS c(id text, action sync_action, model text, record_id text, row_hint integer,
-             payload jsonb, max_retries integer)
+    WITH c AS MATERIALIZED (
+        SELECT * FROM jsonb_to_recordset(CAST(:changes AS jsonb))
+            AS c(id text, action sync_action, model text, record_id text, row_hint integer,
+                 payload jsonb, max_retries integer)
+    ),
+    inserted AS (
+        INSERT INTO sync_queue AS q (id, action, model, record_id, sheet_row_index, payload,
+                                     max_retries)
+        SELECT c.id, c.action, c.model, c.record_id, c.row_hint, c.payload,
+               coalesce(c.max_retries, 3)
+        FROM c
+        ON CONFLICT (id) DO NOTHING
+        RETURNING q.id, q.model, q.record_id
+    ),
+    marked AS (
+        INSERT INTO sync_record AS r (model, record_id, pending, waiting_id)
+        SELECT i.model, i.record_id, count(*), min(i.id)
+        FROM inserted AS i
+        GROUP BY i.model, i.record_id
+        ORDER BY i.model, i.record_id
+        ON CONFLICT (model, record_id) DO UPDATE
+        SET pending = r.pending + excluded.pending,
+            available_at = CASE WHEN r.pending = 0 THEN greatest(r.available_at, now())
+                                ELSE r.available_at END,
+            waiting_id = CASE WHEN r.pending = 0 THEN excluded.waiting_id
+                              ELSE least(r.waiting_id, excluded.waiting_id) END
+        RETURNING 1
+    )
+    SELECT count(*) FROM inserted
 """)
 
 # Claim a batch of records with their waiting changes, in one statement.
@@ -42,6 +69,8 @@ ENQUEUE = text("""
 # - claimed: the records get the token, and lose from ``pending`` exactly the changes taken.
 #   (A change committed after this statement's snapshot is not taken, and stays counted.) A
 #   picked record that got no change is not claimed.
+# A record's rows come together, oldest change first; only that first row carries the record's
+# synced fields and versions (the rest: NULL), so they are sent and decoded once per record.
 CLAIM = text("""
     WITH picked AS (
         SELECT r.model, r.record_id FROM sync_record AS r
@@ -75,10 +104,13 @@ CLAIM = text("""
         RETURNING r.model, r.record_id, r.fields, r.versions, r.deleted_id, r.created_id,
                   r.touched_id
     )
-    SELECT c.model, c.record_id, c.fields, c.versions, c.deleted_id, c.created_id,
-           c.touched_id, t.id, t.action, t.sheet_row_index, t.payload, t.retries,
-           t.max_retries, t.created_at
+    SELECT c.model, c.record_id, t.id, t.action, t.sheet_row_index, t.payload, t.retries,
+           t.max_retries, t.created_at,
+           CASE WHEN row_number() OVER w = 1 THEN c.fields END AS fields,
+           CASE WHEN row_number() OVER w = 1 THEN c.versions END AS versions,
+           c.deleted_id, c.created_id, c.touched_id
     FROM claimed AS c JOIN taken AS t USING (model, record_id)
+    WINDOW w AS (PARTITION BY c.model, c.record_id ORDER BY t.id)
     ORDER BY c.model, c.record_id, t.id
 """)
 
