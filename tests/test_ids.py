@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from syncqueue_tasks.core import ids
 from syncqueue_tasks.core.ids import is_valid_id, new_id
 
+pytestmark = pytest.mark.unit
+
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 

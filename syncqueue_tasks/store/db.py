@@ -105,7 +105,8 @@ def fetch(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> l
         driver = connection.driver_connection
         with driver.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
             cursor.execute(query, params, prepare=True)
-            return cursor.fetchall()
+            rows: list[Any] = cursor.fetchall()
+            return rows
     except psycopg.Error as exc:
         dbapi_connection = connection.dbapi_connection
         dead = engine.dialect.is_disconnect(exc, dbapi_connection, None)  # type: ignore[arg-type]
