@@ -539,6 +539,30 @@ def test_a_store_that_fails_raises_sqlalchemys_error_without_the_payload() -> No
     assert count_rows() == 0
 
 
+def test_a_store_that_cannot_connect_raises_sqlalchemys_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No server: the store's error is SQLAlchemy's ``OperationalError`` (what the CLI and the
+    callers catch), not the driver's."""
+    from sqlalchemy.exc import OperationalError
+
+    from syncqueue_tasks.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:1/none")
+    get_settings.cache_clear()
+    dispose_engine()
+    try:
+        with pytest.raises(OperationalError):
+            queue.enqueue("UPDATE", "Request", "r", {"n": 1})
+        with pytest.raises(OperationalError):
+            queue.claim_records(5)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        dispose_engine()
+    assert count_rows() == 0
+
+
 def test_stores_after_the_servers_connections_died_reconnect() -> None:
     """A dead pooled connection fails one plain store (an error saying the connection was
     invalidated), then the pool reconnects; a fail-fast store retries once by itself."""

@@ -54,6 +54,7 @@ class EnqueueChangeTask(EnqueueTask):
         payload: Any,
         sheet_row_index: Any = None,
         item_id: Any = None,
+        *,
         max_retries: Any = None,
     ) -> dict[str, Any]:
         """Validate one change; the message carries normalized values and the id."""
@@ -161,11 +162,12 @@ def enqueue_change(
     payload: dict[str, Any],
     sheet_row_index: int | None = None,
     item_id: str | None = None,
+    *,
     max_retries: int | None = None,
 ) -> str:
     """Store one change (worker side), then ask for a ``process_batch`` soon."""
     prepared = self.prepare(
-        action, model, record_id, payload, sheet_row_index, item_id, max_retries
+        action, model, record_id, payload, sheet_row_index, item_id, max_retries=max_retries
     )
     self.store_durably(prepared)
     kick(self.app)

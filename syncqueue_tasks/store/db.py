@@ -31,7 +31,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import Engine, TextClause, create_engine
 from sqlalchemy.engine.interfaces import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from syncqueue_tasks.settings import Settings, get_settings
 
@@ -100,7 +100,10 @@ def fetch(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> l
     that died is dropped, and the pool's older ones with it (as SQLAlchemy does).
     """
     query = _driver_sql(statement, engine.dialect)
-    connection = engine.raw_connection()
+    try:
+        connection = engine.raw_connection()
+    except psycopg.Error as exc:  # no connection could be made (server down, refused, ...)
+        raise _sqlalchemy_error(engine, query, exc, invalidated=False) from exc
     try:
         driver = connection.driver_connection
         with driver.cursor(row_factory=namedtuple_row) as cursor:  # type: ignore[union-attr]
@@ -112,17 +115,25 @@ def fetch(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> l
         dead = engine.dialect.is_disconnect(exc, dbapi_connection, None)  # type: ignore[arg-type]
         if dead:
             engine.pool._invalidate(connection, exc)
-        raise DBAPIError.instance(
-            query,
-            None,
-            exc,
-            psycopg.Error,
-            hide_parameters=True,
-            connection_invalidated=dead,
-            dialect=engine.dialect,
-        ) from exc
+        raise _sqlalchemy_error(engine, query, exc, invalidated=dead) from exc
     finally:
         connection.close()
+
+
+def _sqlalchemy_error(
+    engine: Engine, query: str, exc: psycopg.Error, *, invalidated: bool
+) -> StatementError:
+    """``exc`` as ``Connection.execute`` would raise it: a ``DBAPIError`` subclass
+    (``OperationalError``, ...), with the statement's parameters hidden."""
+    return DBAPIError.instance(
+        query,
+        None,
+        exc,
+        psycopg.Error,
+        hide_parameters=True,
+        connection_invalidated=invalidated,
+        dialect=engine.dialect,
+    )
 
 
 def scalar(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> Any:
