@@ -123,6 +123,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         dispose_engine()
         drop_database(_DB_NAME)
         purge_broker()
+        redis = Redis.from_url(REDIS_URL)  # and kombu's bindings of this run's queues
+        redis.delete(*redis.scan_iter(f"_kombu.binding*.{TEST_QUEUE}*"), "no such key")
+        redis.close()
 
 
 @pytest.fixture
