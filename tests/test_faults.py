@@ -356,7 +356,7 @@ def _lock_waiters(engine: Engine) -> int:
             conn.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND pid <> pg_backend_pid() AND query ILIKE '%syncqueue_enqueue%'"
+                    "AND pid <> pg_backend_pid() AND query ILIKE '%INSERT INTO sync_queue%'"
                 )
             ).scalar_one()
         )
