@@ -90,15 +90,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         command.upgrade(alembic_config(), "head")
 
 
-def purge_broker() -> None:
+def purge_broker(*, bindings: bool = False) -> None:
     """Drop this run's queue, and this run's messages kombu holds as unacknowledged.
 
     A worker killed by an earlier test leaves messages unacknowledged; the next test's worker
     would restore and store them, and count one change more than its test sent. Entries of
     other runs sharing this Redis (their routing key is their own queue) are left alone.
+    ``bindings``: kombu's bindings of the run's queues too (at the end of the run only: a
+    worker or producer of a running test relies on them).
     """
     redis = Redis.from_url(REDIS_URL)
     redis.delete(TEST_QUEUE, *redis.scan_iter(f"{TEST_QUEUE}*"))
+    if bindings:
+        redis.delete(*redis.scan_iter(f"_kombu.binding*.{TEST_QUEUE}*"), "no such key")
     for tag, raw in redis.hgetall("unacked").items():
         if _routing_key(raw, lambda m: m[2]) == TEST_QUEUE:  # [message, exchange, key]
             redis.hdel("unacked", tag)
@@ -122,10 +126,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _run["used"]:
         dispose_engine()
         drop_database(_DB_NAME)
-        purge_broker()
-        redis = Redis.from_url(REDIS_URL)  # and kombu's bindings of this run's queues
-        redis.delete(*redis.scan_iter(f"_kombu.binding*.{TEST_QUEUE}*"), "no such key")
-        redis.close()
+        purge_broker(bindings=True)
 
 
 @pytest.fixture

@@ -52,21 +52,23 @@ def layer_of(name: str) -> str | None:
     return top if top in FOLDERS else None
 
 
+def package_names(node: ast.AST) -> set[str]:
+    """What an import statement names of the package (dotted, no prefix): for
+    ``from syncqueue_tasks.store import queue``, ``store`` and ``store.queue`` (a module or
+    not: ``from x import Name`` names ``x.Name``)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    else:
+        return set()
+    return {n.removeprefix("syncqueue_tasks.") for n in names if n.startswith("syncqueue_tasks.")}
+
+
 def imported_modules(path: Path) -> set[str]:
     """The package's modules that ``path`` imports, anywhere in it (dotted, no prefix)."""
     tree = ast.parse(path.read_text(), str(path))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from syncqueue_tasks.store import queue` names a module; `from x import Name` not
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        found |= {
-            n.removeprefix("syncqueue_tasks.") for n in names if n.startswith("syncqueue_tasks.")
-        }
+    found = set().union(*(package_names(node) for node in ast.walk(tree)))
     return {name for name in found if _is_module(name)}
 
 
@@ -104,26 +106,13 @@ def test_the_rule_catches_a_wrong_arrow(tmp_path: Path) -> None:
     assert layer_of("celery.tasks") not in {"writers", *ALLOWED["writers"]}
 
 
-def _package_names(node: ast.AST) -> set[str]:
-    """What an import statement names of the package (dotted, no prefix)."""
-    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "syncqueue_tasks":
-        return {alias.name for alias in node.names}
-    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-        names = {node.module}
-    elif isinstance(node, ast.Import):
-        names = {alias.name for alias in node.names}
-    else:
-        return set()
-    return {n.removeprefix("syncqueue_tasks.") for n in names if n.startswith("syncqueue_tasks.")}
-
-
 def test_the_package_imports_no_former_path() -> None:
     """Former flat paths are aliases for callers; the package itself uses the layer paths."""
     from syncqueue_tasks._moved import MOVED
 
     for path in SOURCES:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = _package_names(node)
+            names = package_names(node)
             assert names.isdisjoint(MOVED), f"{module_name(path)} imports {names & set(MOVED)}"
 
 
