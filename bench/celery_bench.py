@@ -607,8 +607,8 @@ def main() -> int:
         for fact in facts:
             print(fact)
         print(
-            f"package defaults: batch_size={settings.batch_size}, "
-            f"kick_delay={settings.kick_delay}s, task_send_sent_event="
+            f"package defaults: batch_size={settings.tasks.batch_size}, "
+            f"kick_delay={settings.tasks.kick_delay}s, task_send_sent_event="
             f"{app.conf.task_send_sent_event}, acks_late={app.conf.task_acks_late}, "
             f"prefetch={app.conf.worker_prefetch_multiplier}"
         )
@@ -770,7 +770,8 @@ def main() -> int:
             f"*{'; '.join(facts)}. Caller side: {sizes.delay_calls:,} calls each, interleaved, "
             f"no consumer. End to end: {e2e['count']} `.delay()` at {sizes.e2e_rate:g}/s into "
             f"one worker (concurrency {e2e['concurrency']}), default settings (kick delay "
-            f"{settings.kick_delay:g} s, batch size {settings.batch_size}), no beat. Drain: JSON "
+            f"{settings.tasks.kick_delay:g} s, batch size {settings.tasks.batch_size}), no beat. "
+            "Drain: JSON "
             f"lines writer (fsync per batch), best of {sizes.drain_rounds} round(s).*"
         )
         print()

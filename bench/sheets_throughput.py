@@ -51,7 +51,7 @@ def _writer(factor: float, prefix: str) -> Any:
     """This version's Sheets writer, its limiter on the fake's scaled minute."""
     from dataclasses import fields
 
-    from syncqueue_tasks.settings import get_settings
+    from syncqueue_tasks.celery.batch import writer_context
     from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 
     names = {f.name for f in fields(SheetsTuning)}
@@ -60,7 +60,7 @@ def _writer(factor: float, prefix: str) -> Any:
         tuning = SheetsTuning(key_prefix=prefix, quota_window=minute)
     else:  # before: a sliding window of writes only
         tuning = SheetsTuning(key_prefix=prefix, rate_window=minute)
-    return GoogleSheetsWriter(get_settings(), tuning=tuning)
+    return GoogleSheetsWriter.from_context(writer_context(), tuning=tuning)
 
 
 def _backlog(factor: float, prefix: str, minutes: float) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from syncqueue_tasks.settings import get_settings
 def get_redis() -> Redis:
     """A client for ``SYNCQUEUE_REDIS_URL`` (default: the broker) with short timeouts: it is
     used on the caller's ``.delay()`` path, which must not wait on a sick Redis."""
-    return Redis.from_url(get_settings().redis_url, socket_connect_timeout=0.1, socket_timeout=0.5)
+    return Redis.from_url(get_settings().redis.url, socket_connect_timeout=0.1, socket_timeout=0.5)
 
 
 def key(name: str) -> str:
     """A Redis key namespaced by the deployment's Celery queue name."""
-    return f"{get_settings().redis_prefix}:{name}"
+    return f"{get_settings().redis.prefix}:{name}"

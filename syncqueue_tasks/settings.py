@@ -1,7 +1,10 @@
-"""Every environment variable the package reads (except Celery's own, in ``celery_config``).
+"""Every environment variable the package reads (except Celery's own, in ``celery/config``).
 
-Read once per process through :func:`get_settings`; tests call ``get_settings.cache_clear()``
-after changing the environment.
+The variables are read at the edges (a task, a CLI verb, a writer's factory) into small typed
+configs, one per part, and those are passed down: the queue gets a ``QueueConfig``, validation
+its ``Limits``, the Sheets writer a ``SheetsConfig``. Each config can also be built in code
+(every field has the README's default). :func:`get_settings` reads them all once per process;
+tests call ``get_settings.cache_clear()`` after changing the environment.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from syncqueue_tasks.core.errors import ConfigurationError
+from syncqueue_tasks.core.validation import Limits
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@localhost:5432/postgres"
 
@@ -94,132 +98,255 @@ def _lists(name: str) -> dict[str, tuple[str, ...]]:
     return result
 
 
+def _bool(name: str, default: bool) -> bool:
+    return _choice(name, "true" if default else "false", ("true", "false")) == "true"
+
+
+def _text_var(name: str, default: str = "") -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """The PostgreSQL database the queue lives in (``store.db``)."""
+
+    url: str = DEFAULT_DATABASE_URL
+    pool_size: int = 5
+    #: ``.delay()``'s direct store gives up after this long and hands the change to the broker.
+    enqueue_timeout_ms: int = 200
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """``DATABASE_URL``, ``SYNCQUEUE_DB_POOL_SIZE``, ``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``."""
+        return cls(
+            url=normalize_database_url(_text_var("DATABASE_URL", cls.url)),
+            pool_size=_int("SYNCQUEUE_DB_POOL_SIZE", cls.pool_size, 1, 100),
+            enqueue_timeout_ms=_int(
+                "SYNCQUEUE_ENQUEUE_TIMEOUT_MS", cls.enqueue_timeout_ms, 10, 60_000
+            ),
+        )
+
+
+def limits_from_env() -> Limits:
+    """The input limits (``core.validation.Limits``) the environment sets."""
+    models = frozenset(
+        m.strip() for m in os.environ.get("SYNCQUEUE_MODELS", ",".join(Limits.models)).split(",")
+    ) - {""}
+    if not models:
+        raise ConfigurationError("SYNCQUEUE_MODELS must name at least one model")
+    return Limits(
+        models=models,
+        max_record_id_length=_int(
+            "SYNCQUEUE_MAX_RECORD_ID_LENGTH", Limits.max_record_id_length, 1, 255
+        ),
+        max_payload_bytes=_int(
+            "SYNCQUEUE_MAX_PAYLOAD_BYTES", Limits.max_payload_bytes, 16, 16 * 1024 * 1024
+        ),
+        default_max_retries=_int("SYNCQUEUE_MAX_RETRIES", Limits.default_max_retries, 0, 100),
+    )
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """How the queue claims, backs off and cleans up (``store.queue.QueueStore``)."""
+
+    claim_max_changes: int = 1000
+    backoff_base_seconds: float = 2.0
+    backoff_max_seconds: float = 600.0
+    cleanup_chunk_size: int = 5000
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """``SYNCQUEUE_CLAIM_MAX_CHANGES``, ``SYNCQUEUE_BACKOFF_*``, ``..._CLEANUP_CHUNK_SIZE``."""
+        return cls(
+            claim_max_changes=_int(
+                "SYNCQUEUE_CLAIM_MAX_CHANGES", cls.claim_max_changes, 1, 100_000
+            ),
+            backoff_base_seconds=_float(
+                "SYNCQUEUE_BACKOFF_BASE_SECONDS", cls.backoff_base_seconds, 0.0, 3600.0
+            ),
+            backoff_max_seconds=_float(
+                "SYNCQUEUE_BACKOFF_MAX_SECONDS", cls.backoff_max_seconds, 0.0, 86400.0
+            ),
+            cleanup_chunk_size=_int(
+                "SYNCQUEUE_CLEANUP_CHUNK_SIZE", cls.cleanup_chunk_size, 1, 100000
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What the Celery tasks do with a call (``celery.tasks``)."""
+
+    batch_size: int = 25
+    batch_time_budget: float = 60.0
+    enqueue_mode: str = "direct"
+    kick_delay: float = 0.2
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """``SYNCQUEUE_BATCH_SIZE``, ``..._BATCH_TIME_BUDGET``, ``..._ENQUEUE_MODE``,
+        ``..._KICK_DELAY``."""
+        return cls(
+            batch_size=_int("SYNCQUEUE_BATCH_SIZE", cls.batch_size, 1, 1000),
+            batch_time_budget=_float(
+                "SYNCQUEUE_BATCH_TIME_BUDGET", cls.batch_time_budget, 0.0, 3600.0
+            ),
+            enqueue_mode=_choice("SYNCQUEUE_ENQUEUE_MODE", cls.enqueue_mode, ("direct", "broker")),
+            kick_delay=_float("SYNCQUEUE_KICK_DELAY", cls.kick_delay, 0.0, 60.0),
+        )
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """Which writer, and the rules every spreadsheet writer follows (``writers.rules``)."""
+
+    #: ``package.module:factory``; empty: Google Sheets when configured, else the workbook.
+    writer: str = ""
+    id_column: str = "id"
+    unknown_fields: str = "add_column"
+    update_missing: str = "create"
+    delete_mode: str = "tombstone"
+    workbook_path: Path = Path(".syncqueue/workbook.xlsx")
+    jsonl_path: str = ""
+
+    @classmethod
+    def from_env(cls, data_dir: Path) -> Self:
+        """``SYNCQUEUE_WRITER``, ``..._ID_COLUMN``, ``..._UNKNOWN_FIELDS``,
+        ``..._UPDATE_MISSING``, ``..._DELETE_MODE``, ``..._WORKBOOK_PATH``, ``..._JSONL_PATH``."""
+        return cls(
+            writer=_text_var("SYNCQUEUE_WRITER"),
+            id_column=_text_var("SYNCQUEUE_ID_COLUMN", cls.id_column),
+            unknown_fields=_choice(
+                "SYNCQUEUE_UNKNOWN_FIELDS", cls.unknown_fields, ("add_column", "fail")
+            ),
+            update_missing=_choice(
+                "SYNCQUEUE_UPDATE_MISSING", cls.update_missing, ("create", "fail")
+            ),
+            delete_mode=_choice("SYNCQUEUE_DELETE_MODE", cls.delete_mode, ("tombstone", "remove")),
+            workbook_path=Path(_text_var("SYNCQUEUE_WORKBOOK_PATH") or data_dir / "workbook.xlsx"),
+            jsonl_path=_text_var("SYNCQUEUE_JSONL_PATH"),
+        )
+
+
+@dataclass(frozen=True)
+class SheetsConfig:
+    """The Google Sheets writer's spreadsheet, account, request sizes and quota."""
+
+    spreadsheet_id: str = ""
+    credentials_file: str = ""
+    api_url: str = "https://sheets.googleapis.com"
+    #: model -> tab title (default: the model's name).
+    tabs: dict[str, str] = field(default_factory=dict)
+    #: One write request per batch: as many records as fit this many bytes.
+    max_request_bytes: int = 1_000_000
+    batch_records: int = 5000
+    conflicts: str = "overwrite"
+    long_cells: str = "fail"
+    #: model -> the order of its first columns.
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    max_cells: int = 10_000_000
+    #: Google's per-user quota per minute (a service account is one user), per kind.
+    read_quota: int = 60
+    write_quota: int = 60
+    #: Seconds added to the 60 s window when pacing (covers network jitter).
+    quota_margin: float = 2.0
+    #: Requests that may go at once: a round's tabs read, ids read and rows read.
+    quota_burst: int = 3
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """The ``SYNCQUEUE_SHEETS_*`` variables (and ``GOOGLE_APPLICATION_CREDENTIALS``)."""
+        return cls(
+            spreadsheet_id=_text_var("SYNCQUEUE_SHEETS_SPREADSHEET_ID"),
+            credentials_file=_text_var("SYNCQUEUE_SHEETS_CREDENTIALS_FILE")
+            or _text_var("GOOGLE_APPLICATION_CREDENTIALS"),
+            api_url=_text_var("SYNCQUEUE_SHEETS_API_URL", cls.api_url).rstrip("/"),
+            tabs=_mapping("SYNCQUEUE_SHEETS_TABS"),
+            max_request_bytes=_int(
+                "SYNCQUEUE_SHEETS_MAX_REQUEST_BYTES", cls.max_request_bytes, 10_000, 10_000_000
+            ),
+            batch_records=_int("SYNCQUEUE_SHEETS_BATCH_RECORDS", cls.batch_records, 1, 100_000),
+            conflicts=_choice("SYNCQUEUE_SHEETS_CONFLICTS", cls.conflicts, ("overwrite", "keep")),
+            long_cells=_choice("SYNCQUEUE_SHEETS_LONG_CELLS", cls.long_cells, ("fail", "truncate")),
+            columns=_lists("SYNCQUEUE_SHEETS_COLUMNS"),
+            max_cells=_int("SYNCQUEUE_SHEETS_MAX_CELLS", cls.max_cells, 1, 10_000_000),
+            read_quota=_int("SYNCQUEUE_SHEETS_READ_QUOTA", cls.read_quota, 1, 100_000),
+            write_quota=_int("SYNCQUEUE_SHEETS_WRITE_QUOTA", cls.write_quota, 1, 100_000),
+            quota_margin=_float("SYNCQUEUE_SHEETS_QUOTA_MARGIN", cls.quota_margin, 0.0, 60.0),
+            quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", cls.quota_burst, 1, 60),
+        )
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The Redis the package keeps its own keys in (kick debounce, counters, Sheets limiter)."""
+
+    url: str = "redis://localhost:6379/0"
+    #: Keys are namespaced by the Celery queue's name.
+    prefix: str = "syncqueue"
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """``SYNCQUEUE_REDIS_URL`` (else ``CELERY_BROKER_URL``), ``CELERY_QUEUE``."""
+        return cls(
+            url=_text_var("SYNCQUEUE_REDIS_URL") or _text_var("CELERY_BROKER_URL") or cls.url,
+            prefix=_text_var("CELERY_QUEUE", cls.prefix),
+        )
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """The operator's dashboard (``dashboard``)."""
+
+    port: int = 8085
+    password: str = field(default="", repr=False)
+    #: Behind a TLS-terminating proxy: mark the session cookie Secure.
+    secure_cookies: bool = False
+    refresh_seconds: int = 5
+
+    @classmethod
+    def from_env(cls) -> Self:
+        """The ``SYNCQUEUE_DASHBOARD_*`` variables."""
+        return cls(
+            port=_int("SYNCQUEUE_DASHBOARD_PORT", cls.port, 1, 65535),
+            password=os.environ.get("SYNCQUEUE_DASHBOARD_PASSWORD", ""),
+            secure_cookies=_bool("SYNCQUEUE_DASHBOARD_SECURE_COOKIES", cls.secure_cookies),
+            refresh_seconds=_int(
+                "SYNCQUEUE_DASHBOARD_REFRESH_SECONDS", cls.refresh_seconds, 1, 3600
+            ),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Typed view of the environment. See the README's configuration table."""
+    """Every part's config, read from the environment (the README's configuration table)."""
 
-    database_url: str
-    db_pool_size: int
-    models: frozenset[str]
-    max_record_id_length: int
-    max_payload_bytes: int
-    default_max_retries: int
-    backoff_base_seconds: float
-    backoff_max_seconds: float
-    batch_size: int
-    cleanup_chunk_size: int
-    batch_time_budget: float
-    enqueue_mode: str
-    enqueue_timeout_ms: int
-    kick_delay: float
-    claim_max_changes: int
-    writer: str
-    jsonl_path: str
+    database: DatabaseConfig
+    limits: Limits
+    queue: QueueConfig
+    tasks: TaskConfig
+    destination: DestinationConfig
+    sheets: SheetsConfig
+    redis: RedisConfig
+    dashboard: DashboardConfig
+    #: Where the local stack, the workbook and backfill resume files live.
     data_dir: Path
-    workbook_path: Path
-    sheets_spreadsheet_id: str
-    sheets_credentials_file: str
-    sheets_api_url: str
-    sheets_tabs: dict[str, str]
-    id_column: str
-    unknown_fields: str
-    update_missing: str
-    delete_mode: str
-    sheets_max_request_bytes: int
-    sheets_batch_records: int
-    sheets_conflicts: str
-    sheets_long_cells: str
-    sheets_columns: dict[str, tuple[str, ...]]
-    sheets_max_cells: int
-    sheets_read_quota: int
-    sheets_write_quota: int
-    sheets_quota_margin: float
-    sheets_quota_burst: int
-    redis_url: str
-    redis_prefix: str
-    dashboard_port: int
-    dashboard_password: str = field(repr=False)
-    dashboard_secure_cookies: bool
-    dashboard_refresh_seconds: int
 
     @classmethod
     def from_env(cls) -> Settings:
         """Build settings from ``os.environ``; raise ``ConfigurationError`` on bad values."""
-        env = os.environ.get
-        models = frozenset(
-            m.strip() for m in env("SYNCQUEUE_MODELS", "Request,Operator,Revenue").split(",")
-        ) - {""}
-        if not models:
-            raise ConfigurationError("SYNCQUEUE_MODELS must name at least one model")
-        data_dir = Path(env("SYNCQUEUE_DATA_DIR", "") or ".syncqueue")
+        data_dir = Path(_text_var("SYNCQUEUE_DATA_DIR") or ".syncqueue")
         return cls(
-            database_url=normalize_database_url(env("DATABASE_URL", "") or DEFAULT_DATABASE_URL),
-            db_pool_size=_int("SYNCQUEUE_DB_POOL_SIZE", 5, 1, 100),
-            models=models,
-            max_record_id_length=_int("SYNCQUEUE_MAX_RECORD_ID_LENGTH", 255, 1, 255),
-            max_payload_bytes=_int("SYNCQUEUE_MAX_PAYLOAD_BYTES", 65536, 16, 16 * 1024 * 1024),
-            default_max_retries=_int("SYNCQUEUE_MAX_RETRIES", 3, 0, 100),
-            backoff_base_seconds=_float("SYNCQUEUE_BACKOFF_BASE_SECONDS", 2.0, 0.0, 3600.0),
-            backoff_max_seconds=_float("SYNCQUEUE_BACKOFF_MAX_SECONDS", 600.0, 0.0, 86400.0),
-            batch_size=_int("SYNCQUEUE_BATCH_SIZE", 25, 1, 1000),
-            cleanup_chunk_size=_int("SYNCQUEUE_CLEANUP_CHUNK_SIZE", 5000, 1, 100000),
-            batch_time_budget=_float("SYNCQUEUE_BATCH_TIME_BUDGET", 60.0, 0.0, 3600.0),
-            enqueue_mode=_choice("SYNCQUEUE_ENQUEUE_MODE", "direct", ("direct", "broker")),
-            enqueue_timeout_ms=_int("SYNCQUEUE_ENQUEUE_TIMEOUT_MS", 200, 10, 60_000),
-            kick_delay=_float("SYNCQUEUE_KICK_DELAY", 0.2, 0.0, 60.0),
-            claim_max_changes=_int("SYNCQUEUE_CLAIM_MAX_CHANGES", 1000, 1, 100_000),
-            writer=env("SYNCQUEUE_WRITER", "").strip(),
-            jsonl_path=env("SYNCQUEUE_JSONL_PATH", "").strip(),
+            database=DatabaseConfig.from_env(),
+            limits=limits_from_env(),
+            queue=QueueConfig.from_env(),
+            tasks=TaskConfig.from_env(),
+            destination=DestinationConfig.from_env(data_dir),
+            sheets=SheetsConfig.from_env(),
+            redis=RedisConfig.from_env(),
+            dashboard=DashboardConfig.from_env(),
             data_dir=data_dir,
-            workbook_path=Path(env("SYNCQUEUE_WORKBOOK_PATH", "") or data_dir / "workbook.xlsx"),
-            sheets_spreadsheet_id=env("SYNCQUEUE_SHEETS_SPREADSHEET_ID", "").strip(),
-            sheets_credentials_file=(
-                env("SYNCQUEUE_SHEETS_CREDENTIALS_FILE", "")
-                or env("GOOGLE_APPLICATION_CREDENTIALS", "")
-            ).strip(),
-            sheets_api_url=(
-                env("SYNCQUEUE_SHEETS_API_URL", "") or "https://sheets.googleapis.com"
-            ).rstrip("/"),
-            sheets_tabs=_mapping("SYNCQUEUE_SHEETS_TABS"),
-            id_column=env("SYNCQUEUE_ID_COLUMN", "").strip() or "id",
-            unknown_fields=_choice(
-                "SYNCQUEUE_UNKNOWN_FIELDS", "add_column", ("add_column", "fail")
-            ),
-            update_missing=_choice("SYNCQUEUE_UPDATE_MISSING", "create", ("create", "fail")),
-            delete_mode=_choice("SYNCQUEUE_DELETE_MODE", "tombstone", ("tombstone", "remove")),
-            # One write request per batch: as many records as fit this many bytes.
-            sheets_max_request_bytes=_int(
-                "SYNCQUEUE_SHEETS_MAX_REQUEST_BYTES", 1_000_000, 10_000, 10_000_000
-            ),
-            sheets_batch_records=_int("SYNCQUEUE_SHEETS_BATCH_RECORDS", 5000, 1, 100_000),
-            sheets_conflicts=_choice(
-                "SYNCQUEUE_SHEETS_CONFLICTS", "overwrite", ("overwrite", "keep")
-            ),
-            sheets_long_cells=_choice("SYNCQUEUE_SHEETS_LONG_CELLS", "fail", ("fail", "truncate")),
-            sheets_columns=_lists("SYNCQUEUE_SHEETS_COLUMNS"),
-            sheets_max_cells=_int("SYNCQUEUE_SHEETS_MAX_CELLS", 10_000_000, 1, 10_000_000),
-            # Google's per-user quota per minute (a service account is one user), per kind.
-            sheets_read_quota=_int("SYNCQUEUE_SHEETS_READ_QUOTA", 60, 1, 100_000),
-            sheets_write_quota=_int("SYNCQUEUE_SHEETS_WRITE_QUOTA", 60, 1, 100_000),
-            # Seconds added to the 60 s window when pacing (covers network jitter).
-            sheets_quota_margin=_float("SYNCQUEUE_SHEETS_QUOTA_MARGIN", 2.0, 0.0, 60.0),
-            # Requests that may go at once: a round's tabs read, ids read and rows read.
-            sheets_quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", 3, 1, 60),
-            redis_url=(
-                env("SYNCQUEUE_REDIS_URL", "")
-                or env("CELERY_BROKER_URL", "")
-                or "redis://localhost:6379/0"
-            ),
-            # Redis keys (kick debounce, metrics) are namespaced by the Celery queue's name.
-            redis_prefix=env("CELERY_QUEUE", "").strip() or "syncqueue",
-            dashboard_port=_int("SYNCQUEUE_DASHBOARD_PORT", 8085, 1, 65535),
-            dashboard_password=env("SYNCQUEUE_DASHBOARD_PASSWORD", ""),
-            # Behind a TLS-terminating proxy: mark the session cookie Secure.
-            dashboard_secure_cookies=_choice(
-                "SYNCQUEUE_DASHBOARD_SECURE_COOKIES", "false", ("true", "false")
-            )
-            == "true",
-            dashboard_refresh_seconds=_int("SYNCQUEUE_DASHBOARD_REFRESH_SECONDS", 5, 1, 3600),
         )
 
 

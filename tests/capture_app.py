@@ -162,7 +162,7 @@ def session() -> Session:
 
 def drain() -> None:
     """Write everything queued to the workbook through the real batch driver and writer."""
-    batch.process(load_writer(WORKBOOK), batch_size=1000, time_budget=120)
+    batch.process(load_writer(WORKBOOK, batch.writer_context()), batch_size=1000, time_budget=120)
     with get_engine().connect() as conn:
         left = conn.execute(text("SELECT count(*) FROM sync_queue WHERE status <> 'COMPLETED'"))
         assert left.scalar_one() == 0

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 
+from syncqueue_tasks.celery.batch import writer_context
 from syncqueue_tasks.core.records import RecordKey, RecordWrite
 from syncqueue_tasks.writers.base import Outcome
 from syncqueue_tasks.writers.jsonl import JsonLinesWriter, append_lines, create_writer, line
@@ -32,7 +33,7 @@ class Recording:
     """Records every record write, then reports done."""
 
     def __init__(self) -> None:
-        self.inner: JsonLinesWriter = create_writer()
+        self.inner: JsonLinesWriter = create_writer(writer_context())
 
     def write_records(self, writes: Sequence[RecordWrite]) -> Mapping[RecordKey, Outcome]:
         _sleep()

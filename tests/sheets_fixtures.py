@@ -23,6 +23,7 @@ from sheets_helpers import HEADER, SID, MakeWriter
 
 from syncqueue_tasks.core.records import RecordKey
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.writers.base import WriterContext
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 
 
@@ -73,8 +74,8 @@ def make_writer(env: pytest.MonkeyPatch, prefix: str) -> Iterator[MakeWriter]:
             states = holder["feeder"].states
             return {i: states[RecordKey(model, i)] for i in ids if RecordKey(model, i) in states}
 
-        writer = GoogleSheetsWriter(
-            get_settings(), tuning=SheetsTuning(**(options | tuning)), synced=synced
+        writer = GoogleSheetsWriter.from_context(
+            WriterContext(get_settings(), synced), tuning=SheetsTuning(**(options | tuning))
         )
         writers.append(writer)
         holder["feeder"] = Feeder(writer)

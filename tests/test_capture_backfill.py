@@ -30,6 +30,7 @@ from sqlalchemy import insert, text
 
 from syncqueue_tasks import capture
 from syncqueue_tasks.capture import registry
+from syncqueue_tasks.celery.batch import writer_context
 from syncqueue_tasks.core.items import QueueItem, SyncAction
 from syncqueue_tasks.ops.cli import main
 from syncqueue_tasks.store import queue
@@ -292,7 +293,7 @@ def test_backfill_of_100000_rows_killed_midway_and_resumed_puts_every_row_in_the
     assert len(items) - rows <= 1000  # at most the batch in flight at the kill, again
     # the queue's claims are tested elsewhere; here the changes go to the writer as one batch
     # (one workbook load and save), folded per record as process_batch folds them
-    outcomes = Feeder(load_writer(WORKBOOK)).write(items)
+    outcomes = Feeder(load_writer(WORKBOOK, writer_context())).write(items)
     assert {o.kind.value for o in outcomes.values()} == {"done"}
     source = capture.table_source(get_engine(), "Revenue", "capture_big")
     assert sheet(tmp_path / "book.xlsx", "Revenue") == table_as_sheet(source)

@@ -14,7 +14,7 @@ from sqlalchemy.types import UserDefinedType
 
 from syncqueue_tasks.capture.values import MAX_EXACT_INT, check_column_type, to_json
 from syncqueue_tasks.core.errors import ValidationError
-from syncqueue_tasks.core.validation import validate_change
+from syncqueue_tasks.core.validation import Limits, validate_change
 
 pytestmark = pytest.mark.unit
 
@@ -68,7 +68,9 @@ def test_each_value_converts_as_the_table_says_and_the_queue_accepts_it(
 ) -> None:
     converted = to_json("Request", "f", value)
     assert converted == expected and type(converted) is type(expected)
-    change = validate_change("CREATE", "Request", "1", {"f": converted})  # stored unchanged
+    change = validate_change(
+        "CREATE", "Request", "1", {"f": converted}, limits=Limits()
+    )  # stored unchanged
     assert json.loads(change.payload_json) == {"f": expected}
 
 

@@ -216,7 +216,9 @@ def test_property_cli_enqueue_stores_the_change_or_says_why_in_one_line(
     try:
         fields = json.loads(payload)
         row_number = None if row is None else int(row)
-        change = validate_change(action, model, record_id, fields, row_number)
+        change = validate_change(
+            action, model, record_id, fields, row_number, limits=get_settings().limits
+        )
     except (ValueError, ValidationError):
         change = None
     event("refused" if change is None else "stored")

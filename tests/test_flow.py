@@ -117,12 +117,12 @@ def test_wait_for_sleeps_to_its_slot_or_answers_the_real_wait(redis: Redis, pref
     assert 2 - SLACK <= paced.reserve("write", 5.0, "c") <= 2  # still free for whoever comes
 
 
-def test_from_settings_reads_the_quota_rows(redis: Redis, prefix: str) -> None:
+def test_from_config_reads_the_quota_rows(redis: Redis, prefix: str) -> None:
     settings = Settings.from_env()
-    made = AccountLimiter.from_settings(redis, "sa@x", settings, prefix)
-    assert made.budgets["read"].quota == settings.sheets_read_quota == 60
-    assert made.budgets["write"].quota == settings.sheets_write_quota == 60
-    assert made.budgets["write"].margin == settings.sheets_quota_margin
+    made = AccountLimiter.from_config(redis, "sa@x", settings.sheets, prefix)
+    assert made.budgets["read"].quota == settings.sheets.read_quota == 60
+    assert made.budgets["write"].quota == settings.sheets.write_quota == 60
+    assert made.budgets["write"].margin == settings.sheets.quota_margin
     assert made.key == f"{prefix}:quota:sa@x"
 
 

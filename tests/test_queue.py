@@ -616,7 +616,7 @@ def test_storing_changes_does_what_the_database_functions_do() -> None:
         for n, r in enumerate(["b", "a", "a", "b", "c", "c", "d"], start=1)
     ]
     later[-1] |= {"sheet_row_index": 7, "max_retries": 5}
-    changes = validate_changes(later)
+    changes = validate_changes(later, get_settings().limits)
     ids = [first[1], *_ids(len(later) - 1)]  # the first one is stored already
 
     def stored(statement: Any) -> tuple[int, list[Any], list[Any]]:

@@ -23,7 +23,7 @@ def test_numbers_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("SYNCQUEUE_BACKOFF_BASE_SECONDS", " 3 ")
     monkeypatch.setenv("SYNCQUEUE_CLAIM_MAX_CHANGES", "7")
     settings = get_settings()
-    assert (settings.backoff_base_seconds, settings.claim_max_changes) == (3.0, 7)
+    assert (settings.queue.backoff_base_seconds, settings.queue.claim_max_changes) == (3.0, 7)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from fake_sheets import READ_KINDS, WRITE_KINDS, FakeSheets, Quota
 from items import Feeder, item
 from sheets_helpers import SID, MakeWriter, write_until_done
 
+from syncqueue_tasks.celery.batch import writer_context
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 
@@ -48,7 +49,7 @@ def _process(sid: str, prefix: str, count: int) -> None:
     os.environ["SYNCQUEUE_SHEETS_SPREADSHEET_ID"] = sid
     get_settings.cache_clear()
     tuning = SheetsTuning(key_prefix=prefix, quota_window=60 / FACTOR, limiter_wait=30.0)
-    writer = GoogleSheetsWriter(get_settings(), tuning=tuning)
+    writer = GoogleSheetsWriter.from_context(writer_context(), tuning=tuning)
     try:
         _batches(Feeder(writer), sid, count)
     finally:

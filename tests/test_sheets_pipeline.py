@@ -27,13 +27,14 @@ from sqlalchemy import text
 
 from syncqueue_tasks.celery import batch as batch_module
 from syncqueue_tasks.celery.app import app as celery_app
+from syncqueue_tasks.celery.batch import process_writer
 from syncqueue_tasks.celery.tasks import enqueue_change, enqueue_changes, process_batch
 from syncqueue_tasks.core.records import RecordKey, RecordWrite
 from syncqueue_tasks.redis_client import get_redis, key
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.store.db import get_engine
 from syncqueue_tasks.writers import loading
-from syncqueue_tasks.writers.base import Outcome
+from syncqueue_tasks.writers.base import Outcome, WriterContext
 from syncqueue_tasks.writers.sheets import GoogleSheetsWriter, SheetsTuning
 
 pytestmark = pytest.mark.system
@@ -121,8 +122,8 @@ def sheet(
     built: list[Any] = []
     load_writer = loading.load_writer
 
-    def load_and_keep(spec: str) -> Any:
-        writer = load_writer(spec)
+    def load_and_keep(spec: str, context: WriterContext) -> Any:
+        writer = load_writer(spec, context)
         built.append(writer)
         return writer
 
@@ -306,12 +307,12 @@ def test_writer_spec_picks_sheets_when_spreadsheet_and_credentials_are_set(
 ) -> None:
     configure(monkeypatch, SYNCQUEUE_WRITER=None)
     assert loading.writer_spec(get_settings()) == loading.SHEETS
-    writer = loading.get_writer()
+    writer = process_writer()
     assert isinstance(writer, GoogleSheetsWriter)
-    assert writer.settings.sheets_api_url == sheet.fake.url
+    assert writer.settings.sheets.api_url == sheet.fake.url
     assert writer.limiter.key == f"{KEY_PREFIX}:quota:{sheet.account}"
-    assert loading.get_writer() is writer  # built once per settings
-    credentials = get_settings().sheets_credentials_file
+    assert process_writer() is writer  # built once per settings
+    credentials = get_settings().sheets.credentials_file
 
     configure(monkeypatch, SYNCQUEUE_SHEETS_CREDENTIALS_FILE=None)
     assert loading.writer_spec(get_settings()) == loading.WORKBOOK
@@ -374,7 +375,7 @@ def test_delay_create_update_delete_across_two_models(
     assert [(r["id"], r["status"], r["retries"], r["last_error"]) for r in queue_rows()] == [
         (i, "COMPLETED", 0, None) for i in ids
     ]
-    assert isinstance(loading.get_writer(), GoogleSheetsWriter)
+    assert isinstance(process_writer(), GoogleSheetsWriter)
     calls = calls_by_kind(pipeline.fake)
     assert calls["oauth.token"] == 1 and calls["spreadsheets.get"] == 1
     with pipeline.fake.lock:

@@ -17,6 +17,7 @@ from fake_sheets import FakeSheets
 from sheets_helpers import SID
 
 from syncqueue_tasks.celery import batch
+from syncqueue_tasks.celery.batch import writer_context
 from syncqueue_tasks.celery.verify import verify
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.store import queue
@@ -94,8 +95,8 @@ def test_random_workload_with_a_person_and_faults_ends_equal_to_the_synced_state
     person = Person(12)
     fake.person = person
     fake.chaos(0.2, seed=13)
-    writer = GoogleSheetsWriter(
-        get_settings(), tuning=SheetsTuning(key_prefix=prefix, max_rounds=3, limiter_wait=5)
+    writer = GoogleSheetsWriter.from_context(
+        writer_context(), tuning=SheetsTuning(key_prefix=prefix, max_rounds=3, limiter_wait=5)
     )
     try:
         changes = _changes(rng)

@@ -16,6 +16,7 @@ from redis import Redis
 from sheets_helpers import SID
 
 from syncqueue_tasks.celery import batch
+from syncqueue_tasks.celery.batch import writer_context
 from syncqueue_tasks.celery.verify import last_result, verify
 from syncqueue_tasks.ops import metrics
 from syncqueue_tasks.ops.cli import main
@@ -32,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
 def writer(env: pytest.MonkeyPatch, prefix: str) -> Iterator[GoogleSheetsWriter]:
     env.setenv("SYNCQUEUE_MODELS", "Request")
     get_settings.cache_clear()
-    made = GoogleSheetsWriter(get_settings(), tuning=SheetsTuning(key_prefix=prefix))
+    made = GoogleSheetsWriter.from_context(writer_context(), tuning=SheetsTuning(key_prefix=prefix))
     yield made
     made.close()
 
@@ -123,7 +124,9 @@ def test_keep_reports_a_persons_edit_without_rewriting_it(
 ) -> None:
     env.setenv("SYNCQUEUE_SHEETS_CONFLICTS", "keep")
     get_settings.cache_clear()
-    keeper = GoogleSheetsWriter(get_settings(), tuning=SheetsTuning(key_prefix=prefix))
+    keeper = GoogleSheetsWriter.from_context(
+        writer_context(), tuning=SheetsTuning(key_prefix=prefix)
+    )
     try:
         write(keeper, ("CREATE", "a", {"name": "na"}))
         fake.set_cell(SID, "Requests", 2, 2, "mine")

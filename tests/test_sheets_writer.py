@@ -13,6 +13,7 @@ from fake_sheets import READ_KINDS, WRITE_KINDS, FakeSheets, Formula
 from items import item
 from sheets_helpers import SID, MakeWriter, all_done, kinds, seed, write_until_done
 
+from syncqueue_tasks.celery.batch import writer_context
 from syncqueue_tasks.ops import metrics
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.base import OutcomeKind, Writer
@@ -545,11 +546,11 @@ def test_requests_and_429_answers_are_counted_in_the_queue_metrics(
 def test_create_writer_uses_settings(
     fake: FakeSheets, env: pytest.MonkeyPatch, prefix: str
 ) -> None:
-    writer = create_writer()
+    writer = create_writer(writer_context())
     try:
-        assert writer.settings.sheets_api_url == fake.url
+        assert writer.settings.sheets.api_url == fake.url
         assert writer.limiter.key == "syncqueue:sheets:quota:anonymous"
-        assert writer.batch_records == get_settings().sheets_batch_records
+        assert writer.batch_records == get_settings().sheets.batch_records
     finally:
         writer.close()
     assert fake.count() == 0  # building a writer sends nothing
@@ -580,7 +581,9 @@ def test_service_account_credentials_end_to_end(
     path.write_text(json.dumps(info))
     env.setenv("SYNCQUEUE_SHEETS_CREDENTIALS_FILE", str(path))
     get_settings.cache_clear()
-    writer = GoogleSheetsWriter(get_settings(), tuning=SheetsTuning(key_prefix=prefix))
+    writer = GoogleSheetsWriter.from_context(
+        writer_context(), tuning=SheetsTuning(key_prefix=prefix)
+    )
     try:
         assert writer.limiter.key.endswith(":quota:writer@fake.iam.gserviceaccount.com")
         from items import Feeder

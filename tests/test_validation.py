@@ -680,7 +680,7 @@ def _expected_row(
     max_retries: object = None,
 ) -> dict[str, Any] | None:
     """The row ``enqueue`` must store for these arguments, or None if it must reject them."""
-    s = get_settings()
+    s = get_settings().limits
     if not isinstance(action, str) or action.upper() not in ACTIONS:
         return None
     if not _is_text(model, 64) or model not in s.models:

@@ -17,6 +17,7 @@ import openpyxl
 import pytest
 from items import Feeder, item
 
+from syncqueue_tasks.celery.batch import writer_context
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.writers.base import OutcomeKind, Writer
 from syncqueue_tasks.writers.workbook import LocalWorkbookWriter, create_writer
@@ -62,7 +63,7 @@ def writer(monkeypatch: pytest.MonkeyPatch, **env: str) -> LocalWorkbookWriter:
     for name, value in env.items():
         monkeypatch.setenv(f"SYNCQUEUE_{name.upper()}", value)
     get_settings.cache_clear()
-    return Feeder(create_writer())  # type: ignore[return-value]
+    return Feeder(create_writer(writer_context()))  # type: ignore[return-value]
 
 
 def test_factory_reads_settings(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

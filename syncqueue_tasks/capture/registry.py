@@ -111,7 +111,7 @@ def for_table(table: object) -> Tracked | None:
 
 def check_model(model: str) -> None:
     """Refuse a model the queue would refuse (not in ``SYNCQUEUE_MODELS``)."""
-    models = get_settings().models
+    models = get_settings().limits.models
     if model not in models:
         known = ", ".join(sorted(models))
         raise CaptureError(f"model {model!r} is not in SYNCQUEUE_MODELS ({known})")

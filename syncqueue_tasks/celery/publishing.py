@@ -147,7 +147,7 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
         # Logs and Flower show the message's repr: keep payloads (data) out of it, and small.
         options.setdefault("argsrepr", "()")
         options.setdefault("kwargsrepr", self.describe(prepared))
-        if get_settings().enqueue_mode == "direct":
+        if get_settings().tasks.enqueue_mode == "direct":
             try:
                 self.store(prepared, fail_fast=True)
             except STORE_ERRORS as db_error:

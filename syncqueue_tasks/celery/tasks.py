@@ -28,13 +28,12 @@ from syncqueue_tasks.core.ids import new_id
 from syncqueue_tasks.core.validation import (
     validate_batch_size,
     validate_change,
-    validate_change_mapping,
+    validate_changes,
     validate_item_id,
 )
 from syncqueue_tasks.redis_client import get_redis, key
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.store import queue
-from syncqueue_tasks.writers.loading import get_writer
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,10 @@ class EnqueueChangeTask(EnqueueTask):
         max_retries: Any = None,
     ) -> dict[str, Any]:
         """Validate one change; the message carries normalized values and the id."""
-        change = validate_change(action, model, record_id, payload, sheet_row_index, max_retries)
+        limits = get_settings().limits
+        change = validate_change(
+            action, model, record_id, payload, sheet_row_index, max_retries, limits=limits
+        )
         return {
             "action": change.action.value,
             "model": change.model,
@@ -107,17 +109,12 @@ class EnqueueChangesTask(EnqueueTask):
     @staticmethod
     def prepare(changes: Any, item_ids: Any = None) -> dict[str, Any]:
         """Validate every change first; the message carries them and their ids."""
-        if isinstance(changes, dict | str | bytes) or not hasattr(changes, "__iter__"):
-            raise ValidationError("changes", "must be a list of changes")
-        validated = [validate_change_mapping(c) for c in changes]
-        if item_ids is None:
-            ids = [new_id() for _ in validated]
-        else:
-            if isinstance(item_ids, dict | str | bytes) or not hasattr(item_ids, "__iter__"):
-                raise ValidationError("item_ids", "must be a list of ids")
-            ids = [validate_item_id(i) for i in item_ids]
-            if len(ids) != len(validated) or len(set(ids)) != len(ids):
-                raise ValidationError("item_ids", "must be unique, one per change")
+        validated = validate_changes(changes, get_settings().limits)
+        if item_ids is not None and (
+            isinstance(item_ids, dict | str | bytes) or not hasattr(item_ids, "__iter__")
+        ):
+            raise ValidationError("item_ids", "must be a list of ids")
+        ids = queue.assign_ids(len(validated), item_ids)
         return {
             "changes": [
                 {
@@ -197,14 +194,14 @@ PROCESS_BATCH = "syncqueue.process_batch"
 def process_batch(batch_size: int | None = None) -> dict[str, Any]:
     """Drain the queue to the writer until it is empty or the time budget is spent."""
     settings = get_settings()
-    size = settings.batch_size if batch_size is None else validate_batch_size(batch_size)
+    size = settings.tasks.batch_size if batch_size is None else validate_batch_size(batch_size)
     _unkick()  # enqueues from now on schedule a new run
     try:
         report = batch.process(
-            get_writer(),
+            batch.process_writer(),
             batch_size=size,
             time_budget=min(
-                settings.batch_time_budget, celery_config.PROCESS_BATCH_SOFT_TIME_LIMIT / 2
+                settings.tasks.batch_time_budget, celery_config.PROCESS_BATCH_SOFT_TIME_LIMIT / 2
             ),
             interrupts=(SoftTimeLimitExceeded,),
         )
@@ -266,7 +263,7 @@ def kick(app: Celery | None = None) -> None:
     schedules one run, and an enqueue during a run schedules the next. Its TTL covers a lost
     scheduled run. Beat stays the safety net when Redis is not reachable.
     """
-    delay = get_settings().kick_delay
+    delay = get_settings().tasks.kick_delay
     try:
         if get_redis().set(key("kick"), 1, nx=True, px=int(delay * 1000) + 5000):
             target = current_app if app is None else app

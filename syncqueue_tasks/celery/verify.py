@@ -62,12 +62,12 @@ def verify(model: str | None = None, *, repair: bool = False, writer: Any = None
     destination; with ``repair``, rewrite what differs. The result is also stored for
     :func:`last_result` and the metrics."""
     if writer is None:
-        from syncqueue_tasks.writers.loading import get_writer
+        from syncqueue_tasks.celery.batch import process_writer
 
-        writer = get_writer()
+        writer = process_writer()
     if not callable(getattr(writer, "verify_model", None)):
         raise ConfigurationError(f"the writer {type(writer).__name__} cannot be verified")
-    models = [model] if model else sorted(get_settings().models)
+    models = [model] if model else sorted(get_settings().limits.models)
     result = VerifyResult(repair=repair)
     for name in models:
         report = writer.verify_model(name, lambda n=name: synced_states(n), repair=repair)

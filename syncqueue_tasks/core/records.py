@@ -17,7 +17,7 @@ test). Every writer and the queue use this one definition.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -181,3 +181,17 @@ def record_write(
         tuple(sorted(c.id for c in changes)),
         row_hint,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SyncedRecord:
+    """A record's synced state, and whether a claim holds it right now (``verify`` skips it)."""
+
+    state: RecordState
+    claimed: bool
+
+
+#: The synced states of some records of a model: ``(model, record_ids) -> {record_id: state}``
+#: (records the queue never wrote are absent). The store provides it (``store.synced``);
+#: a writer is given it (``writers.base.WriterContext``).
+SyncedStates = Callable[[str, Sequence[str]], Mapping[str, RecordState]]

@@ -1,4 +1,8 @@
-"""Input checks shared by ``queue`` and the Celery tasks. Each raises ``ValidationError``."""
+"""Input checks shared by ``queue`` and the Celery tasks. Each raises ``ValidationError``.
+
+The limits a change is checked against (models, sizes, the default retry count) are passed in
+as :class:`Limits`; the caller reads them from its configuration (``settings.limits_from_env``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,6 @@ from typing import Any, cast
 from syncqueue_tasks.core.errors import ValidationError
 from syncqueue_tasks.core.ids import is_valid_id
 from syncqueue_tasks.core.items import SyncAction
-from syncqueue_tasks.settings import get_settings
 
 _INT32_MAX = 2**31 - 1
 _MAX_DEPTH = 64
@@ -27,6 +30,17 @@ _ACTIONS = {a.value: a for a in SyncAction}
 # What json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")) uses,
 # made once rather than per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a change may be: ``SYNCQUEUE_MODELS``, ``..._MAX_RECORD_ID_LENGTH``,
+    ``..._MAX_PAYLOAD_BYTES`` and the retries a change gets by default (``..._MAX_RETRIES``)."""
+
+    models: frozenset[str] = frozenset({"Request", "Operator", "Revenue"})
+    max_record_id_length: int = 255
+    max_payload_bytes: int = 65536
+    default_max_retries: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,31 +63,33 @@ def validate_change(
     payload: object,
     sheet_row_index: object = None,
     max_retries: object = None,
+    *,
+    limits: Limits,
 ) -> Change:
-    """Check every field of one change; return it normalized, or raise ``ValidationError``."""
-    settings = get_settings()
+    """Check every field of one change against ``limits``; return it normalized, or raise
+    ``ValidationError``."""
     payload_dict = _payload(payload)
     payload_json = _serialize(payload_dict)
-    if len(payload_json.encode("utf-8")) > settings.max_payload_bytes:
+    if len(payload_json.encode("utf-8")) > limits.max_payload_bytes:
         raise ValidationError(
-            "payload", f"serialized size exceeds the limit of {settings.max_payload_bytes} bytes"
+            "payload", f"serialized size exceeds the limit of {limits.max_payload_bytes} bytes"
         )
     return Change(
         action=_action(action),
-        model=_model(model, settings.models),
-        record_id=_record_id(record_id, settings.max_record_id_length),
+        model=_model(model, limits.models),
+        record_id=_record_id(record_id, limits.max_record_id_length),
         payload=payload_dict,
         payload_json=payload_json,
         sheet_row_index=_optional_int("sheet_row_index", sheet_row_index, 1, _INT32_MAX),
         max_retries=(
-            settings.default_max_retries
+            limits.default_max_retries
             if max_retries is None
             else _int_in_range("max_retries", max_retries, 0, 100)
         ),
     )
 
 
-def validate_change_mapping(change: object) -> Change:
+def validate_change_mapping(change: object, limits: Limits) -> Change:
     """Validate one element of ``enqueue_many``: a mapping (or object) with ``enqueue``'s keys."""
     if isinstance(change, Mapping):
         unknown = set(change) - _ALLOWED_KEYS
@@ -89,6 +105,7 @@ def validate_change_mapping(change: object) -> Change:
             change["payload"],
             change.get("sheet_row_index"),
             change.get("max_retries"),
+            limits=limits,
         )
     if all(hasattr(change, k) for k in ("action", "model", "record_id", "payload")):
         return validate_change(
@@ -98,13 +115,14 @@ def validate_change_mapping(change: object) -> Change:
             change.payload,  # type: ignore[attr-defined]
             getattr(change, "sheet_row_index", None),
             getattr(change, "max_retries", None),
+            limits=limits,
         )
     raise ValidationError(
         "change", f"expected a mapping of enqueue's arguments, got {_kind(change)}"
     )
 
 
-def validate_changes(changes: object) -> list[Change]:
+def validate_changes(changes: object, limits: Limits) -> list[Change]:
     """Validate every element of a list of changes; an error names the element:
     ``changes[3].payload: ...``."""
     if isinstance(changes, Mapping | str | bytes) or not hasattr(changes, "__iter__"):
@@ -112,7 +130,7 @@ def validate_changes(changes: object) -> list[Change]:
     validated = []
     for index, change in enumerate(cast(Iterable[object], changes)):
         try:
-            validated.append(validate_change_mapping(change))
+            validated.append(validate_change_mapping(change, limits))
         except ValidationError as exc:
             raise ValidationError(f"changes[{index}].{exc.field}", exc.problem) from None
     return validated

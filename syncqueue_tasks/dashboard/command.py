@@ -20,7 +20,7 @@ def dashboard(port: int | None, host: str) -> None:
     """Serve the queue dashboard (login required) until Ctrl-C."""
     from syncqueue_tasks.dashboard.server import bind, serve
 
-    port = get_settings().dashboard_port if port is None else port
+    port = get_settings().dashboard.port if port is None else port
     try:
         sock = bind(host, port)
     except OSError as exc:

@@ -50,7 +50,7 @@ def record(request: Request) -> Response:
     model = request.query_params.get("model", "").strip()
     record_id = request.query_params.get("record_id", "")
     error, record, changes = None, None, None
-    longest = get_settings().max_record_id_length
+    longest = get_settings().limits.max_record_id_length
     if model or record_id:
         if not model or len(model) > MAX_MODEL_LENGTH:
             error = f"model: give a model name of at most {MAX_MODEL_LENGTH} characters"
@@ -63,7 +63,7 @@ def record(request: Request) -> Response:
         request,
         "record.html",
         status=400 if error else 200,
-        models=sorted(get_settings().models),
+        models=sorted(get_settings().limits.models),
         model=model,
         record_id=record_id,
         record=record,

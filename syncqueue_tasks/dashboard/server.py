@@ -35,18 +35,18 @@ def serve(sock: socket.socket, echo: Callable[[str], None] = print) -> None:
     from syncqueue_tasks.dashboard.app import DashboardConfig, create_app
 
     settings = get_settings()
-    password = settings.dashboard_password or generate_password()
+    password = settings.dashboard.password or generate_password()
     app = create_app(
         DashboardConfig(
             password=password,
-            secure_cookies=settings.dashboard_secure_cookies,
-            refresh_seconds=settings.dashboard_refresh_seconds,
+            secure_cookies=settings.dashboard.secure_cookies,
+            refresh_seconds=settings.dashboard.refresh_seconds,
         )
     )
     host, port = sock.getsockname()[:2]
     where = f"[{host}]" if ":" in host else host
     echo(f"Dashboard on http://{where}:{port}/ (Ctrl-C stops)")
-    if not settings.dashboard_password:
+    if not settings.dashboard.password:
         echo(f"Password (generated for this run; set SYNCQUEUE_DASHBOARD_PASSWORD): {password}")
     # Logins and retries/discards are logged by the dashboard itself; no access log (the
     # record page's query string holds record ids).

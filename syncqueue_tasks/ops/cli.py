@@ -352,7 +352,9 @@ def demo(count: int, timeout: float, yes: bool) -> None:
     from syncqueue_tasks.ops.demo import DEMO_MODELS, demo_changes, destination, follow
 
     settings = get_settings()
-    models = [m for m in DEMO_MODELS if m in settings.models] or sorted(settings.models)
+    models = [m for m in DEMO_MODELS if m in settings.limits.models] or sorted(
+        settings.limits.models
+    )
     where, is_sheet = destination(settings, models)
     click.echo(f"The demo writes into {where}.")
     if is_sheet and not yes:

@@ -24,12 +24,12 @@ def destination(settings: Settings, models: Sequence[str]) -> tuple[str, bool]:
     Google Sheet (someone else's data may be there: the CLI asks first)."""
     spec = writer_spec(settings)
     if spec == SHEETS:
-        sheet_id = settings.sheets_spreadsheet_id
-        tabs = ", ".join(settings.sheets_tabs.get(m, m) for m in models)
+        sheet_id = settings.sheets.spreadsheet_id
+        tabs = ", ".join(settings.sheets.tabs.get(m, m) for m in models)
         url = f"https://docs.google.com/spreadsheets/d/{sheet_id}"
         return f"the Google Sheet {sheet_id} ({url}), tabs {tabs}", True
     if spec == WORKBOOK:
-        return f"the local workbook {settings.workbook_path.absolute()}", False
+        return f"the local workbook {settings.destination.workbook_path.absolute()}", False
     return f"the writer {spec}", False
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from syncqueue_tasks.celery.batch import writer_context
 from syncqueue_tasks.core.errors import sanitize_error
 from syncqueue_tasks.local.runstate import cli_command, migrate_hint, using_default_database
 from syncqueue_tasks.settings import get_settings
@@ -69,7 +70,7 @@ def check_sheet() -> Check:
     """The spreadsheet answers (one read, within the quota), and how full its grids are."""
     from syncqueue_tasks.writers.sheets import create_writer
 
-    writer = create_writer()
+    writer = create_writer(writer_context())
     try:
         used, limit, tabs = writer.usage()
     finally:
@@ -82,7 +83,7 @@ def check_sheet() -> Check:
 
 def check_database() -> Check:
     """PostgreSQL answers at DATABASE_URL."""
-    url = make_url(get_settings().database_url).render_as_string(hide_password=True)
+    url = make_url(get_settings().database.url).render_as_string(hide_password=True)
     with get_engine().connect() as conn:
         version = conn.execute(sql.SERVER_VERSION).scalar_one()
     default = (
@@ -148,7 +149,7 @@ def check_writer() -> Check:
     from syncqueue_tasks.writers.workbook import LocalWorkbookWriter
 
     spec = writer_spec(get_settings())
-    writer = load_writer(spec)
+    writer = load_writer(spec, writer_context())
     if not isinstance(writer, LocalWorkbookWriter):
         return Check("writer", True, f"{spec} built (destination not contacted)")
     path = writer.path.absolute()

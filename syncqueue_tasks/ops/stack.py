@@ -224,7 +224,9 @@ class Stack:
         settings = get_settings()
         spec = writer_spec(settings)
         self._state.info["writer"] = (
-            f"workbook {Path(settings.workbook_path).absolute()}" if spec == WORKBOOK else spec
+            f"workbook {Path(settings.destination.workbook_path).absolute()}"
+            if spec == WORKBOOK
+            else spec
         )
 
     def _start_celery(self) -> None:
@@ -278,7 +280,7 @@ class Stack:
         """The queue dashboard, a child like Flower, behind a login (password printed once)."""
         from syncqueue_tasks.dashboard.auth import generate_password
 
-        port, password = get_settings().dashboard_port, get_settings().dashboard_password
+        port, password = get_settings().dashboard.port, get_settings().dashboard.password
         if port_open(port):
             raise StackError(f"port {port} is in use: set SYNCQUEUE_DASHBOARD_PORT")
         generated = "" if password else generate_password()

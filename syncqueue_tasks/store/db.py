@@ -1,13 +1,18 @@
-"""The process's SQLAlchemy engines, safe across ``fork``.
+"""The engines of one PostgreSQL database (:class:`Database`), and the process's own, safe
+across ``fork``.
 
-- :func:`get_engine`: transactions of several statements (migrations, operator tools).
-- :func:`get_autocommit_engine`: the queue's own operations. Each is ONE statement (storing,
+- ``Database.engine``: transactions of several statements (migrations, operator tools).
+- ``Database.autocommit``: the queue's own operations. Each is ONE statement (storing,
   claiming, recording outcomes...), atomic by itself, so it runs in autocommit: one round
   trip, not BEGIN, the statement and COMMIT.
-- :func:`get_enqueue_engine`: ``.delay()``'s direct store. Autocommit too, with short
+- ``Database.enqueue``: ``.delay()``'s direct store. Autocommit too, with short
   ``lock_timeout`` and ``statement_timeout`` set when a connection opens
   (``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``): a record held by an open transaction, or a database that
   answers slowly, makes the store fail fast, and the change goes to the broker instead.
+
+A ``Database`` is made from a ``DatabaseConfig`` and passed to the queue
+(``QueueStore(database, ...)``); :func:`get_database` is the process's own, made from the
+environment on first use (``get_engine()`` & co. are its engines).
 
 The queue's hottest statements (storing changes, claiming, recording outcomes) go through
 :func:`fetch`: psycopg directly
@@ -25,6 +30,7 @@ import functools
 import os
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,25 +39,42 @@ from sqlalchemy import Engine, TextClause, create_engine
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.exc import DBAPIError, StatementError
 
-from syncqueue_tasks.settings import Settings, get_settings
-
-_lock = threading.Lock()
-_engines: dict[str, Engine] = {}
-_engines_pid: int | None = None
+from syncqueue_tasks.settings import DatabaseConfig, get_settings
 
 
-def _create(settings: Settings, kind: str) -> Engine:
+@dataclass(frozen=True)
+class Database:
+    """The three engines (pools) the queue uses on one database; see the module docstring."""
+
+    engine: Engine
+    autocommit: Engine
+    enqueue: Engine
+
+    @classmethod
+    def connect(cls, config: DatabaseConfig) -> Database:
+        """Engines for ``config``'s database (connections open on first use)."""
+        return cls(
+            _create(config, "main"), _create(config, "autocommit"), _create(config, "enqueue")
+        )
+
+    def dispose(self, *, close: bool = True) -> None:
+        """Close the pools (``close=False``: forget a parent process's connections)."""
+        for engine in (self.engine, self.autocommit, self.enqueue):
+            engine.dispose(close=close)
+
+
+def _create(config: DatabaseConfig, kind: str) -> Engine:
     connect_args: dict[str, object] = {"connect_timeout": 5, "application_name": "syncqueue"}
     options: dict[str, object] = {}
     if kind == "enqueue":
-        ms = settings.enqueue_timeout_ms
+        ms = config.enqueue_timeout_ms
         connect_args["options"] = f"-c lock_timeout={ms} -c statement_timeout={ms}"
     if kind in ("enqueue", "autocommit"):
         options["isolation_level"] = "AUTOCOMMIT"
     return create_engine(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        config.url,
+        pool_size=config.pool_size,
+        max_overflow=config.pool_size,
         pool_pre_ping=False,
         pool_timeout=10,
         hide_parameters=True,
@@ -60,35 +83,38 @@ def _create(settings: Settings, kind: str) -> Engine:
     )
 
 
-def _get(kind: str) -> Engine:
-    global _engines_pid
+_lock = threading.Lock()
+_database: tuple[int, Database] | None = None  # (the process that made it, it)
+
+
+def get_database() -> Database:
+    """This process's database, made from ``DATABASE_URL`` & co. on first use.
+
+    A child process (Celery prefork) gets fresh engines rather than the parent's sockets.
+    """
+    global _database
     with _lock:
-        if _engines_pid != os.getpid():
-            for engine in _engines.values():
-                engine.dispose(close=False)  # the parent's connections are the parent's
-            _engines.clear()
-            _engines_pid = os.getpid()
-        if kind not in _engines:
-            _engines[kind] = _create(get_settings(), kind)
-        return _engines[kind]
+        if _database is not None and _database[0] != os.getpid():
+            _database[1].dispose(close=False)  # the parent's connections are the parent's
+            _database = None
+        if _database is None:
+            _database = (os.getpid(), Database.connect(get_settings().database))
+        return _database[1]
 
 
 def get_engine() -> Engine:
-    """This process's engine, created from ``DATABASE_URL`` on first use.
-
-    A child process (Celery prefork) gets a fresh engine rather than the parent's sockets.
-    """
-    return _get("main")
+    """This process's engine for transactions (``get_database().engine``)."""
+    return get_database().engine
 
 
 def get_autocommit_engine() -> Engine:
     """This process's engine for one-statement operations (see the module docstring)."""
-    return _get("autocommit")
+    return get_database().autocommit
 
 
 def get_enqueue_engine() -> Engine:
     """This process's engine for fast, fail-fast stores (see the module docstring)."""
-    return _get("enqueue")
+    return get_database().enqueue
 
 
 def fetch(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
@@ -154,10 +180,9 @@ def is_disconnect(error: BaseException) -> bool:
 
 
 def dispose_engine() -> None:
-    """Close this process's pools (tests and settings changes)."""
-    global _engines_pid
+    """Close this process's pools (tests and settings changes); the next use makes new ones."""
+    global _database
     with _lock:
-        for engine in _engines.values():
-            engine.dispose()
-        _engines.clear()
-        _engines_pid = None
+        if _database is not None:
+            _database[1].dispose()
+        _database = None

@@ -14,15 +14,20 @@ the record's changes:
 
 A record missing from the returned mapping counts as a retryable failure. An exception that
 escapes ``write_records`` fails the whole batch as retryable.
+
+A writer's factory (``SYNCQUEUE_WRITER=package.module:factory``) takes no argument, or one: the
+:class:`WriterContext`, with the settings and a way to read records' synced states.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
-from syncqueue_tasks.core.records import RecordKey, RecordWrite
+from syncqueue_tasks.core.records import RecordKey, RecordWrite, SyncedStates
+from syncqueue_tasks.settings import Settings
 
 
 @runtime_checkable
@@ -34,4 +39,13 @@ class Writer(Protocol):
         ...
 
 
-__all__ = ["Outcome", "OutcomeKind", "RecordKey", "RecordWrite", "Writer"]
+@dataclass(frozen=True)
+class WriterContext:
+    """What a writer's factory is given: the settings (read at the edge, once) and
+    ``synced_states(model, record_ids) -> {record_id: RecordState}`` (the queue's database)."""
+
+    settings: Settings
+    synced_states: SyncedStates
+
+
+__all__ = ["Outcome", "OutcomeKind", "RecordKey", "RecordWrite", "Writer", "WriterContext"]

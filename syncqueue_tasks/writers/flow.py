@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from syncqueue_tasks.settings import Settings
+from syncqueue_tasks.settings import SheetsConfig
 
 KINDS = ("read", "write")
 
@@ -147,11 +147,11 @@ class AccountLimiter:
         self._script = redis.register_script(_GCRA)
 
     @classmethod
-    def from_settings(
+    def from_config(
         cls,
         redis: Redis,
         account: str,
-        settings: Settings,
+        config: SheetsConfig,
         key_prefix: str,
         *,
         window: float = 60.0,
@@ -159,9 +159,9 @@ class AccountLimiter:
         """The budgets configured by ``SYNCQUEUE_SHEETS_{READ,WRITE}_QUOTA`` and friends, on a
         quota minute of ``window`` seconds (a benchmark shrinks it with a fake's faster clock;
         the margin shrinks with it)."""
-        margin = settings.sheets_quota_margin * window / 60.0
-        burst = settings.sheets_quota_burst
-        quotas = {"read": settings.sheets_read_quota, "write": settings.sheets_write_quota}
+        margin = config.quota_margin * window / 60.0
+        burst = config.quota_burst
+        quotas = {"read": config.read_quota, "write": config.write_quota}
         budgets = {k: Budget(q, window, margin, min(burst, q)) for k, q in quotas.items()}
         return cls(redis, account, budgets, key_prefix=f"{key_prefix}:quota")
 

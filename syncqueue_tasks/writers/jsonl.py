@@ -19,7 +19,7 @@ from typing import Any
 from syncqueue_tasks.core.errors import ConfigurationError
 from syncqueue_tasks.core.outcomes import Outcome
 from syncqueue_tasks.core.records import RecordKey, RecordWrite
-from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.writers.base import WriterContext
 
 
 def line(write: RecordWrite, **extra: Any) -> dict[str, Any]:
@@ -62,9 +62,9 @@ class JsonLinesWriter:
         return {w.key: Outcome.done() for w in writes}
 
 
-def create_writer() -> JsonLinesWriter:
+def create_writer(context: WriterContext) -> JsonLinesWriter:
     """Factory for ``SYNCQUEUE_WRITER=syncqueue_tasks.writers.jsonl:create_writer``."""
-    path = get_settings().jsonl_path
+    path = context.settings.destination.jsonl_path
     if not path:
         raise ConfigurationError("SYNCQUEUE_JSONL_PATH must name the file to append to")
     return JsonLinesWriter(Path(path))

@@ -22,8 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from syncqueue_tasks.core.records import RecordKey, RecordState, RecordWrite, record_write
-from syncqueue_tasks.store.synced import SyncedRecord
+from syncqueue_tasks.core.records import (
+    RecordKey,
+    RecordState,
+    RecordWrite,
+    SyncedRecord,
+    record_write,
+)
 from syncqueue_tasks.writers.rules import DELETED_COLUMN, DeleteMode
 
 

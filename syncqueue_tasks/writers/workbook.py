@@ -30,9 +30,8 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from syncqueue_tasks.core.errors import ConfigurationError, sanitize_error
 from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
-from syncqueue_tasks.core.records import RecordKey, RecordWrite
-from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.store.synced import SyncedRecord
+from syncqueue_tasks.core.records import RecordKey, RecordWrite, SyncedRecord
+from syncqueue_tasks.writers.base import WriterContext
 from syncqueue_tasks.writers.rules import (
     DELETED_COLUMN,
     DeleteMode,
@@ -272,15 +271,15 @@ def _expected(value: Any) -> Any:
     return "" if stored is None else stored
 
 
-def create_writer() -> LocalWorkbookWriter:
-    """Build a ``LocalWorkbookWriter`` from :func:`get_settings`."""
-    s = get_settings()
+def create_writer(context: WriterContext) -> LocalWorkbookWriter:
+    """Build a ``LocalWorkbookWriter`` from the context's destination rules."""
+    rules = context.settings.destination
     return LocalWorkbookWriter(
-        s.workbook_path,
-        id_column=s.id_column,
-        unknown_fields=s.unknown_fields,
-        update_missing=s.update_missing,
-        delete_mode=s.delete_mode,
+        rules.workbook_path,
+        id_column=rules.id_column,
+        unknown_fields=rules.unknown_fields,
+        update_missing=rules.update_missing,
+        delete_mode=rules.delete_mode,
     )
 
 

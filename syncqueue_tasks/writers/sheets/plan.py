@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncqueue_tasks.core.records import RecordWrite
-from syncqueue_tasks.settings import Settings
+from syncqueue_tasks.settings import DestinationConfig, SheetsConfig
 from syncqueue_tasks.writers.rules import (
     DELETED_COLUMN,
     DeleteMode,
@@ -50,24 +50,24 @@ class Policy:
     """The settings planning follows."""
 
     id_column: str = "id"
-    update_missing: str = UpdateMissing.CREATE
-    delete_mode: str = DeleteMode.TOMBSTONE
-    unknown_fields: str = UnknownFields.ADD_COLUMN
+    update_missing: UpdateMissing = UpdateMissing.CREATE
+    delete_mode: DeleteMode = DeleteMode.TOMBSTONE
+    unknown_fields: UnknownFields = UnknownFields.ADD_COLUMN
     keep_conflicts: bool = False
     truncate: bool = False
     column_order: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        """The policy ``settings`` configure."""
+    def from_config(cls, rules: DestinationConfig, sheets: SheetsConfig) -> Policy:
+        """The policy the destination rules and the Sheets config set."""
         return cls(
-            settings.id_column,
-            settings.update_missing,
-            settings.delete_mode,
-            settings.unknown_fields,
-            settings.sheets_conflicts == "keep",
-            settings.sheets_long_cells == "truncate",
-            settings.sheets_columns,
+            rules.id_column,
+            UpdateMissing(rules.update_missing),
+            DeleteMode(rules.delete_mode),
+            UnknownFields(rules.unknown_fields),
+            sheets.conflicts == "keep",
+            sheets.long_cells == "truncate",
+            sheets.columns,
         )
 
 

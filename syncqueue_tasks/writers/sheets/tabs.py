@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from redis import Redis
 
-from syncqueue_tasks.settings import Settings
 from syncqueue_tasks.writers.sheets.layout import TabInfo
 
 
@@ -40,10 +39,10 @@ def parse_info(properties: dict[str, Any]) -> TabInfo:
 class Tabs:
     """The spreadsheet's tabs as last seen, and the models' tabs and columns (Redis)."""
 
-    def __init__(self, redis: Redis, key: str, settings: Settings, ttl: float) -> None:
+    def __init__(self, redis: Redis, key: str, titles: Mapping[str, str], ttl: float) -> None:
         self.redis = redis
         self.key = key
-        self.settings = settings
+        self.titles = titles  # model -> its tab's title (SYNCQUEUE_SHEETS_TABS)
         self.ttl = ttl
         self._infos: dict[int, TabInfo] | None = None
         self._fetched = 0.0
@@ -82,7 +81,7 @@ class Tabs:
 
     def title(self, model: str) -> str:
         """The title a model's tab is looked up by, and made with."""
-        return self.settings.sheets_tabs.get(model, model)
+        return self.titles.get(model, model)
 
     # ------------------------------------------------------------------ the models' tabs
 

@@ -20,8 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from syncqueue_tasks.core.errors import SyncQueueError
-from syncqueue_tasks.core.records import RecordKey
-from syncqueue_tasks.store.synced import SyncedRecord
+from syncqueue_tasks.core.records import RecordKey, SyncedRecord
 from syncqueue_tasks.writers.flow import SpreadsheetLock
 from syncqueue_tasks.writers.sheets.cells import (
     CellTooLong,
@@ -142,7 +141,7 @@ def _repair(
     blanks = writer.tabs.columns(model)
     writes = [restore_write(RecordKey(model, k), records[k].state, blanks) for k in ids]
     batch = sheets_writer.Batch(writes)
-    budget, used = writer.settings.sheets_max_request_bytes, 0
+    budget, used = writer.config.max_request_bytes, 0
     chunk: list[Job] = []
     chunks: list[list[Job]] = []
     for index, write in enumerate(writes):

@@ -36,9 +36,14 @@ from redis.exceptions import RedisError
 from syncqueue_tasks import counters
 from syncqueue_tasks.core.errors import ConfigurationError, SyncQueueError, sanitize_error
 from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
-from syncqueue_tasks.core.records import RecordKey, RecordState, RecordWrite
-from syncqueue_tasks.settings import Settings, get_settings
-from syncqueue_tasks.store.synced import SyncedRecord
+from syncqueue_tasks.core.records import (
+    RecordKey,
+    RecordWrite,
+    SyncedRecord,
+    SyncedStates,
+)
+from syncqueue_tasks.settings import DestinationConfig, RedisConfig, SheetsConfig
+from syncqueue_tasks.writers.base import WriterContext
 from syncqueue_tasks.writers.flow import AccountLimiter, SpreadsheetLock
 from syncqueue_tasks.writers.rules import DELETED_COLUMN
 from syncqueue_tasks.writers.sheets.api import (
@@ -66,7 +71,6 @@ from syncqueue_tasks.writers.verify_compare import ModelReport, restore_write
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Synced = Callable[[str, Sequence[str]], Mapping[str, RecordState]]
 
 
 @dataclass(frozen=True)
@@ -141,57 +145,65 @@ class Batch:
         return {w.key: self.outcomes[i] for i, w in enumerate(self.writes)}
 
 
-def _synced_from_database(model: str, record_ids: Sequence[str]) -> Mapping[str, RecordState]:
-    from syncqueue_tasks.store.synced import synced_states
-
-    return {r: s.state for r, s in synced_states(model, record_ids).items()}
-
-
 class GoogleSheetsWriter:
     """Writes batches of record writes to one spreadsheet; one tab per model."""
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        config: SheetsConfig,
+        synced: SyncedStates,
         *,
+        rules: DestinationConfig | None = None,
+        redis: Redis | str = RedisConfig.url,
         tuning: SheetsTuning | None = None,
         api: SheetsApi | None = None,
-        redis: Redis | None = None,
         account: str | None = None,
-        synced: Synced | None = None,
     ) -> None:
-        self.settings = settings or get_settings()
+        """Write to ``config``'s spreadsheet, following ``rules``; ``synced`` gives records'
+        synced states (the rows a misplaced write touched are put back from them); ``redis``:
+        a client, or the URL of the Redis the account's limiter and tab cache live in."""
+        self.config = config
         self.tuning = tuning or SheetsTuning()
-        sid = self.settings.sheets_spreadsheet_id
+        sid = config.spreadsheet_id
         if not sid:
             raise ConfigurationError("SYNCQUEUE_SHEETS_SPREADSHEET_ID is required for Sheets")
         if api is None:
             http, default_account = make_http_client(
-                self.settings.sheets_api_url,
-                self.settings.sheets_credentials_file,
+                self.config.api_url,
+                self.config.credentials_file,
                 self.tuning.timeout,
             )
             api = SheetsApi(http, sid)
             account = account or default_account
         self.api = api
         self.account = account or "anonymous"
-        self._owns_redis = redis is None
-        self.redis = redis if redis is not None else Redis.from_url(self.settings.redis_url)
+        self._owns_redis = isinstance(redis, str)
+        self.redis = Redis.from_url(redis) if isinstance(redis, str) else redis
         prefix = self.tuning.key_prefix
-        self.limiter = AccountLimiter.from_settings(
-            self.redis, self.account, self.settings, prefix, window=self.tuning.quota_window
+        self.limiter = AccountLimiter.from_config(
+            self.redis, self.account, config, prefix, window=self.tuning.quota_window
         )
         self.lock_key = f"{prefix}:lock:{sid}"
-        self.tabs = Tabs(
-            self.redis, f"{prefix}:tabs:{sid}", self.settings, self.tuning.metadata_ttl
-        )
-        self.policy = Policy.from_settings(self.settings)
-        self.synced = synced or _synced_from_database
+        self.tabs = Tabs(self.redis, f"{prefix}:tabs:{sid}", config.tabs, self.tuning.metadata_ttl)
+        self.policy = Policy.from_config(rules or DestinationConfig(), config)
+        self.synced = synced
         # How many records process_batch claims for one call (follows the byte budget).
-        self.batch_records = self.settings.sheets_batch_records
+        self.batch_records = self.config.batch_records
         self.batch_changes = 100_000
         self.conflicts: list[Conflict] = []  # those of the last call (tests, verify)
         self._headers: dict[str, list[str]] = {}  # last header seen per model: column guesses
+
+    @classmethod
+    def from_context(cls, context: WriterContext, **options: Any) -> GoogleSheetsWriter:
+        """A writer with the configs and synced states of ``context`` (``options``: the
+        keyword arguments of the constructor)."""
+        settings = context.settings
+        return cls(
+            settings.sheets,
+            context.synced_states,
+            rules=settings.destination,
+            **({"redis": settings.redis.url} | options),
+        )
 
     # ------------------------------------------------------------------ entry points
 
@@ -217,14 +229,12 @@ class GoogleSheetsWriter:
 
     def usage(self) -> tuple[int, int, int]:
         """(cells in use, the cell limit, tabs) as the spreadsheet says now (one read)."""
-        wait = self.limiter.wait_for(
-            "read", self.tuning.limiter_wait, self.settings.sheets_spreadsheet_id
-        )
+        wait = self.limiter.wait_for("read", self.tuning.limiter_wait, self.config.spreadsheet_id)
         if wait:
             raise SyncQueueError(f"the account's read quota is spent for {wait:.0f}s")
         self.tabs.load(self.api.metadata())
         self._note_usage()
-        return self.tabs.cells, self.settings.sheets_max_cells, self.tabs.count
+        return self.tabs.cells, self.config.max_cells, self.tabs.count
 
     def verify_model(
         self, model: str, load: Callable[[], Mapping[str, SyncedRecord]], *, repair: bool
@@ -240,7 +250,7 @@ class GoogleSheetsWriter:
     def _fit(self, batch: Batch) -> list[Job]:
         """The records that fit one request's byte budget; the rest are handed back at once
         (no attempt used), and the next claim is sized to what fits."""
-        budget = self.settings.sheets_max_request_bytes
+        budget = self.config.max_request_bytes
         jobs: list[Job] = []
         used = 0
         for index, write in enumerate(batch.writes):
@@ -254,9 +264,7 @@ class GoogleSheetsWriter:
             jobs.append(Job(index, write))
             used += size
         per_record = max(1.0, used / len(jobs))
-        self.batch_records = max(
-            1, min(self.settings.sheets_batch_records, int(0.9 * budget / per_record))
-        )
+        self.batch_records = max(1, min(self.config.batch_records, int(0.9 * budget / per_record)))
         return jobs
 
     def _locked(self, batch: Batch, work: Callable[[SpreadsheetLock], None]) -> None:
@@ -285,7 +293,7 @@ class GoogleSheetsWriter:
         expected wait. The lock's waiters are told when this round should be done."""
         try:
             wait = self.limiter.wait_for_many(
-                needs, self.tuning.limiter_wait, self.settings.sheets_spreadsheet_id
+                needs, self.tuning.limiter_wait, self.config.spreadsheet_id
             )
             lock.expect(sum(needs.values()) * self.tuning.request_seconds)
         except RedisError as exc:
@@ -382,7 +390,7 @@ class GoogleSheetsWriter:
 
     def _note_usage(self) -> None:
         counters.record_sheet_usage(
-            self.settings.sheets_spreadsheet_id, self.tabs.cells, self.settings.sheets_max_cells
+            self.config.spreadsheet_id, self.tabs.cells, self.config.max_cells
         )
 
     def _read(self, infos: Mapping[str, Any], lock: SpreadsheetLock) -> dict[str, Layout]:
@@ -494,7 +502,7 @@ class GoogleSheetsWriter:
     def _limit_cells(self, batch: Batch, plans: Mapping[str, TabPlan]) -> None:
         """Refuse new rows (then new columns) that would take the spreadsheet past its cell
         limit, before Google does."""
-        limit = self.settings.sheets_max_cells
+        limit = self.config.max_cells
         for pick in (TabPlan.inserting, TabPlan.column_users):
             used, added = self.tabs.cells, self._added(plans)
             if used + added <= limit:
@@ -664,6 +672,6 @@ class GoogleSheetsWriter:
         raise _Abort(Outcome.retry(failure.message))
 
 
-def create_writer() -> GoogleSheetsWriter:
-    """A writer configured from :func:`get_settings`."""
-    return GoogleSheetsWriter(get_settings())
+def create_writer(context: WriterContext) -> GoogleSheetsWriter:
+    """The writer ``SYNCQUEUE_WRITER`` names (or the default with Sheets configured)."""
+    return GoogleSheetsWriter.from_context(context)
