@@ -309,7 +309,7 @@ def test_writer_spec_picks_sheets_when_spreadsheet_and_credentials_are_set(
     assert loading.writer_spec(get_settings()) == loading.SHEETS
     writer = process_writer()
     assert isinstance(writer, GoogleSheetsWriter)
-    assert writer.settings.sheets.api_url == sheet.fake.url
+    assert writer.config.api_url == sheet.fake.url
     assert writer.limiter.key == f"{KEY_PREFIX}:quota:{sheet.account}"
     assert process_writer() is writer  # built once per settings
     credentials = get_settings().sheets.credentials_file

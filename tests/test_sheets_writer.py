@@ -548,7 +548,7 @@ def test_create_writer_uses_settings(
 ) -> None:
     writer = create_writer(writer_context())
     try:
-        assert writer.settings.sheets.api_url == fake.url
+        assert writer.config.api_url == fake.url
         assert writer.limiter.key == "syncqueue:sheets:quota:anonymous"
         assert writer.batch_records == get_settings().sheets.batch_records
     finally:
