@@ -189,7 +189,7 @@ class Db:
 
 def purge_queue(r: redis.Redis) -> None:
     """Drop the messages waiting in this run's queue and the kick debounce key."""
-    r.delete(QUEUE, f"{QUEUE}:kick")
+    r.delete(QUEUE, f"{QUEUE}:kick:{QUEUE}")
 
 
 def cleanup_redis(r: redis.Redis) -> int:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 if bulk:
-                    prepared = enqueue_changes.prepare(changes)
+                    prepared = enqueue_changes.prepare(changes).message
                     enqueue_changes.delay(**prepared)
                     ids = prepared["item_ids"]
                 else:

@@ -67,7 +67,7 @@ def test_duplicate_item_ids_raise_validation_error_at_the_caller(
     monkeypatch.setenv("SYNCQUEUE_ENQUEUE_MODE", mode)
     get_settings.cache_clear()
     change = {"action": "UPDATE", "model": "Request", "record_id": "1", "payload": {"n": 1}}
-    same = enqueue_changes.prepare([change])["item_ids"][0]
+    same = enqueue_changes.prepare([change]).ids[0]
     queued = _queued()
     with pytest.raises(ValidationError, match="item_ids: must be unique"):
         enqueue_changes.delay([change, change], item_ids=[same, same])

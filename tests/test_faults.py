@@ -417,7 +417,7 @@ _JSON = {"content_type": "application/json", "content_encoding": "utf-8"}
 
 def _good_message(conn: Connection, queue_name: str, record_id: str) -> str:
     """Publish a valid enqueue_change message (no fallback: it must go through the broker)."""
-    prepared = enqueue_change.prepare("CREATE", "Request", record_id, {"ok": True})
+    prepared = enqueue_change.prepare("CREATE", "Request", record_id, {"ok": True}).message
     app.send_task(
         "syncqueue.enqueue_change",
         kwargs=prepared,
@@ -827,7 +827,7 @@ def test_property_delay_stores_exactly_the_change_or_raises_validation_error(
             dicts = [{k: v for k, v in c.items() if k != "item_id"} for c in changes]
             wants = [_expected(**c, item_id=None) for c in dicts]
             try:
-                prepared = enqueue_changes.prepare(dicts)
+                prepared = enqueue_changes.prepare(dicts).message
                 enqueue_changes.delay(**prepared)
             except ValidationError:
                 assert None in wants, f"rejected valid changes: {dicts!r}"

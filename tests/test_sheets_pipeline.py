@@ -28,9 +28,10 @@ from sqlalchemy import text
 from syncqueue_tasks.celery import batch as batch_module
 from syncqueue_tasks.celery.app import app as celery_app
 from syncqueue_tasks.celery.batch import process_writer
+from syncqueue_tasks.celery.kick import kick_key
 from syncqueue_tasks.celery.tasks import enqueue_change, enqueue_changes, process_batch
 from syncqueue_tasks.core.records import RecordKey, RecordWrite
-from syncqueue_tasks.redis_client import get_redis, key
+from syncqueue_tasks.redis_client import get_redis
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.store.db import get_engine
 from syncqueue_tasks.writers import loading
@@ -161,7 +162,7 @@ def sheet(
         fake.stop()
         celery_app.control.purge()  # kicks still queued (the worker has stopped by now)
         redis = get_redis()
-        stale = [*redis.scan_iter(f"{KEY_PREFIX}:quota:{account}*"), key("kick")]
+        stale = [*redis.scan_iter(f"{KEY_PREFIX}:quota:{account}*"), kick_key(celery_app)]
         redis.delete(*stale, f"{KEY_PREFIX}:lock:{sid}", f"{KEY_PREFIX}:tabs:{sid}")
         get_settings.cache_clear()
     assert count_rows("status = 'PROCESSING'") == 0
@@ -464,7 +465,7 @@ def test_one_bad_item_fails_alone_with_a_clear_sanitized_error(
         7,
         {"action": "CREATE", "model": "Request", "record_id": "bad", "payload": {"name": "POISON"}},
     )
-    prepared = enqueue_changes.prepare(changes)
+    prepared = enqueue_changes.prepare(changes).message
     enqueue_changes.delay(**prepared)
     settle(len(changes))
 

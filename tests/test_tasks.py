@@ -63,7 +63,7 @@ def test_bulk_delay_and_redelivery_make_no_second_row(
         {"action": "UPDATE", "model": "Operator", "record_id": str(i), "payload": {"n": i}}
         for i in range(20)
     ]
-    prepared = enqueue_changes.prepare(changes)
+    prepared = enqueue_changes.prepare(changes).message
     enqueue_changes.delay(**prepared)
     enqueue_changes.delay(**prepared)  # the same message delivered twice
     wait_for(lambda: count_rows("status = 'COMPLETED'") == 20)

@@ -1,9 +1,11 @@
-"""``EnqueueTask``: a Celery task base whose ``.delay()`` validates, never blocks, never loses.
+"""``EnqueueTask``: the enqueue path, one class for ``enqueue_change`` and ``enqueue_changes``;
+its ``.delay()`` validates, never blocks, never loses.
 
 In the caller, ``apply_async`` (and so ``delay``) checks the arguments against the task's
 public signature (``TypeError`` naming the task) and validates them (``ValidationError``),
-both before anything is published or stored, and gives the change its id, which travels with
-it (a change stored or delivered twice never makes a second row). Then, by
+both before anything is published or stored, and gives each change its id, which travels with
+it (a change stored or delivered twice never makes a second row). Each side validates once:
+what is stored is what was validated (``Prepared``), never validated again. Then, by
 ``SYNCQUEUE_ENQUEUE_MODE``:
 
 - ``direct`` (default): store the change in PostgreSQL, the source of truth, in one statement
@@ -40,6 +42,7 @@ import inspect
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -53,9 +56,17 @@ from sqlalchemy.orm import Session
 
 from syncqueue_tasks.celery import config as celery_config
 from syncqueue_tasks.celery import invalid_messages
-from syncqueue_tasks.core.errors import EnqueueError, sanitize_error
+from syncqueue_tasks.celery.kick import kick
+from syncqueue_tasks.core.errors import EnqueueError, ValidationError, sanitize_error
+from syncqueue_tasks.core.ids import new_id
+from syncqueue_tasks.core.validation import (
+    Change,
+    validate_change,
+    validate_changes,
+    validate_item_id,
+)
 from syncqueue_tasks.settings import get_settings
-from syncqueue_tasks.store.db import get_engine
+from syncqueue_tasks.store.queue import assign_ids, default_queue
 
 log = logging.getLogger(__name__)
 
@@ -80,44 +91,96 @@ _BACKOFF_CAP = 5.0
 _KEEP_RETRY_PAUSE = 1.0  # the invalid-message store (Redis) is down: wait before handing back
 
 
+def _message(change: Change) -> dict[str, Any]:
+    """A validated change as a message carries it (normalized values, payload as given)."""
+    return {
+        "action": change.action.value,
+        "model": change.model,
+        "record_id": change.record_id,
+        "payload": change.payload,
+        "sheet_row_index": change.sheet_row_index,
+        "max_retries": change.max_retries,
+    }
+
+
 def store_retry_delay(attempt: int) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1, 2, ...): equal jitter."""
     ceiling = min(_BACKOFF_CAP, _BACKOFF_BASE * 2.0 ** (attempt - 1))
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A call, validated: its changes, their ids, and ``message``, the task's keyword
+    arguments that carry them to a worker."""
+
+    changes: tuple[Change, ...]
+    ids: tuple[str, ...]
+    message: dict[str, Any]
+
+
 class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyped
-    """Base of the enqueue tasks. Subclasses define ``prepare`` and ``store``."""
+    """The enqueue tasks' class. ``one_change`` (an option of the task's declaration): the task
+    takes one change (``enqueue_change``'s arguments), else a list (``enqueue_changes``')."""
 
     abstract = True
     acks_late = True  # the message ends after the change is stored
     reject_on_worker_lost = True  # a pool process killed mid-store: the message is redelivered
+    one_change = False
+
+    def prepare(self, *args: Any, **kwargs: Any) -> Prepared:
+        """Check a call of the task (``TypeError``) and validate it (``ValidationError``);
+        give each change its id (the caller's ``item_id`` / ``item_ids`` when given)."""
+        arguments = self.bind_arguments(args, kwargs)
+        limits = get_settings().limits
+        if self.one_change:
+            change = validate_change(
+                arguments["action"],
+                arguments["model"],
+                arguments["record_id"],
+                arguments["payload"],
+                arguments.get("sheet_row_index"),
+                arguments.get("max_retries"),
+                limits=limits,
+            )
+            item_id = arguments.get("item_id")
+            ids = [new_id() if item_id is None else validate_item_id(item_id)]
+            return Prepared((change,), tuple(ids), {**_message(change), "item_id": ids[0]})
+        changes = validate_changes(arguments["changes"], limits)
+        item_ids = arguments.get("item_ids")
+        if item_ids is not None and (
+            isinstance(item_ids, dict | str | bytes) or not hasattr(item_ids, "__iter__")
+        ):
+            raise ValidationError("item_ids", "must be a list of ids")
+        ids = assign_ids(len(changes), item_ids)
+        message = {"changes": [_message(c) for c in changes], "item_ids": ids}
+        return Prepared(tuple(changes), tuple(ids), message)
 
     @staticmethod
-    def prepare(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Validate the call's arguments; return the message's kwargs (with the id(s))."""
-        raise NotImplementedError
+    def store(prepared: Prepared, session: Session | None = None, fail_fast: bool = False) -> None:
+        """Write the prepared changes to PostgreSQL in one statement, ids already stored skipped
+        (in ``session`` if given; ``fail_fast``: the caller's direct store, which gives up
+        within ``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``)."""
+        if prepared.ids:
+            default_queue().store(
+                prepared.changes, prepared.ids, session=session, fail_fast=fail_fast
+            )
 
-    @staticmethod
-    def store(
-        kwargs: dict[str, Any], session: Session | None = None, fail_fast: bool = False
-    ) -> None:
-        """Write a prepared change to PostgreSQL (in ``session`` if given; ``fail_fast``: the
-        caller's direct store, which gives up within ``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``)."""
-        raise NotImplementedError
+    def accept(self, prepared: Prepared) -> tuple[str, ...]:
+        """Worker side: store durably (see :meth:`store_durably`), ask for a
+        ``process_batch`` soon; return the ids."""
+        self.store_durably(prepared)
+        if prepared.ids:
+            kick(self.app)
+        return prepared.ids
 
-    @staticmethod
-    def message_id(kwargs: dict[str, Any]) -> str:
-        """The id of the message: the (first) change's id, for tracing."""
-        raise NotImplementedError
-
-    @staticmethod
-    def describe(kwargs: dict[str, Any]) -> str:
-        """A short, payload-free description of the message for logs and Flower."""
-        raise NotImplementedError
-
-    def after_store(self) -> None:
-        """Called after the caller stored a change itself (ask for a ``process_batch``)."""
+    def describe(self, prepared: Prepared) -> str:
+        """A short, payload-free description for logs and Flower: ``UPDATE Request '42'``,
+        ``25 changes``."""
+        if self.one_change:
+            c = prepared.changes[0]
+            return f"{c.action.value} {c.model} {c.record_id!r:.80}"
+        return f"{len(prepared.ids)} changes"
 
     # ------------------------------------------------------------------ caller side
 
@@ -141,8 +204,9 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
         **options: Any,
     ) -> AsyncResult:
         """Validate, then store or publish (by mode), the other one as the fallback."""
-        prepared = self.prepare(**self.bind_arguments(args or (), kwargs or {}))
-        task_id = task_id or self.message_id(prepared)
+        prepared = self.prepare(*(args or ()), **(kwargs or {}))
+        # The message's id: the (first) change's, for tracing.
+        task_id = task_id or (prepared.ids[0] if prepared.ids else new_id())
         options["retry"] = False  # a publish retry loop would block the caller
         # Logs and Flower show the message's repr: keep payloads (data) out of it, and small.
         options.setdefault("argsrepr", "()")
@@ -152,23 +216,24 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
                 self.store(prepared, fail_fast=True)
             except STORE_ERRORS as db_error:
                 return self._publish_instead(prepared, task_id, options, db_error)
-            self.after_store()
+            if prepared.ids:
+                kick(self.app)
             return AsyncResult(task_id, app=self.app)
         try:
-            return super().apply_async(kwargs=prepared, task_id=task_id, **options)
+            return super().apply_async(kwargs=prepared.message, task_id=task_id, **options)
         except Exception as publish_error:
             return self._store_instead(prepared, task_id, publish_error)
 
     def _publish_instead(
         self,
-        prepared: dict[str, Any],
+        prepared: Prepared,
         task_id: str,
         options: dict[str, Any],
         db_error: BaseException,
     ) -> AsyncResult:
         database = sanitize_error(db_error)
         try:
-            result = super().apply_async(kwargs=prepared, task_id=task_id, **options)
+            result = super().apply_async(kwargs=prepared.message, task_id=task_id, **options)
         except Exception as publish_error:
             raise EnqueueError(
                 f"change not accepted: database: {database}; broker: "
@@ -178,7 +243,7 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
         return result
 
     def _store_instead(
-        self, prepared: dict[str, Any], task_id: str, publish_error: Exception
+        self, prepared: Prepared, task_id: str, publish_error: Exception
     ) -> AsyncResult:
         broker = sanitize_error(publish_error)
         try:
@@ -205,7 +270,7 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
             self._keep_invalid(args, kwargs, exc)
             raise Ignore() from None
 
-    def store_durably(self, prepared: dict[str, Any]) -> None:
+    def store_durably(self, prepared: Prepared) -> None:
         """Store a prepared change, retrying every database error with backoff; after
         ``ENQUEUE_RETRY_SECONDS`` hand the message back to the broker (never acknowledge it
         unstored). Each attempt is bounded by ``ENQUEUE_STATEMENT_TIMEOUT``."""
@@ -233,8 +298,8 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
                 )  # fmt: skip
                 time.sleep(pause)
 
-    def _store_once(self, prepared: dict[str, Any]) -> None:
-        with Session(get_engine()) as session, session.begin():
+    def _store_once(self, prepared: Prepared) -> None:
+        with Session(default_queue().database.engine) as session, session.begin():
             timeout = str(int(celery_config.ENQUEUE_STATEMENT_TIMEOUT * 1000))
             session.execute(
                 text(
