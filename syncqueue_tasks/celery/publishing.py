@@ -50,7 +50,6 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 from celery.result import AsyncResult
 from redis.exceptions import RedisError
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -66,6 +65,7 @@ from syncqueue_tasks.core.validation import (
     validate_item_id,
 )
 from syncqueue_tasks.settings import get_settings
+from syncqueue_tasks.store import sql
 from syncqueue_tasks.store.queue import assign_ids, default_queue
 
 log = logging.getLogger(__name__)
@@ -301,13 +301,7 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
     def _store_once(self, prepared: Prepared) -> None:
         with Session(default_queue().database.engine) as session, session.begin():
             timeout = str(int(celery_config.ENQUEUE_STATEMENT_TIMEOUT * 1000))
-            session.execute(
-                text(
-                    "SELECT set_config('statement_timeout', :ms, true), "
-                    "set_config('lock_timeout', :ms, true)"
-                ),
-                {"ms": timeout},
-            )
+            session.execute(sql.SET_STORE_TIMEOUTS, {"ms": timeout})
             self.store(prepared, session)
 
     def _keep_invalid(self, args: Any, kwargs: Any, exc: Exception) -> None:

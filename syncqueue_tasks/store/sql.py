@@ -225,6 +225,12 @@ CLAIMED_CHANGES = text("""
 # This transaction's lock_timeout (the wait of LOCK_RECORD).
 SET_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :ms, true)")
 
+# This transaction's statement and lock timeouts: a worker's store of an enqueue message gives
+# up on a slow database or a held record, and tries again (celery.publishing).
+SET_STORE_TIMEOUTS = text(
+    "SELECT set_config('statement_timeout', :ms, true), set_config('lock_timeout', :ms, true)"
+)
+
 # The state of records these claims hold (mark_complete_many folds completed changes onto it).
 CLAIMED_STATES = text("""
     SELECT r.model, r.record_id, r.claim_token, r.fields, r.versions, r.deleted_id,
@@ -399,3 +405,55 @@ SERVER_VERSION = text("SHOW server_version")
 
 # Whether a database exists, for psycopg (``%s``: its name): the embedded stack creates it.
 DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %s"
+
+
+# ---------------------------------------------------------------------------- the dashboard
+
+# Per model: waiting changes (sync_record.pending, on ix_sync_record_pending) and when its
+# oldest waiting change was stored (each waiting record's oldest change, by primary key);
+# changes in flight (claimed records' PROCESSING rows, on ix_sync_record_claimed); dead
+# letters (ix_sync_queue_failed). Never the COMPLETED history: this runs every few seconds.
+ITEMS_BY_MODEL = text("""
+    SELECT model, sum(pending)::integer AS pending, sum(processing)::integer AS processing,
+           sum(failed)::integer AS failed, min(stored_at) AS oldest_pending_at
+    FROM (
+        SELECT r.model, r.pending, 0 AS processing, 0 AS failed, q.created_at AS stored_at
+        FROM sync_record AS r LEFT JOIN sync_queue AS q ON q.id = r.waiting_id
+        WHERE r.pending > 0
+        UNION ALL
+        SELECT q.model, 0, 1, 0, NULL
+        FROM sync_record AS r
+        JOIN sync_queue AS q
+          ON q.model = r.model AND q.record_id = r.record_id AND q.status = 'PROCESSING'
+        WHERE r.claim_token IS NOT NULL
+        UNION ALL
+        SELECT model, 0, 0, 1, NULL FROM sync_queue WHERE status = 'FAILED'
+    ) AS live
+    GROUP BY model
+    ORDER BY model
+""")
+
+# Items written in the last hour (a range of ix_sync_queue_completed), and the records waiting
+# out a backoff: waiting records not claimable before a time still to come
+# (ix_sync_record_pending).
+ACTIVITY = text("""
+    SELECT (SELECT count(*) FROM sync_queue
+             WHERE status = 'COMPLETED' AND processed_at > now() - interval '1 hour')
+             AS completed_last_hour,
+           count(*) AS records_in_backoff,
+           min(available_at) AS next_retry_at
+    FROM sync_record
+    WHERE pending > 0 AND available_at > now()
+""")
+
+# The FAILED items an operator picked (ids and/or model; NULL = any), oldest first, with how
+# many match in all (a window count, computed before the LIMIT). ix_sync_queue_failed.
+FAILED_CHOICE = text("""
+    SELECT id, action, model, record_id, count(*) OVER () AS total
+    FROM sync_queue
+    WHERE status = 'FAILED'
+      AND (CAST(:ids AS text[]) IS NULL OR id = ANY(CAST(:ids AS text[])))
+      AND (CAST(:model AS text) IS NULL OR model = CAST(:model AS text))
+    ORDER BY id
+    LIMIT :limit
+""")
