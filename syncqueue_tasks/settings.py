@@ -20,6 +20,8 @@ from syncqueue_tasks.core.errors import ConfigurationError
 from syncqueue_tasks.core.validation import Limits
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@localhost:5432/postgres"
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEFAULT_QUEUE = "syncqueue"
 
 
 def normalize_database_url(url: str) -> str:
@@ -30,18 +32,20 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _int(name: str, default: int, low: int, high: int) -> int:
-    return _number(name, default, low, high, int, "an integer")
+def env_int(name: str, default: int, low: int, high: int) -> int:
+    """The integer variable ``name``, within ``low``..``high``; ``default`` when unset."""
+    return _env_number(name, default, low, high, int, "an integer")
 
 
-def _float(name: str, default: float, low: float, high: float) -> float:
-    return _number(name, default, low, high, float, "a number")
+def env_float(name: str, default: float, low: float, high: float) -> float:
+    """The number variable ``name``, within ``low``..``high``; ``default`` when unset."""
+    return _env_number(name, default, low, high, float, "a number")
 
 
 _Number = TypeVar("_Number", int, float)
 
 
-def _number(
+def _env_number(
     name: str,
     default: _Number,
     low: _Number,
@@ -62,14 +66,15 @@ def _number(
     return value
 
 
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """The variable ``name``, lowercased, one of ``choices``; ``default`` when unset."""
     value = os.environ.get(name, "").strip().lower() or default
     if value not in choices:
         raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
-def _mapping(name: str) -> dict[str, str]:
+def env_mapping(name: str) -> dict[str, str]:
     """Parse ``A=x,B=y`` into ``{"A": "x", "B": "y"}``."""
     result: dict[str, str] = {}
     for part in os.environ.get(name, "").split(","):
@@ -82,7 +87,7 @@ def _mapping(name: str) -> dict[str, str]:
     return result
 
 
-def _lists(name: str) -> dict[str, tuple[str, ...]]:
+def env_lists(name: str) -> dict[str, tuple[str, ...]]:
     """Parse ``A=x,y;B=z`` into ``{"A": ("x", "y"), "B": ("z",)}``."""
     result: dict[str, tuple[str, ...]] = {}
     for part in os.environ.get(name, "").split(";"):
@@ -98,12 +103,35 @@ def _lists(name: str) -> dict[str, tuple[str, ...]]:
     return result
 
 
-def _bool(name: str, default: bool) -> bool:
-    return _choice(name, "true" if default else "false", ("true", "false")) == "true"
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
-def _text_var(name: str, default: str = "") -> str:
+def env_bool(name: str, default: bool) -> bool:
+    """``true`` or ``false`` (``1``/``yes``/``on``, ``0``/``no``/``off`` too); ``default``
+    when unset."""
+    return env_choice(name, "true" if default else "false", _TRUE + _FALSE) in _TRUE
+
+
+def env_text(name: str, default: str = "") -> str:
+    """The variable ``name``, stripped; ``default`` when unset or blank."""
     return os.environ.get(name, "").strip() or default
+
+
+def broker_url_from_env() -> str:
+    """``CELERY_BROKER_URL``: the Celery broker (and the Redis of the package's own keys when
+    ``SYNCQUEUE_REDIS_URL`` is unset)."""
+    return env_text("CELERY_BROKER_URL", DEFAULT_BROKER_URL)
+
+
+def queue_name_from_env() -> str:
+    """``CELERY_QUEUE``: the package app's queue, and the prefix of the package's Redis keys."""
+    return env_text("CELERY_QUEUE", DEFAULT_QUEUE)
+
+
+def data_dir_from_env() -> Path:
+    """``SYNCQUEUE_DATA_DIR``: the local stack, the workbook, beat's schedule, resume files."""
+    return Path(env_text("SYNCQUEUE_DATA_DIR", ".syncqueue"))
 
 
 @dataclass(frozen=True)
@@ -119,9 +147,9 @@ class DatabaseConfig:
     def from_env(cls) -> Self:
         """``DATABASE_URL``, ``SYNCQUEUE_DB_POOL_SIZE``, ``SYNCQUEUE_ENQUEUE_TIMEOUT_MS``."""
         return cls(
-            url=normalize_database_url(_text_var("DATABASE_URL", cls.url)),
-            pool_size=_int("SYNCQUEUE_DB_POOL_SIZE", cls.pool_size, 1, 100),
-            enqueue_timeout_ms=_int(
+            url=normalize_database_url(env_text("DATABASE_URL", cls.url)),
+            pool_size=env_int("SYNCQUEUE_DB_POOL_SIZE", cls.pool_size, 1, 100),
+            enqueue_timeout_ms=env_int(
                 "SYNCQUEUE_ENQUEUE_TIMEOUT_MS", cls.enqueue_timeout_ms, 10, 60_000
             ),
         )
@@ -136,13 +164,13 @@ def limits_from_env() -> Limits:
         raise ConfigurationError("SYNCQUEUE_MODELS must name at least one model")
     return Limits(
         models=models,
-        max_record_id_length=_int(
+        max_record_id_length=env_int(
             "SYNCQUEUE_MAX_RECORD_ID_LENGTH", Limits.max_record_id_length, 1, 255
         ),
-        max_payload_bytes=_int(
+        max_payload_bytes=env_int(
             "SYNCQUEUE_MAX_PAYLOAD_BYTES", Limits.max_payload_bytes, 16, 16 * 1024 * 1024
         ),
-        default_max_retries=_int("SYNCQUEUE_MAX_RETRIES", Limits.default_max_retries, 0, 100),
+        default_max_retries=env_int("SYNCQUEUE_MAX_RETRIES", Limits.default_max_retries, 0, 100),
     )
 
 
@@ -159,16 +187,16 @@ class QueueConfig:
     def from_env(cls) -> Self:
         """``SYNCQUEUE_CLAIM_MAX_CHANGES``, ``SYNCQUEUE_BACKOFF_*``, ``..._CLEANUP_CHUNK_SIZE``."""
         return cls(
-            claim_max_changes=_int(
+            claim_max_changes=env_int(
                 "SYNCQUEUE_CLAIM_MAX_CHANGES", cls.claim_max_changes, 1, 100_000
             ),
-            backoff_base_seconds=_float(
+            backoff_base_seconds=env_float(
                 "SYNCQUEUE_BACKOFF_BASE_SECONDS", cls.backoff_base_seconds, 0.0, 3600.0
             ),
-            backoff_max_seconds=_float(
+            backoff_max_seconds=env_float(
                 "SYNCQUEUE_BACKOFF_MAX_SECONDS", cls.backoff_max_seconds, 0.0, 86400.0
             ),
-            cleanup_chunk_size=_int(
+            cleanup_chunk_size=env_int(
                 "SYNCQUEUE_CLEANUP_CHUNK_SIZE", cls.cleanup_chunk_size, 1, 100000
             ),
         )
@@ -188,12 +216,14 @@ class TaskConfig:
         """``SYNCQUEUE_BATCH_SIZE``, ``..._BATCH_TIME_BUDGET``, ``..._ENQUEUE_MODE``,
         ``..._KICK_DELAY``."""
         return cls(
-            batch_size=_int("SYNCQUEUE_BATCH_SIZE", cls.batch_size, 1, 1000),
-            batch_time_budget=_float(
+            batch_size=env_int("SYNCQUEUE_BATCH_SIZE", cls.batch_size, 1, 1000),
+            batch_time_budget=env_float(
                 "SYNCQUEUE_BATCH_TIME_BUDGET", cls.batch_time_budget, 0.0, 3600.0
             ),
-            enqueue_mode=_choice("SYNCQUEUE_ENQUEUE_MODE", cls.enqueue_mode, ("direct", "broker")),
-            kick_delay=_float("SYNCQUEUE_KICK_DELAY", cls.kick_delay, 0.0, 60.0),
+            enqueue_mode=env_choice(
+                "SYNCQUEUE_ENQUEUE_MODE", cls.enqueue_mode, ("direct", "broker")
+            ),
+            kick_delay=env_float("SYNCQUEUE_KICK_DELAY", cls.kick_delay, 0.0, 60.0),
         )
 
 
@@ -215,17 +245,19 @@ class DestinationConfig:
         """``SYNCQUEUE_WRITER``, ``..._ID_COLUMN``, ``..._UNKNOWN_FIELDS``,
         ``..._UPDATE_MISSING``, ``..._DELETE_MODE``, ``..._WORKBOOK_PATH``, ``..._JSONL_PATH``."""
         return cls(
-            writer=_text_var("SYNCQUEUE_WRITER"),
-            id_column=_text_var("SYNCQUEUE_ID_COLUMN", cls.id_column),
-            unknown_fields=_choice(
+            writer=env_text("SYNCQUEUE_WRITER"),
+            id_column=env_text("SYNCQUEUE_ID_COLUMN", cls.id_column),
+            unknown_fields=env_choice(
                 "SYNCQUEUE_UNKNOWN_FIELDS", cls.unknown_fields, ("add_column", "fail")
             ),
-            update_missing=_choice(
+            update_missing=env_choice(
                 "SYNCQUEUE_UPDATE_MISSING", cls.update_missing, ("create", "fail")
             ),
-            delete_mode=_choice("SYNCQUEUE_DELETE_MODE", cls.delete_mode, ("tombstone", "remove")),
-            workbook_path=Path(_text_var("SYNCQUEUE_WORKBOOK_PATH") or data_dir / "workbook.xlsx"),
-            jsonl_path=_text_var("SYNCQUEUE_JSONL_PATH"),
+            delete_mode=env_choice(
+                "SYNCQUEUE_DELETE_MODE", cls.delete_mode, ("tombstone", "remove")
+            ),
+            workbook_path=Path(env_text("SYNCQUEUE_WORKBOOK_PATH") or data_dir / "workbook.xlsx"),
+            jsonl_path=env_text("SYNCQUEUE_JSONL_PATH"),
         )
 
 
@@ -258,23 +290,27 @@ class SheetsConfig:
     def from_env(cls) -> Self:
         """The ``SYNCQUEUE_SHEETS_*`` variables (and ``GOOGLE_APPLICATION_CREDENTIALS``)."""
         return cls(
-            spreadsheet_id=_text_var("SYNCQUEUE_SHEETS_SPREADSHEET_ID"),
-            credentials_file=_text_var("SYNCQUEUE_SHEETS_CREDENTIALS_FILE")
-            or _text_var("GOOGLE_APPLICATION_CREDENTIALS"),
-            api_url=_text_var("SYNCQUEUE_SHEETS_API_URL", cls.api_url).rstrip("/"),
-            tabs=_mapping("SYNCQUEUE_SHEETS_TABS"),
-            max_request_bytes=_int(
+            spreadsheet_id=env_text("SYNCQUEUE_SHEETS_SPREADSHEET_ID"),
+            credentials_file=env_text("SYNCQUEUE_SHEETS_CREDENTIALS_FILE")
+            or env_text("GOOGLE_APPLICATION_CREDENTIALS"),
+            api_url=env_text("SYNCQUEUE_SHEETS_API_URL", cls.api_url).rstrip("/"),
+            tabs=env_mapping("SYNCQUEUE_SHEETS_TABS"),
+            max_request_bytes=env_int(
                 "SYNCQUEUE_SHEETS_MAX_REQUEST_BYTES", cls.max_request_bytes, 10_000, 10_000_000
             ),
-            batch_records=_int("SYNCQUEUE_SHEETS_BATCH_RECORDS", cls.batch_records, 1, 100_000),
-            conflicts=_choice("SYNCQUEUE_SHEETS_CONFLICTS", cls.conflicts, ("overwrite", "keep")),
-            long_cells=_choice("SYNCQUEUE_SHEETS_LONG_CELLS", cls.long_cells, ("fail", "truncate")),
-            columns=_lists("SYNCQUEUE_SHEETS_COLUMNS"),
-            max_cells=_int("SYNCQUEUE_SHEETS_MAX_CELLS", cls.max_cells, 1, 10_000_000),
-            read_quota=_int("SYNCQUEUE_SHEETS_READ_QUOTA", cls.read_quota, 1, 100_000),
-            write_quota=_int("SYNCQUEUE_SHEETS_WRITE_QUOTA", cls.write_quota, 1, 100_000),
-            quota_margin=_float("SYNCQUEUE_SHEETS_QUOTA_MARGIN", cls.quota_margin, 0.0, 60.0),
-            quota_burst=_int("SYNCQUEUE_SHEETS_QUOTA_BURST", cls.quota_burst, 1, 60),
+            batch_records=env_int("SYNCQUEUE_SHEETS_BATCH_RECORDS", cls.batch_records, 1, 100_000),
+            conflicts=env_choice(
+                "SYNCQUEUE_SHEETS_CONFLICTS", cls.conflicts, ("overwrite", "keep")
+            ),
+            long_cells=env_choice(
+                "SYNCQUEUE_SHEETS_LONG_CELLS", cls.long_cells, ("fail", "truncate")
+            ),
+            columns=env_lists("SYNCQUEUE_SHEETS_COLUMNS"),
+            max_cells=env_int("SYNCQUEUE_SHEETS_MAX_CELLS", cls.max_cells, 1, 10_000_000),
+            read_quota=env_int("SYNCQUEUE_SHEETS_READ_QUOTA", cls.read_quota, 1, 100_000),
+            write_quota=env_int("SYNCQUEUE_SHEETS_WRITE_QUOTA", cls.write_quota, 1, 100_000),
+            quota_margin=env_float("SYNCQUEUE_SHEETS_QUOTA_MARGIN", cls.quota_margin, 0.0, 60.0),
+            quota_burst=env_int("SYNCQUEUE_SHEETS_QUOTA_BURST", cls.quota_burst, 1, 60),
         )
 
 
@@ -282,16 +318,16 @@ class SheetsConfig:
 class RedisConfig:
     """The Redis the package keeps its own keys in (kick debounce, counters, Sheets limiter)."""
 
-    url: str = "redis://localhost:6379/0"
+    url: str = DEFAULT_BROKER_URL
     #: Keys are namespaced by the Celery queue's name.
-    prefix: str = "syncqueue"
+    prefix: str = DEFAULT_QUEUE
 
     @classmethod
     def from_env(cls) -> Self:
         """``SYNCQUEUE_REDIS_URL`` (else ``CELERY_BROKER_URL``), ``CELERY_QUEUE``."""
         return cls(
-            url=_text_var("SYNCQUEUE_REDIS_URL") or _text_var("CELERY_BROKER_URL") or cls.url,
-            prefix=_text_var("CELERY_QUEUE", cls.prefix),
+            url=env_text("SYNCQUEUE_REDIS_URL") or broker_url_from_env(),
+            prefix=queue_name_from_env(),
         )
 
 
@@ -309,10 +345,10 @@ class DashboardConfig:
     def from_env(cls) -> Self:
         """The ``SYNCQUEUE_DASHBOARD_*`` variables."""
         return cls(
-            port=_int("SYNCQUEUE_DASHBOARD_PORT", cls.port, 1, 65535),
+            port=env_int("SYNCQUEUE_DASHBOARD_PORT", cls.port, 1, 65535),
             password=os.environ.get("SYNCQUEUE_DASHBOARD_PASSWORD", ""),
-            secure_cookies=_bool("SYNCQUEUE_DASHBOARD_SECURE_COOKIES", cls.secure_cookies),
-            refresh_seconds=_int(
+            secure_cookies=env_bool("SYNCQUEUE_DASHBOARD_SECURE_COOKIES", cls.secure_cookies),
+            refresh_seconds=env_int(
                 "SYNCQUEUE_DASHBOARD_REFRESH_SECONDS", cls.refresh_seconds, 1, 3600
             ),
         )
@@ -336,7 +372,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """Build settings from ``os.environ``; raise ``ConfigurationError`` on bad values."""
-        data_dir = Path(_text_var("SYNCQUEUE_DATA_DIR") or ".syncqueue")
+        data_dir = data_dir_from_env()
         return cls(
             database=DatabaseConfig.from_env(),
             limits=limits_from_env(),

@@ -2,42 +2,58 @@
 
 Loaded by ``syncqueue_tasks.celery_app`` (``config_from_object``); the top-level module
 ``celeryconfig`` re-exports it. Each variable is listed in the README's configuration table.
+The variables are parsed as ``settings`` parses its own (bounded; a bad value raises
+``ConfigurationError`` naming the variable), and those both read (the broker, the queue's
+name, the data folder) by ``settings``' own readers.
 """
 
 from __future__ import annotations
 
-import os
 from urllib.parse import urlsplit
 
 from celery.schedules import crontab
 
+from syncqueue_tasks.core.errors import ConfigurationError
+from syncqueue_tasks.settings import (
+    broker_url_from_env,
+    data_dir_from_env,
+    env_bool,
+    env_float,
+    env_text,
+    queue_name_from_env,
+)
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    return float(raw) if raw else default
+DAY = 86400.0
 
 
-def _cron(expression: str) -> crontab:
-    """``"minute hour day_of_month month day_of_week"`` -> ``crontab``."""
-    minute, hour, day_of_month, month, day_of_week = expression.split()
-    return crontab(minute, hour, day_of_week, day_of_month, month)
+def _cron(name: str, default: str) -> crontab:
+    """The variable ``name``, ``"minute hour day_of_month month day_of_week"``, as a
+    ``crontab``; ``ConfigurationError`` naming it when it is not one."""
+    expression = env_text(name, default)
+    try:
+        minute, hour, day_of_month, month, day_of_week = expression.split()
+        return crontab(minute, hour, day_of_week, day_of_month, month)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} must be five cron fields (minute hour day month weekday), got {expression!r}"
+        ) from None
 
 
 # --- broker: Redis or RabbitMQ, JSON only, no result backend (nothing reads task results) ---
-broker_url = os.environ.get("CELERY_BROKER_URL", "") or "redis://localhost:6379/0"
+broker_url = broker_url_from_env()
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
 result_backend = None
 task_ignore_result = True
-task_default_queue = os.environ.get("CELERY_QUEUE", "") or "syncqueue"
+task_default_queue = queue_name_from_env()
 imports = ("syncqueue_tasks.celery.tasks", "syncqueue_tasks.celery.verify_task")
 timezone = "UTC"
 enable_utc = True
 
 # --- time limits of process_batch (seconds); reset_stuck must wait longer than the hard one
-PROCESS_BATCH_SOFT_TIME_LIMIT = _env_float("SYNCQUEUE_BATCH_SOFT_TIME_LIMIT", 120.0)
-PROCESS_BATCH_TIME_LIMIT = _env_float("SYNCQUEUE_BATCH_TIME_LIMIT", 150.0)
+PROCESS_BATCH_SOFT_TIME_LIMIT = env_float("SYNCQUEUE_BATCH_SOFT_TIME_LIMIT", 120.0, 1.0, DAY)
+PROCESS_BATCH_TIME_LIMIT = env_float("SYNCQUEUE_BATCH_TIME_LIMIT", 150.0, 1.0, DAY)
 
 # --- delivery ---------------------------------------------------------------------------------
 # The enqueue tasks (publishing.EnqueueTask, beside this module) acknowledge late, after the change
@@ -53,25 +69,21 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_send_task_events = True  # for Flower
 # A "task sent" event costs every .delay() a second Redis publish; Flower works without it.
-task_send_sent_event = os.environ.get("CELERY_SEND_SENT_EVENT", "").strip().lower() in (
-    "1",
-    "true",
-    "yes",
-)
+task_send_sent_event = env_bool("CELERY_SEND_SENT_EVENT", False)
 
 # --- the worker side of an enqueue: database errors are retried in the task with backoff for
 # up to ENQUEUE_RETRY_SECONDS, then the message goes back to the broker (never acknowledged
 # unstored); each attempt's statements and lock waits are bounded by ENQUEUE_STATEMENT_TIMEOUT.
-ENQUEUE_RETRY_SECONDS = _env_float("SYNCQUEUE_ENQUEUE_RETRY_SECONDS", 30.0)
-ENQUEUE_STATEMENT_TIMEOUT = _env_float("SYNCQUEUE_ENQUEUE_STATEMENT_TIMEOUT", 10.0)
+ENQUEUE_RETRY_SECONDS = env_float("SYNCQUEUE_ENQUEUE_RETRY_SECONDS", 30.0, 0.0, 3600.0)
+ENQUEUE_STATEMENT_TIMEOUT = env_float("SYNCQUEUE_ENQUEUE_STATEMENT_TIMEOUT", 10.0, 0.01, 600.0)
 # The longest an enqueue task runs: the retry window, then one last attempt (pool checkout
 # 10 s + connect 5 s, see syncqueue_tasks/store/db.py, + its statement).
 ENQUEUE_LONGEST_SECONDS = ENQUEUE_RETRY_SECONDS + 15.0 + ENQUEUE_STATEMENT_TIMEOUT
 
 # --- publishing never hangs the caller: short socket timeouts, no publish retries; a change
 # that cannot be published is written straight to PostgreSQL (see publishing.EnqueueTask).
-BROKER_CONNECT_TIMEOUT = _env_float("CELERY_BROKER_CONNECT_TIMEOUT", 0.05)
-BROKER_SOCKET_TIMEOUT = _env_float("CELERY_BROKER_SOCKET_TIMEOUT", 5.0)
+BROKER_CONNECT_TIMEOUT = env_float("CELERY_BROKER_CONNECT_TIMEOUT", 0.05, 0.001, 60.0)
+BROKER_SOCKET_TIMEOUT = env_float("CELERY_BROKER_SOCKET_TIMEOUT", 5.0, 0.01, 600.0)
 task_publish_retry = False
 broker_connection_timeout = BROKER_CONNECT_TIMEOUT
 broker_connection_retry_on_startup = True
@@ -91,7 +103,7 @@ REDIS_TRANSPORT_OPTIONS: dict[str, object] = {
     # Redis redelivers a message left unacknowledged this long (its worker died, or lost the
     # connection). Above the longest enqueue task, so a live one is not delivered twice; if
     # one is anyway (a task slower than this), storing it again is a no-op.
-    "visibility_timeout": int(_env_float("CELERY_VISIBILITY_TIMEOUT", 120)),
+    "visibility_timeout": int(env_float("CELERY_VISIBILITY_TIMEOUT", 120, 1, 7 * DAY)),
     # How often each worker looks for such messages (every interval * throttle seconds).
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 2,
@@ -129,11 +141,11 @@ worker_consumer = GUARDED_CONSUMER
 broker_transport = transport(BROKER_SCHEME)
 
 # --- beat: exactly one beat process per deployment -------------------------------------------
-beat_schedule_filename = os.environ.get("CELERY_BEAT_SCHEDULE_FILE", "") or os.path.join(
-    os.environ.get("SYNCQUEUE_DATA_DIR", "") or ".syncqueue", "celerybeat-schedule"
+beat_schedule_filename = env_text("CELERY_BEAT_SCHEDULE_FILE") or str(
+    data_dir_from_env() / "celerybeat-schedule"
 )
-PROCESS_BATCH_EVERY = _env_float("SYNCQUEUE_PROCESS_BATCH_EVERY", 10.0)
-RESET_STUCK_EVERY = _env_float("SYNCQUEUE_RESET_STUCK_EVERY", 300.0)
+PROCESS_BATCH_EVERY = env_float("SYNCQUEUE_PROCESS_BATCH_EVERY", 10.0, 0.1, DAY)
+RESET_STUCK_EVERY = env_float("SYNCQUEUE_RESET_STUCK_EVERY", 300.0, 1.0, DAY)
 beat_schedule = {
     "process-batch": {
         "task": "syncqueue.process_batch",
@@ -144,24 +156,21 @@ beat_schedule = {
     "reset-stuck": {
         "task": "syncqueue.reset_stuck",
         "schedule": RESET_STUCK_EVERY,
-        "kwargs": {"older_than_minutes": _env_float("SYNCQUEUE_STUCK_MINUTES", 10.0)},
+        "kwargs": {"older_than_minutes": env_float("SYNCQUEUE_STUCK_MINUTES", 10.0, 0.0, 7 * 1440)},
         "options": {"expires": RESET_STUCK_EVERY},
     },
     "cleanup-completed": {
         "task": "syncqueue.cleanup_completed",
-        "schedule": _cron(os.environ.get("SYNCQUEUE_CLEANUP_CRON", "") or "0 3 * * 0"),
-        "kwargs": {"older_than_days": _env_float("SYNCQUEUE_CLEANUP_DAYS", 7.0)},
+        "schedule": _cron("SYNCQUEUE_CLEANUP_CRON", "0 3 * * 0"),
+        "kwargs": {"older_than_days": env_float("SYNCQUEUE_CLEANUP_DAYS", 7.0, 0.0, 3650.0)},
     },
 }
 # verify (and with SYNCQUEUE_VERIFY_REPAIR=true, repair) the destination every so many seconds
-VERIFY_EVERY = _env_float("SYNCQUEUE_VERIFY_EVERY", 0.0)  # 0: off
+VERIFY_EVERY = env_float("SYNCQUEUE_VERIFY_EVERY", 0.0, 0.0, 7 * DAY)  # 0: off
 if VERIFY_EVERY > 0:
     beat_schedule["verify"] = {
         "task": "syncqueue.verify",
         "schedule": VERIFY_EVERY,
-        "kwargs": {
-            "repair": os.environ.get("SYNCQUEUE_VERIFY_REPAIR", "").strip().lower()
-            in ("1", "true", "yes")
-        },
+        "kwargs": {"repair": env_bool("SYNCQUEUE_VERIFY_REPAIR", False)},
         "options": {"expires": VERIFY_EVERY},
     }
