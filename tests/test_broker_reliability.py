@@ -155,7 +155,7 @@ def test_an_invalid_message_is_kept_for_an_operator_who_can_retry_it(
     # Configuration fixed (here: this process knows Operator): retry sends it through again.
     monkeypatch.setenv("SYNCQUEUE_ENQUEUE_MODE", "direct")
     get_settings.cache_clear()
-    accepted, refusals = retry_invalid()
+    accepted, refusals = retry_invalid(app=enqueue_change.app)
     assert accepted == 1
     assert list(refusals) == [misshapen.id]  # still invalid: stays kept
     assert count_rows("id = :id AND model = 'Operator'", id=refused.id) == 1

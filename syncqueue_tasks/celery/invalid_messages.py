@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from celery import Celery
+
 from syncqueue_tasks.core.errors import EnqueueError, sanitize_error
 from syncqueue_tasks.redis_client import get_redis, key
 
@@ -67,17 +69,14 @@ def list_invalid() -> list[InvalidMessage]:
     return sorted(found, key=lambda m: (m.kept_at, m.id))
 
 
-def retry_invalid(ids: Iterable[str] | None = None) -> tuple[int, dict[str, str]]:
-    """Send kept messages (all, or those ``ids``) through their task's ``apply_async`` again.
+def retry_invalid(ids: Iterable[str] | None = None, *, app: Celery) -> tuple[int, dict[str, str]]:
+    """Send kept messages (all, or those ``ids``) through their task's ``apply_async`` again,
+    on ``app`` (one with the package's tasks: its own, or yours, ``configure``d).
 
     Returns how many were accepted (and removed from the hash) and, for the others, why not
     (still invalid, neither the database nor the broker took it, or no message has that id);
     those stay kept.
     """
-    from celery import current_app
-
-    from syncqueue_tasks.celery.tasks import enqueue_change  # noqa: F401  (registers the tasks)
-
     wanted = None if ids is None else set(ids)
     accepted = 0
     refused: dict[str, str] = {}
@@ -86,7 +85,7 @@ def retry_invalid(ids: Iterable[str] | None = None) -> tuple[int, dict[str, str]
         if wanted is not None and message.id not in wanted:
             continue
         seen.add(message.id)
-        task = current_app.tasks.get(message.task)
+        task = app.tasks.get(message.task)
         if task is None:
             refused[message.id] = f"unknown task {message.task!r}"
             continue

@@ -477,10 +477,11 @@ def _kwargs_summary(kwargs: dict[str, Any]) -> str:
 def invalid_retry(ids: tuple[str, ...], all_: bool) -> None:
     """Send kept messages through their task again (once their cause is fixed)."""
     from syncqueue_tasks.celery.invalid_messages import retry_invalid
+    from syncqueue_tasks.celery.tasks import enqueue_change
 
     if all_ == bool(ids):
         raise click.UsageError("say which messages: --id ID (repeatable) or --all")
-    accepted, refused = retry_invalid(None if all_ else ids)
+    accepted, refused = retry_invalid(None if all_ else ids, app=enqueue_change.app)
     for message_id, why in refused.items():
         click.echo(f"{message_id}  still kept: {why}")
     click.echo(f"{accepted} message(s) accepted.")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from syncqueue_tasks.core.errors import SyncQueueError
 from syncqueue_tasks.core.records import RecordKey, SyncedRecord
 from syncqueue_tasks.writers.flow import SpreadsheetLock
+from syncqueue_tasks.writers.sheets.batch import Abort, Batch
 from syncqueue_tasks.writers.sheets.cells import (
     CellTooLong,
     encode,
@@ -66,8 +67,6 @@ def verify_tab(
     repair: bool,
 ) -> ModelReport:
     """Verify (and repair) one model's tab; see the module docstring."""
-    from syncqueue_tasks.writers.sheets import writer as sheets_writer
-
     started = time.monotonic()
     sent = dict(writer.api.sent)
     report = ModelReport(model, f"tab {writer.tab_for(model)!r}")
@@ -90,8 +89,8 @@ def verify_tab(
         )
         report.rows, report.records, report.findings = len(rows), len(records), findings
         if repair:
-            _repair(writer, sheets_writer, model, records, report, lock)
-    except sheets_writer._Abort as abort:  # the quota or the API: say why, as an error
+            _repair(writer, model, records, report, lock)
+    except Abort as abort:  # the quota or the API: say why, as an error
         raise SyncQueueError(f"verify of {model} stopped: {abort.outcome.error}") from None
     finally:
         lock.release()
@@ -120,7 +119,6 @@ def _read(
 
 def _repair(
     writer: GoogleSheetsWriter,
-    sheets_writer: Any,
     model: str,
     records: Mapping[str, SyncedRecord],
     report: ModelReport,
@@ -140,7 +138,7 @@ def _repair(
         return
     blanks = writer.tabs.columns(model)
     writes = [restore_write(RecordKey(model, k), records[k].state, blanks) for k in ids]
-    batch = sheets_writer.Batch(writes)
+    batch = Batch(writes)
     budget, used = writer.config.max_request_bytes, 0
     chunk: list[Job] = []
     chunks: list[list[Job]] = []
@@ -155,7 +153,7 @@ def _repair(
     try:
         for jobs in chunks:
             writer._run(batch, jobs, lock)
-    except sheets_writer._Abort as abort:
+    except Abort as abort:
         batch.fill(abort.outcome)
     outcomes = batch.result()
     report.repaired = sum(1 for o in outcomes.values() if o.kind.value == "done")

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from syncqueue_tasks import counters
 from syncqueue_tasks.core.errors import ConfigurationError, SyncQueueError, sanitize_error
-from syncqueue_tasks.core.outcomes import Outcome, OutcomeKind
+from syncqueue_tasks.core.outcomes import Outcome
 from syncqueue_tasks.core.records import (
     RecordKey,
     RecordWrite,
@@ -53,6 +53,7 @@ from syncqueue_tasks.writers.sheets.api import (
     classify,
     make_http_client,
 )
+from syncqueue_tasks.writers.sheets.batch import Abort, Batch, Invalid, Retry
 from syncqueue_tasks.writers.sheets.layout import (
     Layout,
     build,
@@ -67,6 +68,7 @@ from syncqueue_tasks.writers.sheets.layout import (
 )
 from syncqueue_tasks.writers.sheets.plan import Conflict, Job, Policy, TabPlan, record_size
 from syncqueue_tasks.writers.sheets.tabs import Tabs, parse_info
+from syncqueue_tasks.writers.sheets.verify import verify_tab
 from syncqueue_tasks.writers.verify_compare import ModelReport, restore_write
 
 log = logging.getLogger(__name__)
@@ -88,61 +90,6 @@ class SheetsTuning:
     quota_window: float = 60.0  # Google's quota minute (a bench shrinks it with the fake's clock)
     request_seconds: float = 1.0  # expected time per request, told to a waiting worker
     timeout: tuple[float, float] = (10.0, 60.0)
-
-
-class _Abort(Exception):
-    """Stop: every record not yet resolved gets ``outcome``."""
-
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.error)
-        self.outcome = outcome
-
-
-class _Retry(Exception):
-    """The round failed in a way a new round (a fresh read) may fix."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class _Invalid(Exception):
-    """The write's content was refused (400): split the batch to find the record at fault."""
-
-    def __init__(self, failure: ApiFailure) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
-
-
-_RANK = {OutcomeKind.DONE: 0, OutcomeKind.RETRY: 1, OutcomeKind.FAIL: 2}
-
-
-class Batch:
-    """The records of one ``write_records`` call and their outcomes so far."""
-
-    def __init__(self, writes: Sequence[RecordWrite]) -> None:
-        self.writes = list(writes)
-        self.outcomes: dict[int, Outcome] = {}
-
-    def resolve(self, index: int, outcome: Outcome) -> None:
-        """Record an outcome; a worse one (fail > retry > done) is never overwritten."""
-        current = self.outcomes.get(index)
-        if index >= 0 and (current is None or _RANK[outcome.kind] > _RANK[current.kind]):
-            self.outcomes[index] = outcome
-
-    def open(self, index: int) -> bool:
-        """Whether a record has no outcome yet."""
-        return index not in self.outcomes
-
-    def fill(self, outcome: Outcome) -> None:
-        """Give ``outcome`` to every record still unresolved."""
-        for index in range(len(self.writes)):
-            self.outcomes.setdefault(index, outcome)
-
-    def result(self) -> dict[RecordKey, Outcome]:
-        """One outcome per record."""
-        self.fill(Outcome.retry("not written"))
-        return {w.key: self.outcomes[i] for i, w in enumerate(self.writes)}
 
 
 class GoogleSheetsWriter:
@@ -241,8 +188,6 @@ class GoogleSheetsWriter:
     ) -> ModelReport:
         """Compare the model's tab with the synced states (``load``), repairing if asked;
         see ``writers.sheets.verify``."""
-        from syncqueue_tasks.writers.sheets.verify import verify_tab
-
         return verify_tab(self, model, load, repair=repair)
 
     # ------------------------------------------------------------------ budget and lock
@@ -282,7 +227,7 @@ class GoogleSheetsWriter:
             return
         try:
             work(lock)
-        except _Abort as abort:
+        except Abort as abort:
             batch.fill(abort.outcome)
         finally:
             with contextlib.suppress(RedisError):  # else it expires on its own
@@ -297,9 +242,9 @@ class GoogleSheetsWriter:
             )
             lock.expect(sum(needs.values()) * self.tuning.request_seconds)
         except RedisError as exc:
-            raise _Abort(Outcome.retry(sanitize_error(exc))) from None
+            raise Abort(Outcome.retry(sanitize_error(exc))) from None
         if wait:
-            raise _Abort(
+            raise Abort(
                 Outcome.retry(
                     f"Sheets quota: the next request slot is {wait:.1f}s away",
                     retry_after=wait,
@@ -316,12 +261,12 @@ class GoogleSheetsWriter:
             try:
                 self._round(batch, jobs, lock)
                 return
-            except _Retry as retry:
+            except Retry as retry:
                 message = retry.message
-            except _Invalid as bad:
+            except Invalid as bad:
                 self._split(batch, jobs, lock, bad.failure)
                 return
-        raise _Abort(Outcome.retry(message or "the sheet kept changing"))
+        raise Abort(Outcome.retry(message or "the sheet kept changing"))
 
     def _split(
         self, batch: Batch, jobs: list[Job], lock: SpreadsheetLock, failure: ApiFailure
@@ -479,7 +424,7 @@ class GoogleSheetsWriter:
                 cells = current[model].get(row, [])
                 held = cells[id_col] if id_col < len(cells) else None
                 if str(held) != plan.layout.ids[row]:
-                    raise _Retry("the sheet changed between two reads")
+                    raise Retry("the sheet changed between two reads")
             found = plan.apply_conflicts(current[model])
             self._report_conflicts(model, found)
 
@@ -552,7 +497,7 @@ class GoogleSheetsWriter:
         for model, plan in plans.items():
             sheet = sheets.get(plan.layout.info.sheet_id)
             if sheet is None:
-                raise _Retry("the write's answer did not show the tab")
+                raise Retry("the write's answer did not show the tab")
             data = sheet.get("data", [])
             header, ids = grid_row(data[0]), grid_column(data[1])
             deleted = grid_column(data[2]) if len(data) > 2 else []
@@ -575,7 +520,7 @@ class GoogleSheetsWriter:
                 bad, hits, vanished = plan.check(after[model].header, after[model].ids)
                 if bad:
                     if not plan.answer_readable(after[model].header):
-                        raise _Retry("the id column moved while the batch was written")
+                        raise Retry("the id column moved while the batch was written")
                     astray[model] = (hits, vanished)
             if not astray:
                 return
@@ -590,7 +535,7 @@ class GoogleSheetsWriter:
             plans = {m: self._repair(plans[m], after[m], *astray[m]) for m in astray}
             self._reserve({"write": 1}, lock)
             after = self._write(plans, lock)
-        raise _Abort(
+        raise Abort(
             Outcome.retry(
                 "the sheet kept changing while the batch was written", count_attempt=False
             )
@@ -646,30 +591,30 @@ class GoogleSheetsWriter:
     # ------------------------------------------------------------------ calls
 
     def _call(self, fn: Callable[[], T], lock: SpreadsheetLock) -> T:
-        """One API call; failures become ``_Retry`` (read again), ``_Invalid`` (split) or
-        ``_Abort`` (hand back)."""
+        """One API call; failures become ``Retry`` (read again), ``Invalid`` (split) or
+        ``Abort`` (hand back)."""
         try:
             if not lock.refresh():
                 lost = "lost the spreadsheet lock (the batch ran past its time-to-live)"
-                raise _Abort(Outcome.retry(lost, count_attempt=False))
+                raise Abort(Outcome.retry(lost, count_attempt=False))
         except RedisError as exc:
-            raise _Abort(Outcome.retry(sanitize_error(exc))) from None
+            raise Abort(Outcome.retry(sanitize_error(exc))) from None
         try:
             return fn()
         except Exception as exc:  # classified below; anything unexpected is re-raised
             failure = classify(exc)
         if failure.kind is FailureKind.QUOTA:
             pause = failure.retry_after or self.limiter.budgets["write"].interval * 2
-            raise _Abort(Outcome.retry(failure.message, pause, count_attempt=False))
+            raise Abort(Outcome.retry(failure.message, pause, count_attempt=False))
         if failure.kind is FailureKind.STALE:
             self.tabs.invalidate()
             self._headers.clear()
-            raise _Retry(failure.message)
+            raise Retry(failure.message)
         if failure.kind is FailureKind.TRANSIENT:
-            raise _Retry(failure.message)
+            raise Retry(failure.message)
         if failure.kind is FailureKind.INVALID:
-            raise _Invalid(failure)
-        raise _Abort(Outcome.retry(failure.message))
+            raise Invalid(failure)
+        raise Abort(Outcome.retry(failure.message))
 
 
 def create_writer(context: WriterContext) -> GoogleSheetsWriter:
