@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app
 
 from syncqueue_tasks.core.errors import EnqueueError, sanitize_error
 from syncqueue_tasks.redis_client import get_redis, key
@@ -69,9 +69,12 @@ def list_invalid() -> list[InvalidMessage]:
     return sorted(found, key=lambda m: (m.kept_at, m.id))
 
 
-def retry_invalid(ids: Iterable[str] | None = None, *, app: Celery) -> tuple[int, dict[str, str]]:
+def retry_invalid(
+    ids: Iterable[str] | None = None, *, app: Celery | None = None
+) -> tuple[int, dict[str, str]]:
     """Send kept messages (all, or those ``ids``) through their task's ``apply_async`` again,
-    on ``app`` (one with the package's tasks: its own, or yours, ``configure``d).
+    on ``app`` (default: the current app), which has the package's tasks (its own app, or
+    yours, ``configure``d).
 
     Returns how many were accepted (and removed from the hash) and, for the others, why not
     (still invalid, neither the database nor the broker took it, or no message has that id);
@@ -85,7 +88,7 @@ def retry_invalid(ids: Iterable[str] | None = None, *, app: Celery) -> tuple[int
         if wanted is not None and message.id not in wanted:
             continue
         seen.add(message.id)
-        task = app.tasks.get(message.task)
+        task = (app or current_app).tasks.get(message.task)
         if task is None:
             refused[message.id] = f"unknown task {message.task!r}"
             continue
