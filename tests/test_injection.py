@@ -107,6 +107,11 @@ def without_context() -> object:
     return Remembering(None)
 
 
+def with_options(path: str | None = None) -> object:
+    """A factory with optional parameters only: called without an argument."""
+    return Remembering(None if path is None else WriterContext(get_settings(), _synced))
+
+
 class Remembering:
     def __init__(self, context: WriterContext | None) -> None:
         self.context = context
@@ -120,8 +125,9 @@ def test_a_writer_factory_is_given_the_context_it_asks_for(db: None) -> None:
     given = load_writer(f"{__name__}:with_context", context)
     assert isinstance(given, Remembering) and given.context is context
     assert given.context.synced_states("Request", ["a"])["a"].fields == {"from": "context"}
-    plain = load_writer(f"{__name__}:without_context", context)
-    assert isinstance(plain, Remembering) and plain.context is None
+    for name in ("without_context", "with_options"):
+        plain = load_writer(f"{__name__}:{name}", context)
+        assert isinstance(plain, Remembering) and plain.context is None
 
 
 def test_the_workers_context_reads_the_queues_synced_states(db: None, tmp_path: Path) -> None:

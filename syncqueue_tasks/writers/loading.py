@@ -56,12 +56,17 @@ def load_writer(spec: str, context: WriterContext) -> Writer:
 
 
 def _takes_an_argument(factory: Callable[..., object]) -> bool:
+    """Whether ``factory`` needs an argument (a positional parameter without a default, or
+    ``*args``): it gets the context. Optional parameters alone: it is called without."""
     try:
         parameters = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):  # no signature to read (a builtin): call it without
         return False
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return any(p.kind in positional or p.kind is p.VAR_POSITIONAL for p in parameters)
+    return any(
+        (p.kind in positional and p.default is p.empty) or p.kind is p.VAR_POSITIONAL
+        for p in parameters
+    )
 
 
 def get_writer(context: WriterContext) -> Writer:
