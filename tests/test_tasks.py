@@ -263,7 +263,12 @@ def test_worker_killed_mid_batch_loses_nothing(tmp_path: Path) -> None:
     with celery_worker(tmp_path, env, concurrency=2) as worker:
         process_batch.delay()
         process_batch.delay()
-        wait_for(lambda: count_rows("status = 'PROCESSING'") > 0 and written.exists())
+        # The first writes end (the file appears) as their outcomes are recorded and the next
+        # batch is claimed: a kill then could land in the moment between. The next batch's
+        # write takes 2 s: kill a moment into it.
+        wait_for(written.exists)
+        time.sleep(0.3)
+        wait_for(lambda: count_rows("status = 'PROCESSING'") > 0)
         worker.kill()  # SIGKILL the whole worker, pool children included
         worker.proc.wait(10)
     stuck = count_rows("status = 'PROCESSING'")
