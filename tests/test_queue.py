@@ -18,7 +18,7 @@ from syncqueue_tasks.core.records import fold
 from syncqueue_tasks.core.validation import validate_changes
 from syncqueue_tasks.settings import get_settings
 from syncqueue_tasks.store import queue, sql
-from syncqueue_tasks.store.db import dispose_engine, get_autocommit_engine, get_engine
+from syncqueue_tasks.store.db import dispose_engine, get_database, get_engine
 from syncqueue_tasks.store.models import SyncQueue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("db")]
@@ -221,7 +221,7 @@ def test_cleanup_completed_deletes_exactly_old_completed_rows_in_chunks() -> Non
         if statement.lstrip().startswith("DELETE"):
             deletes.append(cursor.rowcount)
 
-    engine = get_autocommit_engine()  # the queue's one-statement operations
+    engine = get_database().autocommit  # the queue's one-statement operations
     event.listen(engine, "after_cursor_execute", count_deletes)
     try:
         assert queue.cleanup_completed(older_than_days=7, chunk_size=10) == 35
@@ -575,7 +575,7 @@ def test_stores_after_the_servers_connections_died_reconnect() -> None:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = %s AND application_name = 'syncqueue'",
-                (get_autocommit_engine().url.database,),
+                (get_database().autocommit.url.database,),
             )
 
     queue.enqueue("UPDATE", "Request", "r", {"n": 0}, fail_fast=True)

@@ -56,7 +56,7 @@ from sqlalchemy.orm import Session
 from syncqueue_tasks.celery import config as celery_config
 from syncqueue_tasks.celery import invalid_messages
 from syncqueue_tasks.celery.kick import kick
-from syncqueue_tasks.core.errors import EnqueueError, ValidationError, sanitize_error
+from syncqueue_tasks.core.errors import EnqueueError, sanitize_error
 from syncqueue_tasks.core.ids import new_id
 from syncqueue_tasks.core.validation import (
     Change,
@@ -131,7 +131,10 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
     def prepare(self, *args: Any, **kwargs: Any) -> Prepared:
         """Check a call of the task (``TypeError``) and validate it (``ValidationError``);
         give each change its id (the caller's ``item_id`` / ``item_ids`` when given)."""
-        arguments = self.bind_arguments(args, kwargs)
+        return self._validated(self.bind_arguments(args, kwargs))
+
+    def _validated(self, arguments: dict[str, Any]) -> Prepared:
+        """``prepare`` on the call's arguments by parameter name."""
         limits = get_settings().limits
         if self.one_change:
             change = validate_change(
@@ -147,12 +150,7 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
             ids = [new_id() if item_id is None else validate_item_id(item_id)]
             return Prepared((change,), tuple(ids), {**_message(change), "item_id": ids[0]})
         changes = validate_changes(arguments["changes"], limits)
-        item_ids = arguments.get("item_ids")
-        if item_ids is not None and (
-            isinstance(item_ids, dict | str | bytes) or not hasattr(item_ids, "__iter__")
-        ):
-            raise ValidationError("item_ids", "must be a list of ids")
-        ids = assign_ids(len(changes), item_ids)
+        ids = assign_ids(len(changes), arguments.get("item_ids"))
         message = {"changes": [_message(c) for c in changes], "item_ids": ids}
         return Prepared(tuple(changes), tuple(ids), message)
 
@@ -204,7 +202,7 @@ class EnqueueTask(Task):  # type: ignore[misc, unused-ignore]  # Celery is untyp
         **options: Any,
     ) -> AsyncResult:
         """Validate, then store or publish (by mode), the other one as the fallback."""
-        prepared = self.prepare(*(args or ()), **(kwargs or {}))
+        prepared = self._validated(self.bind_arguments(args or (), kwargs or {}))
         # The message's id: the (first) change's, for tracing.
         task_id = task_id or (prepared.ids[0] if prepared.ids else new_id())
         options["retry"] = False  # a publish retry loop would block the caller

@@ -12,7 +12,7 @@ across ``fork``.
 
 A ``Database`` is made from a ``DatabaseConfig`` and passed to the queue
 (``QueueStore(database, ...)``); :func:`get_database` is the process's own, made from the
-environment on first use (``get_engine()`` & co. are its engines).
+environment on first use (``get_engine()`` is its ``engine``).
 
 The queue's hottest statements (storing changes, claiming, recording outcomes) go through
 :func:`fetch`: psycopg directly
@@ -105,16 +105,6 @@ def get_database() -> Database:
 def get_engine() -> Engine:
     """This process's engine for transactions (``get_database().engine``)."""
     return get_database().engine
-
-
-def get_autocommit_engine() -> Engine:
-    """This process's engine for one-statement operations (see the module docstring)."""
-    return get_database().autocommit
-
-
-def get_enqueue_engine() -> Engine:
-    """This process's engine for fast, fail-fast stores (see the module docstring)."""
-    return get_database().enqueue
 
 
 def fetch(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:

@@ -45,6 +45,7 @@ from syncqueue_tasks.core.validation import (
 from syncqueue_tasks.settings import QueueConfig, Settings, get_settings
 from syncqueue_tasks.store import sql
 from syncqueue_tasks.store.db import Database, fetch, get_database, is_disconnect, scalar
+from syncqueue_tasks.store.synced import state_of
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +171,13 @@ class RecordView:
 # ---------------------------------------------------------------------------- helpers
 
 
-def assign_ids(count: int, item_ids: Sequence[object] | None) -> list[str]:
-    """Fresh ids for ``count`` changes, or the given ones: valid, one per change, unique."""
+def assign_ids(count: int, item_ids: object) -> list[str]:
+    """Fresh ids for ``count`` changes, or the given ones: a list of valid ids, one per change,
+    unique."""
     if item_ids is None:
         return [new_id() for _ in range(count)]
+    if isinstance(item_ids, Mapping | str | bytes) or not isinstance(item_ids, Iterable):
+        raise ValidationError("item_ids", "must be a list of ids")
     ids = [validate_item_id(i) for i in item_ids]
     if len(ids) != count or len(set(ids)) != len(ids):
         raise ValidationError("item_ids", "must be unique, one per change")
@@ -293,13 +297,6 @@ def _report(ids: Sequence[str], statuses: Mapping[str, QueueStatus]) -> FinishRe
 # changes stay PROCESSING until reset_stuck and are written a second time. FINISH is safe to
 # repeat: a change already recorded is no longer PROCESSING and matches nothing.
 _RECORD_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
-
-
-def _state(row: Any) -> RecordState:
-    """A ``RecordState`` from a row with the state columns."""
-    return RecordState(
-        dict(row.fields), dict(row.versions), row.deleted_id, row.created_id, row.touched_id
-    )
 
 
 # ---------------------------------------------------------------------------- the queue
@@ -424,7 +421,7 @@ class QueueStore:
         for r in fetch(self.database.autocommit, sql.CLAIM, params):
             key = RecordKey(r.model, r.record_id)
             if key not in records:  # its first row: the only one with its state (see sql.CLAIM)
-                records[key] = (_state(r), [])
+                records[key] = (state_of(r), [])
             records[key][1].append(
                 QueueItem(
                     id=r.id,
@@ -581,7 +578,7 @@ class QueueStore:
             rows = conn.execute(
                 sql.CLAIMED_STATES, {"models": models, "record_ids": record_ids, "tokens": tokens}
             ).all()
-        return {(r.model, r.record_id, r.claim_token): _state(r) for r in rows}
+        return {(r.model, r.record_id, r.claim_token): state_of(r) for r in rows}
 
     def _finish(self, endings: Sequence[_Ending]) -> dict[str, QueueStatus]:
         """Record ``endings``; return the new status of each change they covered.
@@ -757,7 +754,7 @@ class QueueStore:
             row.pending,
             row.available_at,
             row.claimed_at,
-            _state(row),
+            state_of(row),
             row.synced_at,
             changes,
         )

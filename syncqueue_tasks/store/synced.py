@@ -8,6 +8,7 @@ misplaced write touched; it is given :func:`states_reader`). One statement
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -28,11 +29,16 @@ def synced_states(
             sql.SYNCED_RECORDS, params
         )
         for r in rows:
-            state = RecordState(
-                dict(r.fields), dict(r.versions), r.deleted_id, r.created_id, r.touched_id
-            )
-            out[r.record_id] = SyncedRecord(state, r.claimed)
+            out[r.record_id] = SyncedRecord(state_of(r), r.claimed)
     return out
+
+
+def state_of(row: Any) -> RecordState:
+    """A ``RecordState`` from a row with the state columns (``fields``, ``versions``,
+    ``deleted_id``, ``created_id``, ``touched_id``)."""
+    return RecordState(
+        dict(row.fields), dict(row.versions), row.deleted_id, row.created_id, row.touched_id
+    )
 
 
 def states_reader(engine: Engine) -> SyncedStates:
@@ -44,4 +50,4 @@ def states_reader(engine: Engine) -> SyncedStates:
     return read
 
 
-__all__ = ["SyncedRecord", "states_reader", "synced_states"]
+__all__ = ["SyncedRecord", "state_of", "states_reader", "synced_states"]
